@@ -1,0 +1,55 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv when missing and install the pinned
+# dependencies once (a stamp file makes the second run a no-op).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.arena_dist-installed
+SYSTEM_STAMP := $(VENV)/.arena_dist-system-deps
+CONSTRAINTS := requirements/constraints.txt
+# Constrain build environments too: an unconstrained build dependency must never pull a CUDA torch.
+export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Compiled DeepSpeed CPU ops are cached inside the venv and reused by every later run.
+export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
+export DS_ACCELERATOR := cpu
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup system-deps demo test test-fast bench clean
+
+setup: $(STAMP) system-deps
+
+$(STAMP): $(CONSTRAINTS) setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements/base.txt -c $(CONSTRAINTS)
+	$(PY) -m pip install -q --no-build-isolation -c $(CONSTRAINTS) deepspeed
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m pip check
+	@touch $@
+
+# Debian packages for the Slurm and multi-host tests (root only; skipped elsewhere, and those tests then skip).
+system-deps: $(SYSTEM_STAMP)
+$(SYSTEM_STAMP): | $(STAMP)
+	@bash scripts/install_system_deps.sh
+	@touch $@
+
+demo: setup
+	$(PY) -m arena_dist.demo
+
+test: setup
+	$(PY) -m pytest -q -rs tests
+
+test-fast: setup
+	$(PY) -m pytest -q -rs -m "not slow" tests
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,64 @@
+"""`arena-dist <stage> --config X.yaml --set key=value ...`
+
+Each stage lives in `arena_dist.stages.<name>` and exposes `Config` (a StrictModel) and `run(config)`. Stage
+modules are imported only when their stage runs, so `arena-dist synth` never imports torch or ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from arena_dist.config import load_config
+from arena_dist.errors import ArenaDistError
+
+STAGES = {
+    "synth": "write a synthetic arena benchmark with a known preference model",
+    "prepare": "merge sources into validated, deduplicated, folded parquet shards",
+    "teacher": "fine-tune a teacher classifier with DeepSpeed ZeRO-3 on Ray Train",
+    "label": "pseudo-label a prompt pool with teacher exports on Ray actors",
+    "student": "train a QLoRA student by distillation",
+    "predict": "write a competition submission from a trained model",
+    "evaluate": "score predictions against answers",
+    "plan": "capacity planner: memory per GPU and time estimates",
+    "report": "render an HTML report of a run directory",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arena-dist", description=__doc__.strip().splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, help_text in STAGES.items():
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        stage.add_argument("--config", "-c", help="YAML file validated into the stage's typed config")
+        stage.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override one config key (dotted path), repeatable",
+        )
+        if name == "report":
+            stage.add_argument("run_dir", nargs="?", help="run directory (same as --set run_dir=...)")
+    return parser
+
+
+def stage_module(name: str):
+    return importlib.import_module(f"arena_dist.stages.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = stage_module(args.stage)
+    overrides = list(args.overrides)
+    if getattr(args, "run_dir", None):
+        overrides.insert(0, f"run_dir={args.run_dir}")
+    try:
+        config = load_config(module.Config, args.config, overrides)
+        module.run(config)
+    except ArenaDistError as err:
+        print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The dataset layer: sources -> canonical records -> parquet shards with a manifest."""

@@ -1,0 +1,1 @@
+"""Turning canonical records into model inputs: chat templates, turn packing, truncation, tokenizers."""

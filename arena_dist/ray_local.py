@@ -1,0 +1,195 @@
+"""A local Ray head started and stopped by arena_dist itself (demo, tests, single box).
+
+Every port is chosen free at start, the temp dir is private, the dashboard binds 127.0.0.1, and `stop()` ends only
+the processes this head started (its process group plus anything whose command line names its temp dir): never a
+host-wide `ray stop`, which would kill other people's clusters on the same host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_executable() -> str:
+    candidate = Path(sys.executable).with_name("ray")
+    return str(candidate) if candidate.exists() else "ray"
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Pids whose command line contains `marker` (our unique temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+class LocalRayHead:
+    """`with LocalRayHead(num_cpus=2) as head:` -> `head.address`, `head.dashboard_url`."""
+
+    def __init__(
+        self,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        dashboard: bool = True,
+        temp_root: str | os.PathLike | None = None,
+        node_ip: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
+    ):
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.dashboard = dashboard
+        self.node_ip = node_ip
+        self.extra_env = dict(env or {})
+        self.resources = resources
+        # Unix socket paths must stay short (< 108 bytes): a short private dir under /tmp, not the test's tmp_path.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ad-ray-", dir=temp_root or "/tmp"))
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.node_ip}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
+            f"--node-ip-address={self.node_ip}", f"--port={self.gcs_port}",
+            f"--temp-dir={self.temp_dir}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+        ]
+        if self.dashboard:
+            cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
+        else:
+            cmd += ["--include-dashboard=false"]
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        if self.num_gpus is not None:
+            cmd.append(f"--num-gpus={self.num_gpus}")
+        if self.resources:
+            cmd.append(f"--resources={json.dumps(self.resources)}")
+        return cmd
+
+    def start(self, timeout: float = 90.0) -> "LocalRayHead":
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.extra_env}
+        # Jobs run `python ...` from the head's PATH: make that this interpreter's environment (the project venv).
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        log = open(self.temp_dir / "head.log", "wb")
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray head exited early; see {self.temp_dir / 'head.log'}:\n{self.log_tail()}")
+            if self._gcs_up() and (not self.dashboard or self._dashboard_up()):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"ray head not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _gcs_up(self) -> bool:
+        try:
+            with socket.create_connection((self.node_ip, self.gcs_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def _dashboard_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return (self.temp_dir / "head.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """End this head's processes only: its process group, then anything still naming its temp dir."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        marker = str(self.temp_dir)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = processes_mentioning(marker)
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if pids:
+                time.sleep(1.0)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalRayHead":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def submit_job(
+    head: LocalRayHead | str,
+    entrypoint: list[str],
+    working_dir: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """`ray job submit` to a dashboard, waiting for the job; returns the finished process (output captured)."""
+    dashboard_url = head.dashboard_url if isinstance(head, LocalRayHead) else head
+    cmd = [ray_executable(), "job", "submit", f"--address={dashboard_url}"]
+    if working_dir is not None:
+        cmd.append(f"--working-dir={working_dir}")
+    if env:
+        cmd.append("--runtime-env-json=" + json.dumps({"env_vars": env}))
+    cmd += ["--", *entrypoint]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

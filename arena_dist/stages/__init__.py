@@ -1,0 +1,1 @@
+"""One recipe per stage: parse config -> build -> run -> save, teardown in `finally`."""
