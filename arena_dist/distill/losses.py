@@ -1,0 +1,96 @@
+"""Distillation loss: w_ce·CE(hard) + w_kl·T²·KL(teacher ‖ student at temperature T) + w_cos·(1 − cos).
+
+Each term is averaged over the rows that have its target only: a pool row (soft label, no hard label) adds nothing to
+the CE term and does not dilute it, a competition row without a soft label adds nothing to the KL / cosine terms. A
+term with no present rows in the batch is exactly 0 (never NaN), so mixed batches are safe.
+
+Teacher targets are probabilities (the label store keeps p_mean), not logits: at temperature T they become
+softmax(log p / T), which equals softmax(z / T) for the teacher's own logits z. The T² factor keeps the gradient scale
+of the KL term independent of T (Hinton et al.).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_LABEL = -100
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    w_ce: float = 1.0
+    w_kl: float = 1.0
+    w_cos: float = 0.0
+    temperature: float = 1.0
+
+
+def temper_probabilities(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(log p / T): zeros stay zeros, T = 1 is the identity (after renormalising)."""
+    if temperature == 1.0:
+        return probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    return torch.softmax(torch.log(probs.clamp_min(0.0)) / temperature, dim=-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over rows where `mask` is true; 0 (with a gradient path) when no row is present."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    hard_labels: torch.Tensor | None,
+    soft_targets: torch.Tensor | None,
+    soft_mask: torch.Tensor | None,
+    weights: LossWeights,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Return (loss, parts). `hard_labels`: long [B], IGNORE_LABEL where missing. `soft_targets`: float [B, C] teacher
+    probabilities; `soft_mask`: bool [B], false where the row has no soft label (its soft_targets row is ignored)."""
+    logits = logits.float()
+    batch = logits.shape[0]
+    zero = logits.sum() * 0.0  # keeps the graph connected when a term is absent
+    parts: dict[str, float] = {}
+
+    ce = zero
+    if hard_labels is not None and weights.w_ce:
+        hard_mask = hard_labels != IGNORE_LABEL
+        if hard_mask.any():
+            per_row = F.cross_entropy(logits, hard_labels.clamp_min(0), reduction="none")
+            ce = masked_mean(per_row, hard_mask)
+        parts["n_hard"] = float(hard_mask.sum())
+    parts["ce"] = float(ce.detach())
+
+    kl = cos = zero
+    if soft_targets is not None and (weights.w_kl or weights.w_cos):
+        if soft_mask is None:
+            soft_mask = torch.ones(batch, dtype=torch.bool, device=logits.device)
+        # Missing rows may carry NaN placeholders: replace them before any arithmetic so no NaN reaches the gradient.
+        targets = torch.where(soft_mask[:, None], soft_targets.float(), torch.full_like(soft_targets.float(), 1.0))
+        if soft_mask.any():
+            t = weights.temperature
+            if weights.w_kl:
+                teacher_t = temper_probabilities(targets, t)
+                student_log_t = torch.log_softmax(logits / t, dim=-1)
+                per_row = (torch.xlogy(teacher_t, teacher_t) - teacher_t * student_log_t).sum(dim=-1)
+                kl = masked_mean(per_row, soft_mask) * (t * t)
+            if weights.w_cos:
+                teacher = targets / targets.sum(dim=-1, keepdim=True)
+                per_row = 1.0 - F.cosine_similarity(torch.softmax(logits, dim=-1), teacher, dim=-1)
+                cos = masked_mean(per_row, soft_mask)
+        parts["n_soft"] = float(soft_mask.sum())
+    parts["kl"] = float(kl.detach())
+    parts["cos"] = float(cos.detach())
+
+    loss = weights.w_ce * ce + weights.w_kl * kl + weights.w_cos * cos
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+def kl_to_teacher(logits: torch.Tensor, teacher_probs: torch.Tensor) -> float:
+    """Mean KL(teacher ‖ student) at T = 1 over all rows: the distillation quality metric used in tests and eval."""
+    student_log = torch.log_softmax(logits.float(), dim=-1)
+    teacher = teacher_probs.float()
+    return float((torch.xlogy(teacher, teacher) - teacher * student_log).sum(dim=-1).mean())
