@@ -1,0 +1,284 @@
+"""The label store: soft labels keyed by record id, committed exactly once per input shard.
+
+Layout of one teacher's store, `<output_dir>/<teacher_id>/`:
+
+    shard-00000.parquet      id, p_ab, p_ba_mapped, p_mean, teacher_id, config_hash (one row per input row, input order)
+    shard-00000.done.json    the commit record, written (atomically) only after the parquet has been renamed into
+                             place: input shard name + sha256 (from the dataset manifest) + row count, output sha256
+    manifest.json            written by `finalize` once every input id is labelled exactly once
+    status.json              live progress
+
+`p_ab` are the class probabilities of the original order (A, B[, tie]); `p_ba_mapped` those of the swapped input
+mapped back to the original order (the swapped "A" is the original B); `p_mean` is the mean of the two (or `p_ab`
+when swap-TTA is off, and then `p_ba_mapped` is null). Vectors have the teacher's own number of classes: a 2-class
+teacher (WSDM, no ties) stores [p_A, p_B] and no tie column at all, because a zero there would claim "ties never
+happen" when the teacher simply cannot say; merging 2-class and 3-class stores is refused (`ensemble`).
+
+A shard counts as done only when its commit record exists and agrees with the parquet on disk (sha256, row count),
+with the current dataset (input sha256) and with the current label config (hash). Anything else — a parquet without
+a record, a record whose checksum does not match, a changed input shard or config — is redone: partial outputs never
+count as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from arena_dist.errors import ArenaDistError, InputError
+from arena_dist.io import atomic_path, atomic_write_json, sha256_file
+
+STORE_FORMAT_VERSION = 1
+
+LABEL_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("p_ab", pa.list_(pa.float64()), nullable=False),
+        pa.field("p_ba_mapped", pa.list_(pa.float64())),
+        pa.field("p_mean", pa.list_(pa.float64()), nullable=False),
+        pa.field("teacher_id", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ],
+    metadata={"arena_dist.label_store_version": str(STORE_FORMAT_VERSION)},
+)
+
+
+class LabelIntegrityError(ArenaDistError):
+    """The label store does not hold every input id exactly once (missing, duplicate or extra ids)."""
+
+
+@dataclass(frozen=True)
+class InputShard:
+    """One input shard of the dataset, as the dataset manifest describes it."""
+
+    index: int
+    path: Path
+    sha256: str
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def shard_stem(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def input_shards(dataset_dir: str | os.PathLike, split: str) -> list[InputShard]:
+    """The split's shards with the row counts and checksums recorded in the dataset manifest."""
+    from arena_dist.data.store import load_manifest, shard_paths
+
+    dataset_dir = Path(dataset_dir)
+    manifest = load_manifest(dataset_dir)
+    paths = [Path(p) for p in shard_paths(dataset_dir, split)]
+    if not paths:
+        raise InputError(f"{dataset_dir}: split {split!r} has no shards")
+    entries = manifest.get("splits", {}).get(split, {})
+    entries = entries.get("shards", entries) if isinstance(entries, dict) else entries
+    by_name = {Path(entry["path"]).name: entry for entry in entries}
+    shards = []
+    for index, path in enumerate(paths):
+        entry = by_name.get(path.name)
+        if entry is None:
+            raise InputError(f"{dataset_dir / 'manifest.json'}: no entry for shard {path.name} of split {split!r}")
+        shards.append(InputShard(index=index, path=path, sha256=entry["sha256"], rows=int(entry["rows"])))
+    return shards
+
+
+def read_input_ids(path: str | os.PathLike) -> list[str]:
+    return pq.read_table(path, columns=["id"]).column("id").to_pylist()
+
+
+def _as_matrix(values, rows: int, name: str) -> np.ndarray:
+    matrix = np.asarray(values, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != rows:
+        raise ValueError(f"{name}: expected {rows} rows of class probabilities, got shape {matrix.shape}")
+    return matrix
+
+
+def _list_column(matrix: np.ndarray | None, rows: int) -> pa.Array:
+    if matrix is None:
+        return pa.nulls(rows, type=pa.list_(pa.float64()))
+    flat = pa.array(matrix.reshape(-1), type=pa.float64())
+    offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+class LabelStore:
+    """One teacher's (or one ensemble's) store directory."""
+
+    def __init__(self, directory: str | os.PathLike, teacher_id: str, config_hash: str):
+        self.directory = Path(directory)
+        self.teacher_id = teacher_id
+        self.config_hash = config_hash
+
+    def parquet_path(self, index: int) -> Path:
+        return self.directory / f"{shard_stem(index)}.parquet"
+
+    def done_path(self, index: int) -> Path:
+        return self.directory / f"{shard_stem(index)}.done.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    # -- per-shard commits -------------------------------------------------------------------------------------
+
+    def check_committed(self, shard: InputShard) -> tuple[bool, str]:
+        """(done, reason): done only when the commit record matches the parquet, the input and the config."""
+        done_path, parquet_path = self.done_path(shard.index), self.parquet_path(shard.index)
+        if not done_path.exists():
+            return False, "no commit record" + (" (partial output ignored)" if parquet_path.exists() else "")
+        try:
+            record = json.loads(done_path.read_text())
+        except (OSError, ValueError):
+            return False, "unreadable commit record"
+        expected = {
+            "teacher_id": self.teacher_id, "config_hash": self.config_hash,
+            "input_name": shard.name, "input_sha256": shard.sha256, "rows": shard.rows,
+        }
+        for key, value in expected.items():
+            if record.get(key) != value:
+                return False, f"commit record {key}={record.get(key)!r}, expected {value!r}"
+        if not parquet_path.exists():
+            return False, "commit record without its parquet"
+        if sha256_file(parquet_path) != record.get("output_sha256"):
+            return False, "output checksum differs from the commit record"
+        return True, "committed"
+
+    def commit(
+        self,
+        shard: InputShard,
+        ids: Sequence[str],
+        p_ab,
+        p_ba_mapped,
+        p_mean,
+        extra: dict | None = None,
+    ) -> dict:
+        """Write the shard's labels atomically, then its commit record; returns the record."""
+        rows = len(ids)
+        if rows != shard.rows:
+            raise LabelIntegrityError(
+                f"{shard.path}: scored {rows} rows but the dataset manifest says {shard.rows}"
+            )
+        p_ab = _as_matrix(p_ab, rows, "p_ab")
+        p_mean = _as_matrix(p_mean, rows, "p_mean")
+        p_ba_mapped = None if p_ba_mapped is None else _as_matrix(p_ba_mapped, rows, "p_ba_mapped")
+        table = pa.Table.from_arrays(
+            [
+                pa.array(list(ids), type=pa.string()),
+                _list_column(p_ab, rows),
+                _list_column(p_ba_mapped, rows),
+                _list_column(p_mean, rows),
+                pa.array([self.teacher_id] * rows, type=pa.string()),
+                pa.array([self.config_hash] * rows, type=pa.string()),
+            ],
+            schema=LABEL_SCHEMA,
+        )
+        # A stale record must not vouch for the new parquet even for an instant.
+        self.done_path(shard.index).unlink(missing_ok=True)
+        parquet_path = self.parquet_path(shard.index)
+        with atomic_path(parquet_path) as tmp:
+            pq.write_table(table, tmp)
+        record = {
+            "teacher_id": self.teacher_id,
+            "config_hash": self.config_hash,
+            "input_name": shard.name,
+            "input_sha256": shard.sha256,
+            "rows": rows,
+            "output": parquet_path.name,
+            "output_sha256": sha256_file(parquet_path),
+            **(extra or {}),
+        }
+        atomic_write_json(self.done_path(shard.index), record)
+        return record
+
+    # -- the final merge ---------------------------------------------------------------------------------------
+
+    def finalize(self, shards: Sequence[InputShard], info: dict | None = None) -> dict:
+        """Verify every input id is labelled exactly once, then write manifest.json; raise otherwise."""
+        problems: list[str] = []
+        seen: dict[str, str] = {}
+        duplicates: list[str] = []
+        total_rows = 0
+        shard_entries = []
+        for shard in shards:
+            done, reason = self.check_committed(shard)
+            if not done:
+                problems.append(f"{shard_stem(shard.index)} ({shard.name}): not committed: {reason}")
+                continue
+            out_ids = read_input_ids(self.parquet_path(shard.index))
+            in_ids = read_input_ids(shard.path)
+            missing = sorted(set(in_ids) - set(out_ids))
+            extra = sorted(set(out_ids) - set(in_ids))
+            if missing:
+                problems.append(f"{shard_stem(shard.index)}: {len(missing)} input ids missing, e.g. {missing[:3]}")
+            if extra:
+                problems.append(f"{shard_stem(shard.index)}: {len(extra)} ids not in the input, e.g. {extra[:3]}")
+            for record_id in out_ids:
+                if record_id in seen:
+                    duplicates.append(record_id)
+                seen[record_id] = shard.name
+            total_rows += len(out_ids)
+            record = json.loads(self.done_path(shard.index).read_text())
+            shard_entries.append({
+                "index": shard.index, "input": shard.name, "input_sha256": shard.sha256, "rows": len(out_ids),
+                "path": self.parquet_path(shard.index).name, "sha256": record["output_sha256"],
+            })
+        if duplicates:
+            problems.append(f"{len(duplicates)} ids labelled more than once, e.g. {sorted(set(duplicates))[:3]}")
+        expected_rows = sum(shard.rows for shard in shards)
+        if not problems and total_rows != expected_rows:
+            problems.append(f"{total_rows} labelled rows but the input has {expected_rows}")
+        if problems:
+            raise LabelIntegrityError(
+                f"label store {self.directory} is incomplete or inconsistent: " + "; ".join(problems[:5])
+                + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+            )
+        manifest = {
+            "format_version": STORE_FORMAT_VERSION,
+            "teacher_id": self.teacher_id,
+            "config_hash": self.config_hash,
+            "rows": total_rows,
+            "num_shards": len(shard_entries),
+            "shards": shard_entries,
+            **(info or {}),
+        }
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
+
+
+def load_store_manifest(store_dir: str | os.PathLike) -> dict:
+    path = Path(store_dir) / "manifest.json"
+    if not path.exists():
+        raise InputError(f"{path}: no label store manifest (the store was never finalized)")
+    return json.loads(path.read_text())
+
+
+def read_labels(store_dir: str | os.PathLike, columns: Sequence[str] | None = None, verify: bool = True) -> pa.Table:
+    """All labels of a finalized store as one table (shard order, input order within a shard)."""
+    store_dir = Path(store_dir)
+    manifest = load_store_manifest(store_dir)
+    tables = []
+    for entry in manifest["shards"]:
+        path = store_dir / entry["path"]
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'}")
+        tables.append(pq.read_table(path, columns=list(columns) if columns else None))
+    if not tables:
+        return LABEL_SCHEMA.empty_table() if not columns else LABEL_SCHEMA.empty_table().select(list(columns))
+    return pa.concat_tables(tables)
+
+
+def soft_labels(store_dir: str | os.PathLike, column: str = "p_mean") -> dict[str, list[float]]:
+    """id -> class probabilities (swap-averaged by default): what the student joins to its records."""
+    table = read_labels(store_dir, columns=["id", column])
+    return dict(zip(table.column("id").to_pylist(), table.column(column).to_pylist()))
