@@ -1,0 +1,1 @@
+"""Scoring predictions against answers: log loss, accuracy, per-language / per-source tables, calibration."""
