@@ -1,0 +1,64 @@
+"""Typed model settings: a hub id / local dir, or an architecture + tiny dims for random init (tests, benchmarks)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from arena_dist.config import StrictModel
+
+Arch = Literal["llama", "qwen2", "gemma2"]
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FALLBACK_VOCAB_SIZE = 4096  # used only when the local tokenizer is not available
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1)
+
+
+class ModelConfig(StrictModel):
+    """Either `name_or_path` (from_pretrained) or `arch` + dims (random init from a config), not both."""
+
+    name_or_path: str | None = None
+    arch: Arch | None = None
+    hidden_size: int = Field(64, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    vocab_size: int | None = Field(None, gt=0)  # None: the local tokenizer's vocabulary
+    max_position_embeddings: int = Field(4096, gt=0)
+    init_seed: int = 0  # random init is seeded so every rank builds the same weights
+
+    head: Literal["linear", "mlp"] = "linear"
+    head_dropout: float = Field(0.1, ge=0, lt=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    trust_remote_code: bool = False
+    attn_implementation: Literal["eager", "sdpa"] = "eager"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if (self.name_or_path is None) == (self.arch is None):
+            raise ValueError("set exactly one of model.name_or_path (pretrained) or model.arch (random init)")
+        if self.arch is not None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+            if self.num_heads % self.num_kv_heads:
+                raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        return self
+
+    def base_spec(self) -> dict:
+        """What rebuilds the base model (recorded in export metadata)."""
+        if self.name_or_path is not None:
+            return {"name_or_path": self.name_or_path}
+        return self.model_dump(
+            include={"arch", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "vocab_size", "max_position_embeddings", "init_seed"}
+        )

@@ -1,0 +1,210 @@
+"""The export format: what the teacher writes and the label / predict stages load.
+
+A folder with
+- `config.json` + `model.safetensors` (transformers `save_pretrained`; safetensors only) — the full classifier, or
+  for LoRA runs `adapter_config.json` + `adapter_model.safetensors` (LoRA weights and the full head via
+  modules_to_save) plus the base: `base/` (config + safetensors) when the base was random-init, else its hub id / dir
+  recorded in the metadata;
+- the tokenizer files;
+- `arena_dist.json`: {label_mode, num_labels, template, max_length, head, lora, base, teacher_extra_inputs,
+  created_by, config_hash, format_version}.
+
+An MLP head is saved in the same safetensors under `score.*` (transformers' own loader only understands the linear
+head; `load_export` restores either). Under ZeRO-3 the caller gathers the full state dict and passes `state_dict=`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from arena_dist.errors import InputError
+from arena_dist.io import atomic_directory, atomic_write_json
+
+META_FILE = "arena_dist.json"
+BASE_DIR = "base"
+FORMAT_VERSION = 1
+REQUIRED_META = ("label_mode", "template", "max_length")
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _head_kind(model) -> str:
+    from arena_dist.models.heads import MLPHead
+
+    base = model.get_base_model() if _is_peft(model) else model
+    score = base.score
+    if hasattr(score, "modules_to_save"):  # peft ModulesToSaveWrapper
+        score = score.original_module
+    return "mlp" if isinstance(score, MLPHead) else "linear"
+
+
+def base_state_dict_from_peft(state_dict: dict) -> dict:
+    """Full PEFT state dict -> plain base-model keys (LoRA tensors dropped, the original head kept)."""
+    base = {}
+    for key, tensor in state_dict.items():
+        if "lora_" in key or ".modules_to_save." in key:
+            continue
+        name = key.removeprefix("base_model.model.")
+        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
+        base[name] = tensor
+    return base
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    atomic_write_json(directory / META_FILE, meta)
+
+
+def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_dict: dict | None = None,
+                model_config=None) -> Path:
+    """Write the export folder atomically; returns its path. `meta` needs label_mode, template, max_length.
+
+    `state_dict`: the gathered full state dict (ZeRO-3); default `model.state_dict()`. `model_config`: the
+    ModelConfig the model was built from (default: the one `build_model` attached)."""
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise InputError(f"export metadata is missing {', '.join(missing)} (writing {out_dir})")
+    model_config = model_config or getattr(model, "arena_model_config", None)
+    is_lora = _is_peft(model)
+    state = state_dict if state_dict is not None else model.state_dict()
+    base_spec = model_config.base_spec() if model_config is not None else None
+    full_meta = {
+        **meta,
+        "num_labels": int((model.get_base_model() if is_lora else model).config.num_labels),
+        "pad_token_id": (model.get_base_model() if is_lora else model).config.pad_token_id,
+        "head": _head_kind(model),
+        "lora": is_lora,
+        "base": base_spec,
+        "model_config": model_config.model_dump() if model_config is not None else None,
+        "teacher_extra_inputs": meta.get("teacher_extra_inputs", []),
+        "created_by": meta.get("created_by", "arena_dist"),
+        "format_version": FORMAT_VERSION,
+    }
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        if is_lora:
+            model.save_pretrained(tmp, state_dict=state)
+            adapter = tmp / "adapter_model.safetensors"
+            if not adapter.exists() or adapter.stat().st_size < 1024:
+                raise RuntimeError(f"LoRA adapter came out empty in {out_dir} (gather the ZeRO-3 params first)")
+            if base_spec is None or "name_or_path" not in base_spec:
+                _save_base(model, tmp / BASE_DIR, base_state_dict_from_peft(state))
+                full_meta["base_dir"] = BASE_DIR
+        else:
+            model.save_pretrained(tmp, state_dict=state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _write_meta(tmp, full_meta)
+    return out_dir
+
+
+def _save_base(peft_model, directory: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    base = peft_model.get_base_model()
+    base.config.save_pretrained(directory)
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def read_export_meta(path: str | os.PathLike) -> dict:
+    meta_path = Path(path) / META_FILE
+    try:
+        return json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{meta_path}: not an arena_dist export (metadata file missing)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{meta_path}: unreadable metadata ({exc.msg} at line {exc.lineno})") from None
+
+
+def _load_head_weights(model, directory: Path) -> None:
+    """Copy the saved `score.*` tensors (MLP head) into the model's freshly installed head."""
+    from safetensors import safe_open
+
+    head_state = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith("score."):
+                    head_state[key.removeprefix("score.")] = handle.get_tensor(key)
+    if not head_state:
+        raise InputError(f"{directory}: no score.* head weights in the safetensors files")
+    param = next(model.score.parameters())
+    head_state = {k: v.to(dtype=param.dtype, device=param.device) for k, v in head_state.items()}
+    model.score.load_state_dict(head_state, strict=True)
+
+
+def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, quantization: str,
+                     head_weights: bool = True):
+    import warnings
+
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from arena_dist.models.build import quantization_kwargs
+    from arena_dist.models.heads import install_mlp_head
+
+    num_labels = meta["num_labels"]
+    model_config = meta.get("model_config") or {}
+    trust = bool(model_config.get("trust_remote_code", False))
+    # Same attention kernel as in training, so logits reproduce exactly.
+    attention = model_config.get("attn_implementation", "sdpa")
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust, num_labels=num_labels,
+                  attn_implementation=attention,
+                  **quantization_kwargs(quantization, dtype))
+    if meta.get("pad_token_id") is not None:
+        kwargs["pad_token_id"] = meta["pad_token_id"]
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if head == "mlp":
+        # The saved `score.*` keys do not fit the linear head transformers builds; they are loaded right after.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        install_mlp_head(model, num_labels)
+        if head_weights:
+            _load_head_weights(model, directory)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs)
+    return model
+
+
+def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None, quantization: str = "none"):
+    """-> (model in eval mode, tokenizer, meta). LoRA exports are rebuilt as base + adapter (not merged), so a
+    quantised base can carry the full-precision adapter."""
+    from transformers import AutoTokenizer
+
+    from arena_dist.models.build import torch_dtype
+
+    path = Path(path)
+    meta = read_export_meta(path)
+    torch_type = torch_dtype(dtype)
+    if meta["lora"]:
+        from peft import PeftModel
+
+        if meta.get("base_dir"):
+            base_path = path / meta["base_dir"]
+        else:
+            base_path = Path(meta["base"]["name_or_path"])
+        # The trained head comes back from the adapter (modules_to_save); the base only has to match its shape.
+        base = _load_classifier(base_path, meta["head"], meta, torch_type, device_map, quantization,
+                                head_weights=False)
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+    else:
+        model = _load_classifier(path, meta["head"], meta, torch_type, device_map, quantization)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path)) if (path / "tokenizer_config.json").exists() else None
+    return model, tokenizer, meta

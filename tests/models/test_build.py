@@ -1,0 +1,74 @@
+"""build_model: every arch x head x (full, LoRA) builds, runs forward, and has the head / adapters it should."""
+
+import pytest
+import torch
+
+from arena_dist.errors import ConfigError
+from arena_dist.models.build import build_model, count_parameters
+from arena_dist.models.config import ModelConfig
+from arena_dist.models.heads import MLPHead
+from arena_dist.models.tiny import TINY_ARCHS, tiny_model_config
+
+PAD = 0
+
+
+def batch(vocab: int = 100, rows: int = 3, length: int = 9):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (rows, length), generator=gen)
+    mask = torch.ones_like(ids)
+    ids[0, -3:] = PAD  # right padding: the classifier must read the last real token
+    mask[0, -3:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_build_forward(arch, head, lora):
+    model = build_model(tiny_model_config(arch, head=head, lora=lora, vocab_size=128), num_labels=3, pad_token_id=PAD)
+    ids, mask = batch()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    assert logits.shape == (3, 3)
+    assert torch.isfinite(logits).all()
+    base = model.get_base_model() if lora else model
+    score = base.score.original_module if lora else base.score
+    assert isinstance(score, MLPHead) == (head == "mlp")
+    trainable, total = count_parameters(model)
+    if lora:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert any("lora_A" in n for n in names) and any("modules_to_save" in n and "score" in n for n in names)
+        assert trainable < total / 2
+    else:
+        assert trainable == total
+
+
+def test_random_init_is_seeded():
+    cfg = tiny_model_config("llama", vocab_size=128)
+    first = build_model(cfg, 2, PAD).state_dict()
+    second = build_model(cfg, 2, PAD).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_default_vocab_is_local_tokenizer():
+    from arena_dist.formatting.tokenizer import load_tokenizer
+
+    model = build_model(tiny_model_config("qwen2"), 2, PAD)
+    assert model.config.vocab_size == len(load_tokenizer("local"))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="exactly one"):
+        ModelConfig(arch="llama", name_or_path="x")
+    with pytest.raises(ValueError):
+        ModelConfig(arch="llama", hidden_size=64, num_heads=5)
+    with pytest.raises(ValueError):
+        ModelConfig(arch="mistral")
+
+
+def test_quantization_without_quant_module_is_a_config_error():
+    import importlib.util
+
+    if importlib.util.find_spec("arena_dist.models.quant") is not None:
+        pytest.skip("quant module present: covered by its own tests")
+    with pytest.raises(ConfigError, match="quantization"):
+        build_model(tiny_model_config("llama", vocab_size=128, quantization="4bit"), 2, PAD)
