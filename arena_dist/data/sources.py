@@ -1,0 +1,525 @@
+"""Input sources -> canonical records, one streaming reader per format.
+
+Each reader checks the file and its required columns when it is opened (an unreadable file or a missing column is
+one `InputError` naming both) and then yields one `Outcome` per row: a record, or a quarantine reason. Nothing is
+dropped here: dedup and duplicate ids are decided by the pipeline (`arena_dist.data.store.build_dataset`).
+
+Formats (see DESIGN.md): LMSYS csv (JSON-list cells), WSDM parquet, pairwise chosen/rejected JSONL (transcripts or
+explicit prompt), and the unlabelled prompt pool (parquet or JSONL).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import Field, model_validator
+
+from arena_dist.config import StrictModel
+from arena_dist.data.normalize import hash64, repair_text
+from arena_dist.data.records import (
+    LABEL_A,
+    LABEL_B,
+    LABEL_TIE,
+    SPLIT_POOL,
+    SPLIT_TRAIN,
+    UNKNOWN_LANGUAGE,
+    Record,
+    swap_record,
+)
+from arena_dist.errors import InputError
+
+SourceKind = Literal["lmsys_csv", "wsdm_parquet", "pairwise_jsonl", "pool"]
+
+# Canonical column names a source may rename with `columns: {canonical: name_in_file}`.
+CANONICAL_COLUMNS = (
+    "id", "prompt", "response_a", "response_b", "model_a", "model_b", "language",
+    "winner_model_a", "winner_model_b", "winner_tie", "winner", "chosen", "rejected",
+)
+
+# Quarantine reasons (the manifest counts each).
+BAD_ROW = "bad_row"  # not a row at all: wrong field count, JSONL line that is not a JSON object
+BAD_JSON = "bad_json"  # a cell that should hold a JSON list of strings does not
+BAD_VALUE = "bad_value"  # a value of the wrong type (e.g. a number where text belongs)
+BAD_TRANSCRIPT = "bad_transcript"  # chosen/rejected that do not form one conversation with a differing last turn
+MISSING_ID = "missing_id"
+MISSING_PROMPT = "missing_prompt"
+TURN_COUNT_MISMATCH = "turn_count_mismatch"
+EMPTY_RESPONSE = "empty_response"
+IDENTICAL_RESPONSES = "identical_responses"
+INVALID_LABEL = "invalid_label"
+DUPLICATE_ID = "duplicate_id"
+REASONS = (
+    BAD_ROW, BAD_JSON, BAD_VALUE, BAD_TRANSCRIPT, MISSING_ID, MISSING_PROMPT, TURN_COUNT_MISMATCH, EMPTY_RESPONSE,
+    IDENTICAL_RESPONSES, INVALID_LABEL, DUPLICATE_ID,
+)
+
+
+class SourceConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)  # id prefix and `source` tag
+    kind: SourceKind
+    path: Path
+    split: Literal["train", "pool"] | None = None  # default: pool for kind pool, train otherwise
+    columns: dict[str, str] = Field(default_factory=dict)  # canonical column -> its name in the file
+    language: str = UNKNOWN_LANGUAGE  # used when the file has no language column (or the cell is empty)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "SourceConfig":
+        if self.split is None:
+            self.split = SPLIT_POOL if self.kind == "pool" else SPLIT_TRAIN
+        unknown = sorted(set(self.columns) - set(CANONICAL_COLUMNS))
+        if unknown:
+            raise ValueError(f"columns: unknown canonical column {unknown[0]!r} (known: {', '.join(CANONICAL_COLUMNS)})")
+        return self
+
+
+class Quarantined(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Outcome:
+    row: int  # 1 = first data row (CSV: after the header; JSONL: line number; parquet: row index + 1)
+    raw: Any  # the row as read (dict of canonical column -> value, or the raw line)
+    record: Record | None = None
+    reason: str | None = None
+    detail: str = ""
+
+
+# ------------------------------------------------------------------------------------------------------ text helpers
+class SourceReader:
+    """Base: column mapping, text repair with a counter, and the checks every format shares."""
+
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+
+    def __init__(self, config: SourceConfig):
+        self.config = config
+        self.path = Path(config.path)
+        self.repaired_surrogates = 0  # texts in which lone surrogates were replaced by U+FFFD
+
+    # --- columns
+    def file_column(self, canonical: str) -> str:
+        return self.config.columns.get(canonical, canonical)
+
+    def check_columns(self, present: list[str], required: tuple[str, ...]) -> None:
+        for canonical in required:
+            name = self.file_column(canonical)
+            if name not in present:
+                renamed = f" (mapped from {canonical!r})" if name != canonical else ""
+                raise InputError(f"{self.path}: missing required column {name!r}{renamed}")
+
+    def canonical_row(self, row: dict) -> dict:
+        """Keep only known columns, under canonical names."""
+        out = {}
+        for canonical in (*self.required, *self.optional):
+            name = self.file_column(canonical)
+            if name in row:
+                out[canonical] = row[name]
+        return out
+
+    # --- texts
+    def text(self, value: Any, field: str) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise Quarantined(BAD_VALUE, f"{field}: expected text, got {type(value).__name__}")
+        repaired, changed = repair_text(value)
+        self.repaired_surrogates += changed
+        return repaired
+
+    def turns(self, value: Any, field: str) -> list[str]:
+        """A plain string is one turn; a list holds one string (or null -> "") per turn."""
+        if isinstance(value, (list, tuple)):
+            return [self.text(item, f"{field}[{i}]") for i, item in enumerate(value)]
+        return [self.text(value, field)]
+
+    def json_turns(self, cell: Any, field: str) -> list[str]:
+        """LMSYS cell: a JSON-encoded list of strings or nulls."""
+        if not isinstance(cell, str):
+            raise Quarantined(BAD_JSON, f"{field}: empty cell")
+        try:
+            value = json.loads(cell)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise Quarantined(BAD_JSON, f"{field}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        if not isinstance(value, list):
+            raise Quarantined(BAD_JSON, f"{field}: JSON {type(value).__name__}, expected a list of strings")
+        for i, item in enumerate(value):
+            if item is not None and not isinstance(item, str):
+                raise Quarantined(BAD_JSON, f"{field}[{i}]: JSON {type(item).__name__}, expected a string or null")
+        return self.turns(value, field)
+
+    def optional_text(self, row: dict, field: str) -> str | None:
+        value = self.text(row.get(field), field).strip()
+        return value or None
+
+    def record(self, row: dict, source_id: Any, prompt, response_a, response_b, label: int | None) -> Record:
+        """Shared validation, then the canonical record (fold is set by the pipeline)."""
+        if source_id is None or (isinstance(source_id, str) and not source_id.strip()):
+            raise Quarantined(MISSING_ID, "id is empty")
+        source_id = str(source_id).strip()
+        if not (len(prompt) == len(response_a) == len(response_b)):
+            raise Quarantined(
+                TURN_COUNT_MISMATCH, f"prompt {len(prompt)}, response_a {len(response_a)}, response_b {len(response_b)}"
+            )
+        if not any(turn.strip() for turn in prompt):
+            raise Quarantined(MISSING_PROMPT, "every prompt turn is empty")
+        for name, response in (("response_a", response_a), ("response_b", response_b)):
+            if not any(turn.strip() for turn in response):
+                raise Quarantined(EMPTY_RESPONSE, f"{name}: every turn is empty")
+        if list(response_a) == list(response_b):
+            raise Quarantined(IDENTICAL_RESPONSES, "response_a equals response_b")
+        language = self.optional_text(row, "language") or self.config.language
+        return Record(
+            id=f"{self.config.name}/{source_id}",
+            source=self.config.name,
+            prompt=list(prompt),
+            response_a=list(response_a),
+            response_b=list(response_b),
+            model_a=self.optional_text(row, "model_a"),
+            model_b=self.optional_text(row, "model_b"),
+            language=language,
+            label=label,
+            fold=0,
+        )
+
+    # --- iteration
+    def rows(self) -> Iterator[tuple[int, Any]]:
+        raise NotImplementedError
+
+    def convert(self, row_number: int, row: Any) -> Record:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Outcome]:
+        for row_number, row in self.rows():
+            try:
+                yield Outcome(row_number, row, record=self.convert(row_number, row))
+            except Quarantined as q:
+                yield Outcome(row_number, row, reason=q.reason, detail=q.detail)
+
+    @property
+    def labelled(self) -> bool:
+        return self.config.split == SPLIT_TRAIN
+
+
+def _cannot_read(path: Path, exc: BaseException) -> InputError:
+    reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return InputError(f"{path}: cannot read ({reason})")
+
+
+# ------------------------------------------------------------------------------------------------------- LMSYS csv
+LMSYS_LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
+
+
+class LmsysCsvReader(SourceReader):
+    """LMSYS train.csv / test.csv. Cells of prompt/response_* are JSON lists, one string (or null) per turn."""
+
+    required = ("id", "prompt", "response_a", "response_b")
+    optional = ("model_a", "model_b", "language", *LMSYS_LABEL_COLUMNS)
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(config)
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # responses can be far above the 128 KiB default
+        try:
+            # surrogateescape: undecodable bytes become lone surrogates, repaired to U+FFFD and counted.
+            with open(self.path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+                self.header = next(csv.reader(handle), None)
+        except OSError as exc:
+            raise _cannot_read(self.path, exc) from None
+        if not self.header:
+            raise InputError(f"{self.path}: empty file (no header row)")
+        self.check_columns(self.header, self.required + (LMSYS_LABEL_COLUMNS if self.labelled else ()))
+
+    def rows(self) -> Iterator[tuple[int, Any]]:
+        with open(self.path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            reader = csv.reader(handle)
+            next(reader)
+            row_number = 0
+            while True:
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    raise InputError(f"{self.path}: line {reader.line_num}: unreadable CSV ({exc})") from None
+                row_number += 1
+                if len(values) != len(self.header):
+                    yield row_number, {"_fields": values}
+                else:
+                    yield row_number, dict(zip(self.header, values))
+
+    def convert(self, row_number: int, row: Any) -> Record:
+        if "_fields" in row:
+            raise Quarantined(BAD_ROW, f"{len(row['_fields'])} fields, header has {len(self.header)}")
+        row = self.canonical_row(row)
+        label = self.label(row) if self.labelled else None
+        prompt = self.json_turns(row["prompt"], "prompt")
+        response_a = self.json_turns(row["response_a"], "response_a")
+        response_b = self.json_turns(row["response_b"], "response_b")
+        return self.record(row, row["id"], prompt, response_a, response_b, label)
+
+    @staticmethod
+    def label(row: dict) -> int:
+        try:
+            flags = [float(row[name]) for name in LMSYS_LABEL_COLUMNS]
+        except (TypeError, ValueError):
+            raise Quarantined(INVALID_LABEL, "winner columns are not numbers") from None
+        if sorted(flags) != [0.0, 0.0, 1.0]:
+            raise Quarantined(INVALID_LABEL, f"winner columns {flags} are not one-hot")
+        return (LABEL_A, LABEL_B, LABEL_TIE)[flags.index(1.0)]
+
+
+# ---------------------------------------------------------------------------------------------- parquet row streams
+class ParquetRows:
+    """Mixin: stream a parquet file's rows (canonical names) with `iter_batches`."""
+
+    batch_size = 4096
+
+    def open_parquet(self, required: tuple[str, ...]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            self.parquet = pq.ParquetFile(self.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise _cannot_read(self.path, exc) from None
+        names = self.parquet.schema_arrow.names
+        self.check_columns(names, required)
+        wanted = {self.file_column(c) for c in (*self.required, *self.optional)}
+        self.read_columns = [name for name in names if name in wanted]
+
+    def rows(self) -> Iterator[tuple[int, Any]]:
+        row_number = 0
+        for batch in self.parquet.iter_batches(batch_size=self.batch_size, columns=self.read_columns):
+            for row in batch.to_pylist():
+                row_number += 1
+                yield row_number, self.canonical_row(row)
+
+
+class JsonlRows:
+    """Mixin: stream JSONL objects (canonical names); the first object must carry the required keys."""
+
+    def open_jsonl(self, required: tuple[str, ...]) -> None:
+        try:
+            with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
+                for line in handle:
+                    if line.strip():
+                        try:
+                            first = json.loads(line)
+                        except json.JSONDecodeError:
+                            first = None
+                        if isinstance(first, dict):
+                            self.check_columns(list(first), required)
+                        break
+        except OSError as exc:
+            raise _cannot_read(self.path, exc) from None
+
+    def rows(self) -> Iterator[tuple[int, Any]]:
+        with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue  # blank lines are not rows
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield line_number, {"_line": line.rstrip("\n"), "_error": f"not JSON ({exc.msg})"}
+                    continue
+                if not isinstance(value, dict):
+                    yield line_number, {"_line": line.rstrip("\n"), "_error": "not a JSON object"}
+                    continue
+                missing = [self.file_column(c) for c in self.required if self.file_column(c) not in value]
+                if missing:
+                    yield line_number, {"_line": line.rstrip("\n"), "_error": f"missing key {missing[0]!r}"}
+                    continue
+                yield line_number, self.canonical_row(value)
+
+
+def _reject_bad_line(row: dict) -> None:
+    if "_error" in row:
+        raise Quarantined(BAD_ROW, row["_error"])
+
+
+# ------------------------------------------------------------------------------------------------------ WSDM parquet
+WSDM_WINNERS = {"model_a": LABEL_A, "model_b": LABEL_B}
+
+
+class WsdmParquetReader(ParquetRows, SourceReader):
+    required = ("id", "prompt", "response_a", "response_b")
+    optional = ("model_a", "model_b", "language", "winner")
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(config)
+        self.open_parquet(self.required + (("winner",) if self.labelled else ()))
+
+    def convert(self, row_number: int, row: Any) -> Record:
+        label = None
+        if self.labelled:
+            winner = row.get("winner")
+            if winner not in WSDM_WINNERS:
+                raise Quarantined(INVALID_LABEL, f"winner {winner!r} is not model_a or model_b")
+            label = WSDM_WINNERS[winner]
+        prompt = self.turns(row["prompt"], "prompt")
+        response_a = self.turns(row["response_a"], "response_a")
+        response_b = self.turns(row["response_b"], "response_b")
+        return self.record(row, row["id"], prompt, response_a, response_b, label)
+
+
+# -------------------------------------------------------------------------------------------------------------- pool
+class _PoolMixin:
+    required = ("prompt", "response_a", "response_b")
+    optional = ("id", "model_a", "model_b", "language")
+
+    def convert(self, row_number: int, row: Any) -> Record:
+        _reject_bad_line(row)
+        prompt = self.turns(row["prompt"], "prompt")
+        response_a = self.turns(row["response_a"], "response_a")
+        response_b = self.turns(row["response_b"], "response_b")
+        source_id = row["id"] if "id" in row else row_number
+        return self.record(row, source_id, prompt, response_a, response_b, None)
+
+
+class PoolParquetReader(_PoolMixin, ParquetRows, SourceReader):
+    def __init__(self, config: SourceConfig):
+        SourceReader.__init__(self, config)
+        self.open_parquet(self.required)
+
+
+class PoolJsonlReader(_PoolMixin, JsonlRows, SourceReader):
+    def __init__(self, config: SourceConfig):
+        SourceReader.__init__(self, config)
+        self.open_jsonl(self.required)
+
+
+# ---------------------------------------------------------------------------------------------------- pairwise JSONL
+_ROLE_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_ROLE_NAMES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant"}
+
+
+def parse_messages(value: Any, field: str) -> list[tuple[str, str]]:
+    """A conversation as [(role, text)]: from a "\\n\\nHuman: …\\n\\nAssistant: …" transcript, a list of
+    {role, content} messages, or a plain string (one assistant message without markers is returned as ("text", s))."""
+    if isinstance(value, list):
+        messages = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or not isinstance(item.get("content"), str):
+                raise Quarantined(BAD_TRANSCRIPT, f"{field}[{i}]: expected {{role, content}}")
+            role = _ROLE_NAMES.get(str(item.get("role", "")).lower())
+            if role is None:
+                raise Quarantined(BAD_TRANSCRIPT, f"{field}[{i}]: unsupported role {item.get('role')!r}")
+            messages.append((role, item["content"]))
+        return messages
+    if not isinstance(value, str):
+        raise Quarantined(BAD_VALUE, f"{field}: expected text or a list of messages, got {type(value).__name__}")
+    parts = _ROLE_MARKER.split(value)
+    if len(parts) == 1:
+        return [("text", value)]
+    if parts[0].strip():
+        raise Quarantined(BAD_TRANSCRIPT, f"{field}: text before the first Human:/Assistant: marker")
+    return [("user" if role == "Human" else "assistant", text.strip()) for role, text in zip(parts[1::2], parts[2::2])]
+
+
+class PairwiseJsonlReader(JsonlRows, SourceReader):
+    """chosen/rejected pairs. Chosen is put in A here (label A); the pipeline then swaps a balanced, seeded half."""
+
+    required = ("chosen", "rejected")
+    optional = ("id", "prompt", "model_a", "model_b", "language")
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(config)
+        if not self.labelled:
+            raise InputError(f"{self.path}: a pairwise source is labelled by construction; use split: train")
+        self.open_jsonl(self.required)
+
+    def conversation(self, row: dict, field: str) -> list[tuple[str, str]]:
+        messages = parse_messages(row[field], field)
+        if "prompt" not in row:
+            if messages and messages[0][0] == "text":
+                raise Quarantined(BAD_TRANSCRIPT, f"{field}: no Human:/Assistant: turns and no prompt field")
+            return messages
+        prompt = parse_messages(row["prompt"], "prompt")
+        prompt = [("user", text) if role == "text" else (role, text) for role, text in prompt]
+        if prompt and prompt[-1] == ("assistant", ""):
+            prompt = prompt[:-1]  # "…\n\nAssistant:" prompts end with an open assistant turn
+        if messages and messages[0][0] == "text":
+            return prompt + [("assistant", messages[0][1])]
+        return messages if messages[: len(prompt)] == prompt else prompt + messages
+
+    def convert(self, row_number: int, row: Any) -> Record:
+        _reject_bad_line(row)
+        chosen = [(role, self.text(text, role)) for role, text in self.conversation(row, "chosen")]
+        rejected = [(role, self.text(text, role)) for role, text in self.conversation(row, "rejected")]
+        if not chosen or not rejected or chosen[-1][0] != "assistant" or rejected[-1][0] != "assistant":
+            raise Quarantined(BAD_TRANSCRIPT, "chosen and rejected must both end with an assistant turn")
+        if chosen[:-1] != rejected[:-1]:
+            raise Quarantined(BAD_TRANSCRIPT, "chosen and rejected differ before their last assistant turn")
+        history = chosen[:-1]
+        roles = [role for role, _ in history]
+        if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+            raise Quarantined(BAD_TRANSCRIPT, "turns do not alternate Human/Assistant starting with Human")
+        chosen_last, rejected_last = chosen[-1][1], rejected[-1][1]
+        if not chosen_last.strip() or not rejected_last.strip():
+            which = "chosen" if not chosen_last.strip() else "rejected"
+            raise Quarantined(EMPTY_RESPONSE, f"{which}: the last assistant turn is empty")
+        if chosen_last == rejected_last:
+            raise Quarantined(IDENTICAL_RESPONSES, "chosen equals rejected")
+        prompt = [text for role, text in history if role == "user"]
+        earlier = [text for role, text in history if role == "assistant"]
+        source_id = row["id"] if "id" in row else row_number
+        return self.record(row, source_id, prompt, earlier + [chosen_last], earlier + [rejected_last], LABEL_A)
+
+
+class BalancedAssigner:
+    """Puts chosen in A or B, exactly balanced: per consecutive pair of kept rows one seeded coin sends the first to
+    one side and the second to the other, so |#A - #B| <= 1 whatever the rows."""
+
+    def __init__(self, seed: int, source_name: str):
+        self.seed, self.source_name, self.count = seed, source_name, 0
+
+    def chosen_to_b(self, index: int) -> bool:
+        coin = hash64(str(index // 2), salt=f"ab/{self.seed}/{self.source_name}") & 1
+        return bool(coin ^ (index % 2))
+
+    def assign(self, record: Record) -> Record:
+        to_b = self.chosen_to_b(self.count)
+        self.count += 1
+        return swap_record(record) if to_b else record
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+
+
+# ------------------------------------------------------------------------------------------------------------ factory
+def open_source(config: SourceConfig) -> SourceReader:
+    """Open a source and check its columns (InputError naming file and column when unusable)."""
+    path = Path(config.path)
+    if not path.is_file():
+        raise InputError(f"{path}: cannot read (no such file)" if not path.exists() else f"{path}: not a file")
+    if config.kind == "lmsys_csv":
+        return LmsysCsvReader(config)
+    if config.kind == "wsdm_parquet":
+        return WsdmParquetReader(config)
+    if config.kind == "pairwise_jsonl":
+        return PairwiseJsonlReader(config)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return PoolParquetReader(config)
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return PoolJsonlReader(config)
+    raise InputError(f"{path}: a pool must be .parquet or .jsonl (source {config.name!r})")
+
+
+def raw_as_strings(raw: Any) -> Any:
+    """A row for the quarantine file: every value as a string (lists/numbers JSON-encoded), None kept."""
+    if isinstance(raw, dict):
+        return {str(k): (v if v is None or isinstance(v, str) else json.dumps(v, default=str)) for k, v in raw.items()}
+    return str(raw)

@@ -1,0 +1,372 @@
+"""The dataset store: canonical records in parquet shards plus a manifest.
+
+Layout of a dataset directory::
+
+    manifest.json                          schema version, config hash, shards (rows, sha256), counts, folds
+    resolved_config.yaml                   the prepare config that built it
+    <split>/shard-00000-of-00008.parquet   split is "train" (labelled) or "pool" (unlabelled)
+    quarantine/<source>.jsonl              rows that could not be used, with row number and reason
+
+The shard of a record is a stable hash of its id, rows keep source order inside a shard, and nothing carries a
+timestamp, so the same input and config give byte-identical shards.
+
+Reader API (used by every later stage; plain ints, no torch.distributed):
+`load_manifest`, `shard_paths`, `read_shard`, `iter_records`, `read_records`, `count_records`, `verify_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from arena_dist.data.folds import fold_filter
+from arena_dist.data.normalize import hash64
+from arena_dist.data.records import LABEL_NAMES, RECORD_SCHEMA, SCHEMA_VERSION, Record
+from arena_dist.errors import InputError
+from arena_dist.io import sha256_file
+
+MANIFEST = "manifest.json"
+QUARANTINE_DIR = "quarantine"
+PARQUET_COMPRESSION = "zstd"
+
+
+# ----------------------------------------------------------------------------------------------------------- naming
+def shard_name(index: int, num_shards: int) -> str:
+    return f"shard-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def shard_of(record_id: str, num_shards: int) -> int:
+    """Stable shard index of a record id (blake2b, the same in every process and run)."""
+    return hash64(record_id, salt="shard") % num_shards
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+def load_manifest(dataset_dir: str | os.PathLike) -> dict:
+    path = Path(dataset_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no manifest (not a prepared dataset directory?)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable manifest ({exc})") from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}")
+    return manifest
+
+
+def _split_entry(manifest: dict, dataset_dir, split: str) -> dict:
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise InputError(
+            f"{Path(dataset_dir) / MANIFEST}: no split {split!r} (has: {', '.join(sorted(splits)) or 'none'})"
+        )
+    return splits[split]
+
+
+def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
+    manifest = load_manifest(dataset_dir)
+    return [Path(dataset_dir) / shard["path"] for shard in _split_entry(manifest, dataset_dir, split)["shards"]]
+
+
+def read_shard(path: str | os.PathLike) -> list[Record]:
+    try:
+        table = pq.read_table(path, schema=RECORD_SCHEMA)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: unreadable shard ({exc})") from None
+    return table.to_pylist()  # type: ignore[return-value]
+
+
+def iter_records(dataset_dir: str | os.PathLike, split: str = "train", batch_size: int = 4096) -> Iterator[Record]:
+    """Every record of `split` in canonical order (shard by shard), reading one batch at a time."""
+    for path in shard_paths(dataset_dir, split):
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            yield from batch.to_pylist()  # type: ignore[misc]
+
+
+def _shard_masks(paths: list[Path], accept) -> list[list[bool]]:
+    """Per shard, which rows pass the fold filter (reads only the small `fold` column)."""
+    masks = []
+    for path in paths:
+        folds = pq.read_table(path, columns=["fold"]).column("fold").to_pylist()
+        masks.append([accept(fold) for fold in folds])
+    return masks
+
+
+def rank_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of `rank`'s contiguous slice of `total` items; sizes differ by at most one."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    return total * rank // world_size, total * (rank + 1) // world_size
+
+
+def count_records(dataset_dir, split: str = "train", folds=None, exclude_folds=None) -> int:
+    accept = fold_filter(folds, exclude_folds)
+    return sum(sum(mask) for mask in _shard_masks(shard_paths(dataset_dir, split), accept))
+
+
+def read_records(
+    dataset_dir: str | os.PathLike,
+    split: str = "train",
+    rank: int = 0,
+    world_size: int = 1,
+    folds: Iterable[int] | None = None,
+    exclude_folds: Iterable[int] | None = None,
+) -> list[Record]:
+    """`rank`'s contiguous slice of the (fold-filtered) records of `split`, in canonical order.
+
+    The slices of ranks 0..world_size-1 are disjoint, cover every selected record exactly once and differ in size by
+    at most one. Only the shards that overlap the slice are read in full.
+    """
+    accept = fold_filter(folds, exclude_folds)
+    paths = shard_paths(dataset_dir, split)
+    masks = _shard_masks(paths, accept)
+    start, end = rank_bounds(sum(sum(mask) for mask in masks), rank, world_size)
+    selected: list[Record] = []
+    offset = 0  # number of selected records in the shards before this one
+    for path, mask in zip(paths, masks):
+        count = sum(mask)
+        if offset + count > start and offset < end:
+            rows = [row for row, keep in zip(read_shard(path), mask) if keep]
+            selected.extend(rows[max(0, start - offset) : end - offset])
+        offset += count
+        if offset >= end:
+            break
+    return selected
+
+
+def verify_dataset(dataset_dir: str | os.PathLike) -> dict:
+    """Check every shard's sha256 and row count against the manifest; raise InputError on the first mismatch."""
+    manifest = load_manifest(dataset_dir)
+    checked = {}
+    for split, entry in manifest["splits"].items():
+        rows = 0
+        for shard in entry["shards"]:
+            path = Path(dataset_dir) / shard["path"]
+            if not path.exists():
+                raise InputError(f"{path}: shard listed in the manifest is missing")
+            digest = sha256_file(path)
+            if digest != shard["sha256"]:
+                raise InputError(f"{path}: sha256 {digest[:12]}… differs from the manifest's {shard['sha256'][:12]}…")
+            actual = pq.ParquetFile(path).metadata.num_rows
+            if actual != shard["rows"]:
+                raise InputError(f"{path}: {actual} rows, the manifest says {shard['rows']}")
+            rows += actual
+        if rows != entry["rows"]:
+            raise InputError(f"{Path(dataset_dir) / MANIFEST}: split {split!r} rows {entry['rows']} != shards {rows}")
+        checked[split] = rows
+    return checked
+
+
+# ----------------------------------------------------------------------------------------------------------- writing
+class ShardedSplitWriter:
+    """Streams records of one split into `num_shards` parquet files, `batch_rows` rows per row group.
+
+    Memory is bounded by num_shards * batch_rows rows, whatever the number of records.
+    """
+
+    def __init__(self, root: Path, split: str, num_shards: int, num_folds: int, batch_rows: int = 2048):
+        self.root, self.split, self.num_shards, self.num_folds = root, split, num_shards, num_folds
+        self.batch_rows = batch_rows
+        self._buffers: list[list[Record]] = [[] for _ in range(num_shards)]
+        self._writers: list[pq.ParquetWriter | None] = [None] * num_shards
+        self._rows = [0] * num_shards
+        self.fold_sizes = [0] * num_folds
+        self.label_counts: Counter[str] = Counter()
+
+    def relative_path(self, index: int) -> str:
+        return f"{self.split}/{shard_name(index, self.num_shards)}"
+
+    def add(self, record: Record) -> None:
+        index = shard_of(record["id"], self.num_shards)
+        self._buffers[index].append(record)
+        self._rows[index] += 1
+        self.fold_sizes[record["fold"]] += 1
+        label = record["label"]
+        self.label_counts["none" if label is None else LABEL_NAMES[label]] += 1
+        if len(self._buffers[index]) >= self.batch_rows:
+            self._flush(index)
+
+    def _writer(self, index: int) -> pq.ParquetWriter:
+        if self._writers[index] is None:
+            path = self.root / self.relative_path(index)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writers[index] = pq.ParquetWriter(path, RECORD_SCHEMA, compression=PARQUET_COMPRESSION)
+        return self._writers[index]  # type: ignore[return-value]
+
+    def _flush(self, index: int) -> None:
+        rows = self._buffers[index]
+        if rows:
+            self._writer(index).write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))
+            self._buffers[index] = []
+
+    def close(self) -> dict:
+        """Write what is buffered, close every shard (empty shards too) and return the manifest entry."""
+        shards = []
+        for index in range(self.num_shards):
+            self._flush(index)
+            self._writer(index).close()
+            path = self.relative_path(index)
+            shards.append({"path": path, "rows": self._rows[index], "sha256": sha256_file(self.root / path)})
+        return {
+            "rows": sum(self._rows),
+            "shards": shards,
+            "fold_sizes": list(self.fold_sizes),
+            "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")},
+        }
+
+    def abort(self) -> None:
+        for writer in self._writers:
+            if writer is not None:
+                writer.close()
+
+
+# ----------------------------------------------------------------------------------------------------------- pipeline
+class _Progress:
+    """Prints rows/s for long sources, at most every `every_s` seconds."""
+
+    def __init__(self, name: str, every_s: float = 10.0):
+        import time
+
+        self._time = time.monotonic
+        self.name, self.every_s = name, every_s
+        self.start = self.last = self._time()
+
+    def tick(self, rows: int) -> None:
+        if rows % 4096 == 0 and self._time() - self.last >= self.every_s:
+            self.last = self._time()
+            rate = rows / max(self.last - self.start, 1e-9)
+            print(f"  {self.name}: {rows:,} rows read, {rate:,.0f} rows/s", flush=True)
+
+
+def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) -> dict:
+    """Run one source: every row is kept (via `accept`), a content duplicate, or quarantined (written to JSONL)."""
+    from arena_dist.data.sources import DUPLICATE_ID, raw_as_strings
+    from arena_dist.data.normalize import SeenHashes
+
+    counts = {"read": 0, "kept": 0, "duplicates": 0, "quarantined": 0}
+    reasons: Counter[str] = Counter()
+    seen_ids = SeenHashes()
+    progress = _Progress(reader.config.name)
+    quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(quarantine_path, "w", encoding="utf-8") as quarantine:
+
+        def reject(outcome, reason: str, detail: str) -> None:
+            counts["quarantined"] += 1
+            reasons[reason] += 1
+            entry = {"row": outcome.row, "reason": reason, "detail": detail, "raw": raw_as_strings(outcome.raw)}
+            quarantine.write(json.dumps(entry, ensure_ascii=True) + "\n")  # ASCII escapes survive lone surrogates
+
+        for outcome in reader:
+            counts["read"] += 1
+            progress.tick(counts["read"])
+            if outcome.record is None:
+                reject(outcome, outcome.reason, outcome.detail)
+            elif not seen_ids.add(hash64(outcome.record["id"], salt="id")):
+                reject(outcome, DUPLICATE_ID, f"id {outcome.record['id']!r} seen before in this source")
+            elif accept(outcome.record):
+                counts["kept"] += 1
+            else:
+                counts["duplicates"] += 1
+    if counts["read"] != counts["kept"] + counts["duplicates"] + counts["quarantined"]:  # never silently lose a row
+        raise AssertionError(f"{reader.config.name}: counts do not add up: {counts}")
+    return {
+        **counts,
+        "reasons": dict(sorted(reasons.items())),
+        "repaired_surrogates": reader.repaired_surrogates,
+        "quarantine_file": quarantine_name,
+    }
+
+
+def build_dataset(
+    sources: list,
+    output_dir: str | os.PathLike,
+    num_shards: int = 8,
+    num_folds: int = 5,
+    seed: int = 0,
+    batch_rows: int = 2048,
+    resolved_config=None,
+) -> dict:
+    """Sources (list of SourceConfig) -> a dataset directory; returns the manifest.
+
+    Every source is opened (and its columns checked) before any row is read; the dataset is built in a temporary
+    directory beside `output_dir` and renamed onto it at the end, so an error leaves no partial output.
+    Dedup is global and in source order: the first occurrence of a comparison wins, later ones count as duplicates
+    of the source they come from. Chosen/rejected sources are balanced A/B after dedup, over the kept rows.
+    """
+    from arena_dist.config import config_hash, save_resolved_config
+    from arena_dist.data.folds import fold_of
+    from arena_dist.data.normalize import SeenHashes, comparison_hash
+    from arena_dist.data.sources import BalancedAssigner, open_source
+    from arena_dist.io import atomic_directory, atomic_write_json
+
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        raise InputError(f"source names must be unique, got {names}")
+    readers = [open_source(source) for source in sources]
+    seen_content = SeenHashes()
+    manifest_sources: dict[str, dict] = {}
+    writers: dict[str, ShardedSplitWriter] = {}
+    with atomic_directory(output_dir) as tmp:
+        try:
+            for reader in readers:
+                config = reader.config
+                assigner = BalancedAssigner(seed, config.name) if config.kind == "pairwise_jsonl" else None
+
+                def accept(record, split=config.split, assigner=assigner) -> bool:
+                    if not seen_content.add(comparison_hash(record["prompt"], record["response_a"], record["response_b"])):
+                        return False
+                    if assigner is not None:
+                        record = assigner.assign(record)
+                    record["fold"] = fold_of(record["prompt"], num_folds, seed)
+                    if split not in writers:
+                        writers[split] = ShardedSplitWriter(tmp, split, num_shards, num_folds, batch_rows)
+                    writers[split].add(record)
+                    return True
+
+                quarantine_name = f"{QUARANTINE_DIR}/{config.name}.jsonl"
+                counts = _source_counts(reader, tmp / quarantine_name, quarantine_name, accept)
+                manifest_sources[config.name] = {
+                    "kind": config.kind, "path": str(config.path), "split": config.split, **counts
+                }
+                print(format_source_counts(config.name, manifest_sources[config.name]), flush=True)
+            splits = {split: writers[split].close() for split in sorted(writers)}
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "config_hash": config_hash(resolved_config) if resolved_config is not None else None,
+            "num_shards": num_shards,
+            "num_folds": num_folds,
+            "seed": seed,
+            "splits": splits,
+            "sources": manifest_sources,
+            "fold_sizes": {split: entry["fold_sizes"] for split, entry in splits.items()},
+            "label_counts": {split: entry["label_counts"] for split, entry in splits.items()},
+        }
+        if resolved_config is not None:
+            save_resolved_config(resolved_config, tmp)
+        atomic_write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def format_source_counts(name: str, counts: dict) -> str:
+    reasons = ", ".join(f"{reason}={n}" for reason, n in counts["reasons"].items())
+    line = (
+        f"{name}: read={counts['read']:,} = kept {counts['kept']:,} + duplicates {counts['duplicates']:,}"
+        f" + quarantined {counts['quarantined']:,}"
+    )
+    if reasons:
+        line += f" ({reasons})"
+    if counts["repaired_surrogates"]:
+        line += f"; repaired surrogates in {counts['repaired_surrogates']:,} texts"
+    return line
