@@ -1,0 +1,55 @@
+"""`arena-dist plan` end to end: config -> table on stdout + plan.json + resolved config; bad input is one line."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from arena_dist.cli import main
+from arena_dist.config import load_config
+from arena_dist.errors import ConfigError
+from arena_dist.stages import plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("config_file", sorted((REPO / "launch" / "configs").glob("plan_*.yaml")))
+def test_shipped_plan_configs_run(config_file, tmp_path, capsys):
+    assert main(["plan", "--config", str(config_file), "--set", f"out_dir={tmp_path}"]) == 0
+    written = json.loads((tmp_path / "plan.json").read_text())
+    assert (tmp_path / "resolved_config.yaml").exists()
+    assert {"teacher", "label", "student"} <= set(written)
+    assert "fits:" in capsys.readouterr().out
+
+
+def test_run_returns_the_plan_and_flags_what_does_not_fit(tmp_path):
+    config = load_config(plan.Config, overrides=[f"out_dir={tmp_path}", "cluster.nodes=2", "student=null",
+                                                  "label=null"])
+    two = plan.run(config)
+    assert not two["teacher"]["memory"]["fits"]  # 70B full FT, ZeRO-3, 16 x 80 GiB: states alone ~77 GiB
+    config = load_config(plan.Config, overrides=[f"out_dir={tmp_path}", "cluster.nodes=2", "student=null",
+                                                  "label=null", "teacher.training.offload=optimizer"])
+    offloaded = plan.run(config)
+    assert offloaded["teacher"]["memory"]["fits"]
+    assert offloaded["teacher"]["memory"]["cpu_per_node_gib"] > two["teacher"]["memory"]["cpu_per_node_gib"]
+    assert json.loads((tmp_path / "plan.json").read_text()) == json.loads(json.dumps(offloaded))
+
+
+def test_explicit_dims_without_a_name(tmp_path):
+    dims = ["layers=2", "hidden=64", "heads=4", "kv_heads=2", "intermediate=128", "vocab=1000"]
+    config = load_config(plan.Config, overrides=[f"out_dir={tmp_path}", "student=null", "label=null",
+                                                  "teacher.model.name=null"]
+                         + [f"teacher.model.{d}" for d in dims])
+    result = plan.run(config)
+    expected = 1000 * 64 + 2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64) + 64 + 3 * 64
+    assert result["teacher"]["params"]["total"] == expected
+
+
+def test_bad_values_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="teacher.training.zero_stage"):
+        load_config(plan.Config, overrides=["teacher.training.zero_stage=4"])
+    with pytest.raises(ConfigError, match="model.name"):
+        plan.run(load_config(plan.Config, overrides=[f"out_dir={tmp_path}", "teacher.model.name=acme/x"]))
+    with pytest.raises(ConfigError, match="zero_stage 3"):
+        plan.run(load_config(plan.Config, overrides=[f"out_dir={tmp_path}", "teacher.training.zero_stage=2",
+                                                      "teacher.training.offload=optimizer+params"]))
