@@ -1,0 +1,64 @@
+"""bitsandbytes 4-bit / 8-bit loading for QLoRA students (the hook `arena_dist.models.build` calls).
+
+- 4bit: NF4 with double quantisation; compute dtype = the model dtype (bf16 on GPUs, as in QLoRA; float32 is what
+  the tiny CPU students use, since bf16 matmuls on a 2-core CPU are slow and gain nothing).
+- 8bit: LLM.int8() (`Linear8bitLt`), outlier threshold 6.0.
+The classification head (`score`) is never quantised: it is trained in full. Quantisation happens at load time from
+full-precision weights (STACK.md: re-saving an NF4 model and reloading it drifts; 8-bit reloads exactly), so exports
+keep the full-precision base + adapter and every load quantises again.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SKIP_MODULES = ["score"]
+
+
+def bnb_config(quantization: str, dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=torch.uint8,
+            llm_int8_skip_modules=SKIP_MODULES,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0, llm_int8_skip_modules=SKIP_MODULES)
+    raise ValueError(f"unknown quantization {quantization!r} (expected 4bit or 8bit)")
+
+
+def from_pretrained_kwargs(quantization: str, dtype: torch.dtype) -> dict:
+    """Extra `from_pretrained` arguments for `quantization` in {"4bit", "8bit"}."""
+    kwargs = {"quantization_config": bnb_config(quantization, dtype)}
+    if not torch.cuda.is_available():
+        kwargs["device_map"] = {"": "cpu"}
+    return kwargs
+
+
+def prepare_model(model, cfg):
+    """peft's k-bit preparation: freeze the base, keep norms in float32, optional gradient checkpointing."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+def quantized_layer_counts(model) -> dict[str, int]:
+    """How many Linear4bit / Linear8bitLt modules the model holds (reports and tests)."""
+    import bitsandbytes as bnb
+
+    counts = {"Linear4bit": 0, "Linear8bitLt": 0}
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            counts["Linear4bit"] += 1
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            counts["Linear8bitLt"] += 1
+    return counts
