@@ -176,7 +176,7 @@ class TextParams(StrictModel):
     response_max_words: int = Field(60, ge=2)
     prompt_min_words: int = Field(5, ge=1)
     prompt_max_words: int = Field(20, ge=1)
-    quality_density: float = Field(0.05, ge=0, le=1, description="share of words beyond the first that are quality words")
+    quality_density: float = Field(0.05, ge=0, le=1, description="share of the other words that are quality words")
     max_quality_words: int = Field(6, ge=1, description="at most this many quality words per turn")
     topic_share: float = Field(0.15, ge=0, le=1, description="share of topic words among a response's other words")
     sentence_end_rate: float = Field(0.12, ge=0, le=1)
@@ -614,8 +614,9 @@ def generate_pool(
 # LMSYS csv (train with quirks, test, answers)
 # --------------------------------------------------------------------------------------------------------------------
 
-QUIRK_KINDS = ("null_turn", "lone_surrogate", "duplicate", "bad_json", "turn_mismatch", "identical_responses")
-MALFORMED_KINDS = ("bad_json", "turn_mismatch", "identical_responses")  # rows the prepare stage must quarantine
+QUIRK_KINDS = ("null_turn", "lone_surrogate", "duplicate", "bad_json", "turn_count_mismatch", "identical_responses")
+# Rows the prepare stage must quarantine (names as its quarantine reasons).
+MALFORMED_KINDS = ("bad_json", "turn_count_mismatch", "identical_responses")
 _SURROGATES = ("\ud83d", "\ud83e", "\ude00")
 
 
@@ -626,7 +627,7 @@ class QuirkParams(StrictModel):
     lone_surrogate_share: float = Field(0.01, ge=0, le=0.2, description="a lone surrogate escape in a response")
     duplicate_share: float = Field(0.005, ge=0, le=0.2, description="a copy of a nearby row (A/B swapped every other)")
     bad_json_share: float = Field(0.003, ge=0, le=0.2, description="a response cell that is not valid JSON")
-    turn_mismatch_share: float = Field(0.003, ge=0, le=0.2, description="response_b with a different turn count")
+    turn_count_mismatch_share: float = Field(0.003, ge=0, le=0.2, description="response_b with another turn count")
     identical_responses_share: float = Field(0.003, ge=0, le=0.2, description="response_b equal to response_a")
 
     def counts(self, n_rows: int) -> dict[str, int]:
@@ -670,7 +671,7 @@ def _apply_quirk(batch: Batch, i: int, kind: str, rng: np.random.Generator, spec
         ma, mb = (batch.model_b[j], batch.model_a[j]) if swap else (batch.model_a[j], batch.model_b[j])
         batch.response_a[i], batch.response_b[i] = list(a), list(b)
         batch.model_a[i], batch.model_b[i], batch.language[i] = ma, mb, batch.language[j]
-    elif kind == "turn_mismatch":
+    elif kind == "turn_count_mismatch":
         turns = list(batch.response_b[i])
         batch.response_b[i] = turns[:-1] if len(turns) > 1 else turns + turns
     elif kind == "identical_responses":
