@@ -296,8 +296,17 @@ class ParquetRows:
         self.read_columns = [name for name in names if name in wanted]
 
     def rows(self) -> Iterator[tuple[int, Any]]:
+        import pyarrow as pa
+
         row_number = 0
-        for batch in self.parquet.iter_batches(batch_size=self.batch_size, columns=self.read_columns):
+        batches = self.parquet.iter_batches(batch_size=self.batch_size, columns=self.read_columns)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (OSError, pa.ArrowException) as exc:
+                raise InputError(f"{self.path}: cannot read after row {row_number} ({exc})") from None
             for row in batch.to_pylist():
                 row_number += 1
                 yield row_number, self.canonical_row(row)

@@ -356,7 +356,15 @@ def build_dataset(
         if resolved_config is not None:
             save_resolved_config(resolved_config, tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
+        _make_readable(tmp)
     return manifest
+
+
+def _make_readable(root: Path) -> None:
+    """mkdtemp/mkstemp create owner-only entries; a dataset is shared (Ray workers, other users): 755/644."""
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def format_source_counts(name: str, counts: dict) -> str:

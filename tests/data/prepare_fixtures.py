@@ -1,0 +1,59 @@
+"""Small input files in the real source formats, written by the tests (malformed rows are written explicitly)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+LMSYS_HEADER = ["id", "model_a", "model_b", "prompt", "response_a", "response_b",
+                "winner_model_a", "winner_model_b", "winner_tie"]
+
+
+def lmsys_row(row_id, prompt, response_a, response_b, winner=(1, 0, 0), model_a="gpt-4", model_b="llama-2"):
+    """One LMSYS row; list arguments are JSON-encoded (as in train.csv), strings are written as they are."""
+    cell = lambda value: value if isinstance(value, str) else json.dumps(value)  # noqa: E731
+    return [row_id, model_a, model_b, cell(prompt), cell(response_a), cell(response_b), *winner]
+
+
+def write_csv(path: Path, rows: list[list], header: list[str] = LMSYS_HEADER) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Dicts are JSON-encoded; strings are written as raw lines (to write malformed lines)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def good_lmsys_rows(n: int, start: int = 0) -> list[list]:
+    return [
+        lmsys_row(i, [f"question {i}"], [f"answer a {i}"], [f"answer b {i}"], winner=[(1, 0, 0), (0, 1, 0), (0, 0, 1)][i % 3])
+        for i in range(start, start + n)
+    ]
+
+
+def pool_rows(n: int, start: int = 0) -> list[dict]:
+    return [
+        {"id": f"p{i}", "prompt": f"pool prompt {i % max(1, n // 3)}", "response_a": f"left {i}", "response_b": f"right {i}"}
+        for i in range(start, start + n)
+    ]
+
+
+def quarantine_entries(dataset_dir: Path, source: str) -> list[dict]:
+    path = Path(dataset_dir) / "quarantine" / f"{source}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]

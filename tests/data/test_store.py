@@ -1,0 +1,210 @@
+"""The sharded store: counts, dedup, determinism, rank slices, verification, and readers of other libraries."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pyarrow.parquet as pq
+import pytest
+from prepare_fixtures import good_lmsys_rows, lmsys_row, pool_rows, write_csv, write_jsonl, write_parquet
+
+from arena_dist.data.normalize import SeenHashes, comparison_hash
+from arena_dist.data.records import RECORD_SCHEMA
+from arena_dist.data.sources import SourceConfig
+from arena_dist.data.store import (
+    build_dataset,
+    count_records,
+    iter_records,
+    load_manifest,
+    rank_bounds,
+    read_records,
+    read_shard,
+    shard_of,
+    shard_paths,
+    verify_dataset,
+)
+from arena_dist.errors import InputError
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """A labelled csv (with one bad row), a pairwise set and a pool."""
+    lm = write_csv(tmp_path / "train.csv", good_lmsys_rows(60) + [lmsys_row(999, "broken", ["a"], ["b"])])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"pair prompt {i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(25)
+    ])
+    pool = write_parquet(tmp_path / "pool.parquet", pool_rows(90))
+    return [
+        SourceConfig(name="lm", kind="lmsys_csv", path=lm),
+        SourceConfig(name="dpo", kind="pairwise_jsonl", path=pairs),
+        SourceConfig(name="pool", kind="pool", path=pool),
+    ]
+
+
+@pytest.fixture
+def dataset(tmp_path, sources):
+    build_dataset(sources, tmp_path / "ds", num_shards=4, num_folds=3, seed=1, batch_rows=7)
+    return tmp_path / "ds"
+
+
+def test_layout_manifest_and_count_conservation(dataset):
+    manifest = load_manifest(dataset)
+    assert manifest["schema_version"] == 1 and manifest["num_shards"] == 4 and manifest["num_folds"] == 3
+    assert sorted(manifest["splits"]) == ["pool", "train"]
+    for name, counts in manifest["sources"].items():
+        assert counts["read"] == counts["kept"] + counts["duplicates"] + counts["quarantined"], name
+    assert manifest["sources"]["lm"] == {
+        "kind": "lmsys_csv", "path": manifest["sources"]["lm"]["path"], "split": "train", "read": 61, "kept": 60,
+        "duplicates": 0, "quarantined": 1, "reasons": {"bad_json": 1}, "repaired_surrogates": 0,
+        "quarantine_file": "quarantine/lm.jsonl",
+    }
+    train = manifest["splits"]["train"]
+    assert train["rows"] == 85 == sum(s["rows"] for s in train["shards"]) == sum(train["fold_sizes"])
+    assert [s["path"] for s in train["shards"]] == [f"train/shard-{i:05d}-of-00004.parquet" for i in range(4)]
+    assert sum(train["label_counts"].values()) == 85 and train["label_counts"]["none"] == 0
+    assert manifest["label_counts"]["pool"] == {"model_a": 0, "model_b": 0, "tie": 0, "none": 90}
+    assert (dataset / "quarantine" / "dpo.jsonl").read_text() == ""
+    assert verify_dataset(dataset) == {"pool": 90, "train": 85}
+    for path in shard_paths(dataset, "train"):
+        assert pq.read_schema(path).equals(RECORD_SCHEMA)
+        assert all(shard_of(r["id"], 4) == int(path.name[6:11]) for r in read_shard(path))
+    assert oct(dataset.stat().st_mode)[-3:] == "755"
+
+
+def test_same_input_and_config_give_byte_identical_shards(tmp_path, sources):
+    first = build_dataset(sources, tmp_path / "one", num_shards=4, num_folds=3, seed=1)
+    second = build_dataset(sources, tmp_path / "two", num_shards=4, num_folds=3, seed=1)
+    for split in first["splits"]:
+        for a, b in zip(shard_paths(tmp_path / "one", split), shard_paths(tmp_path / "two", split)):
+            assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "one" / "manifest.json").read_text() == (tmp_path / "two" / "manifest.json").read_text()
+
+
+def test_dedup_by_normalised_content_and_swapped_order(tmp_path):
+    lm = write_csv(tmp_path / "a.csv", [
+        lmsys_row(1, ["What is  2+2?"], ["Four"], ["4"]),
+        lmsys_row(2, ["what is 2+2?"], ["4"], ["four"], winner=(0, 1, 0)),  # same comparison, swapped, case/space
+        lmsys_row(3, ["ｗｈａｔ is 2+2?"], ["four "], ["4"]),  # NFKC full-width letters
+        lmsys_row(4, ["What is 2+3?"], ["Four"], ["4"]),  # another prompt: kept
+    ])
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"id": "x", "prompt": "what is 2+3?", "response_a": "4", "response_b": "four"},  # duplicate across sources
+        {"id": "y", "prompt": "new", "response_a": "4", "response_b": "four"},
+    ])
+    manifest = build_dataset(
+        [SourceConfig(name="lm", kind="lmsys_csv", path=lm), SourceConfig(name="p", kind="pool", path=pool)],
+        tmp_path / "ds", num_shards=2,
+    )
+    assert manifest["sources"]["lm"]["duplicates"] == 2 and manifest["sources"]["lm"]["kept"] == 2
+    assert manifest["sources"]["p"]["duplicates"] == 1 and manifest["sources"]["p"]["kept"] == 1
+    assert sorted(r["id"] for r in iter_records(tmp_path / "ds", "train")) == ["lm/1", "lm/4"]  # first wins
+    assert comparison_hash(["q"], ["a"], ["b"]) == comparison_hash(["Q "], ["B"], ["a"])
+    assert comparison_hash(["q"], ["a", "b"], ["c"]) != comparison_hash(["q"], ["a"], ["b", "c"])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5, 8, 40])
+def test_rank_slices_cover_every_record_exactly_once(dataset, world_size):
+    for folds, exclude in [(None, None), ([0, 2], None), (None, [1]), ([0, 1], [1])]:
+        everything = [r["id"] for r in read_records(dataset, "train", folds=folds, exclude_folds=exclude)]
+        assert len(everything) == count_records(dataset, "train", folds=folds, exclude_folds=exclude)
+        slices = [
+            [r["id"] for r in read_records(dataset, "train", rank, world_size, folds=folds, exclude_folds=exclude)]
+            for rank in range(world_size)
+        ]
+        assert [i for s in slices for i in s] == everything  # disjoint, contiguous, in order, complete
+        assert max(map(len, slices)) - min(map(len, slices)) <= 1
+    records = read_records(dataset, "train", folds=[0, 2])
+    assert records and {r["fold"] for r in records} <= {0, 2}
+
+
+def test_read_records_order_matches_iter_records_and_rank_errors(dataset):
+    assert read_records(dataset, "pool") == list(iter_records(dataset, "pool"))
+    assert rank_bounds(10, 2, 3) == (6, 10)
+    with pytest.raises(ValueError, match="rank 3 out of range"):
+        read_records(dataset, rank=3, world_size=3)
+    with pytest.raises(InputError, match="no split 'test'"):
+        shard_paths(dataset, "test")
+
+
+def test_verify_dataset_catches_tampering(dataset):
+    path = shard_paths(dataset, "train")[0]
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(InputError, match="sha256"):
+        verify_dataset(dataset)
+    path.unlink()
+    with pytest.raises(InputError, match="missing"):
+        verify_dataset(dataset)
+
+
+def test_missing_column_stops_the_run_and_leaves_no_output(tmp_path, sources):
+    bad = write_parquet(tmp_path / "wsdm.parquet", [{"id": "1", "prompt": "q", "response_a": "a", "winner": "model_a"}])
+    with pytest.raises(InputError) as err:
+        build_dataset([*sources, SourceConfig(name="w", kind="wsdm_parquet", path=bad)], tmp_path / "out")
+    assert str(err.value) == f"{bad}: missing required column 'response_b'"
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temp dir left behind
+
+
+def test_error_mid_run_leaves_no_partial_output(tmp_path, sources):
+    """A pool whose second row group is corrupt fails after other sources wrote rows: nothing appears under `out`."""
+    import pyarrow as pa
+
+    path = tmp_path / "corrupt.parquet"
+    pq.write_table(pa.Table.from_pylist(pool_rows(4000)), path, row_group_size=2000, compression="snappy")
+    metadata = pq.ParquetFile(path).metadata.row_group(1).column(1)
+    data = bytearray(path.read_bytes())
+    start = metadata.data_page_offset + 64
+    data[start : start + 256] = bytes(256)  # zero a stretch of row group 1's compressed prompt page
+    path.write_bytes(bytes(data))
+    corrupt = SourceConfig(name="corrupt", kind="pool", path=path)
+    with pytest.raises(InputError, match=r"corrupt\.parquet: cannot read after row \d+ "):
+        build_dataset([*sources, corrupt], tmp_path / "out", batch_rows=50)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_shards_read_with_hugging_face_datasets(dataset):
+    import datasets
+
+    files = [str(p) for p in shard_paths(dataset, "train")]
+    loaded = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(dataset.parent / "hf"))
+    assert len(loaded) == 85
+    assert sorted(loaded["id"]) == sorted(r["id"] for r in iter_records(dataset, "train"))
+    assert isinstance(loaded[0]["prompt"], list)
+
+
+@pytest.mark.slow
+def test_shards_read_with_ray_data(dataset, tmp_path_factory):
+    import tempfile
+
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="rayh1_", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        ds = ray.data.read_parquet([str(p) for p in shard_paths(dataset, "pool")])
+        rows = ds.take_all()
+        assert len(rows) == 90
+        assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in iter_records(dataset, "pool"))
+        assert list(rows[0]["prompt"]) and rows[0]["label"] is None
+    finally:
+        ray.shutdown()
+
+
+def test_seen_hashes_matches_a_python_set():
+    rng = random.Random(0)
+    values = [rng.getrandbits(64) for _ in range(5000)] * 2
+    seen, reference = SeenHashes(buffer_size=97), set()
+    for value in values:
+        assert seen.add(value) == (value not in reference)
+        reference.add(value)
+    assert len(seen) == len(reference)
+    assert all(v in seen for v in values) and (2**64 - 1 in seen) == (2**64 - 1 in reference)
+
+
+def test_manifest_is_plain_json_without_timestamps(dataset):
+    text = (dataset / "manifest.json").read_text()
+    assert "time" not in text and json.loads(text)["config_hash"] is None  # no config given to build_dataset

@@ -1,0 +1,79 @@
+"""`arena-dist prepare --config X.yaml` end to end through the CLI, and its config errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from prepare_fixtures import good_lmsys_rows, lmsys_row, pool_rows, write_csv, write_parquet  # noqa: E402
+
+from arena_dist.cli import main  # noqa: E402
+from arena_dist.config import config_hash, load_config  # noqa: E402
+from arena_dist.data.store import load_manifest, read_records, verify_dataset  # noqa: E402
+from arena_dist.stages import prepare  # noqa: E402
+
+
+def write_config(tmp_path, **overrides) -> Path:
+    csv_path = write_csv(tmp_path / "train.csv", good_lmsys_rows(30) + [lmsys_row(77, ["q"], ["same"], ["same"])])
+    pool_path = write_parquet(tmp_path / "pool.parquet", pool_rows(20))
+    config = {
+        "output_dir": str(tmp_path / "dataset"),
+        "num_shards": 2,
+        "num_folds": 3,
+        "sources": [
+            {"name": "lmsys", "kind": "lmsys_csv", "path": str(csv_path)},
+            {"name": "pool", "kind": "pool", "path": str(pool_path)},
+        ],
+        **overrides,
+    }
+    path = tmp_path / "prepare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_cli_prepare_prints_counts_and_manifest(tmp_path, capsys):
+    config_path = write_config(tmp_path)
+    assert main(["prepare", "--config", str(config_path), "--set", "seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "lmsys: read=31 = kept 30 + duplicates 0 + quarantined 1 (identical_responses=1)" in out
+    assert f"manifest: {tmp_path / 'dataset' / 'manifest.json'}" in out
+    manifest = load_manifest(tmp_path / "dataset")
+    config = load_config(prepare.Config, config_path, ["seed=7"])
+    assert manifest["config_hash"] == config_hash(config) and manifest["seed"] == 7
+    assert yaml.safe_load((tmp_path / "dataset" / "resolved_config.yaml").read_text())["seed"] == 7
+    assert verify_dataset(tmp_path / "dataset") == {"pool": 20, "train": 30}
+    assert len(read_records(tmp_path / "dataset", "train", rank=1, world_size=2)) == 15
+
+
+def test_run_returns_a_summary(tmp_path):
+    config = load_config(prepare.Config, write_config(tmp_path))
+    summary = prepare.run(config)
+    assert summary["rows"] == {"pool": 20, "train": 30}
+    assert summary["sources"]["pool"]["kept"] == 20
+
+
+def test_config_errors_are_one_line_naming_the_key(tmp_path, capsys):
+    config_path = write_config(tmp_path)
+    assert main(["prepare", "--config", str(config_path), "--set", "num_shards=0"]) == 2
+    assert "num_shards" in capsys.readouterr().err
+    assert main(["prepare", "--config", str(config_path), "--set", "sources.0=x"]) == 2  # not a section
+    capsys.readouterr()
+    bad = write_config(tmp_path, shards=3)
+    assert main(["prepare", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "shards: unknown key" in err and str(bad) in err and err.count("\n") == 1
+    dup = write_config(tmp_path, sources=[{"name": "a", "kind": "pool", "path": "x.parquet"}] * 2)
+    assert main(["prepare", "--config", str(dup)]) == 2
+    assert "source name 'a' is used twice" in capsys.readouterr().err
+
+
+def test_missing_input_file_is_one_error_and_no_output(tmp_path, capsys):
+    config_path = write_config(tmp_path)
+    (tmp_path / "pool.parquet").unlink()
+    assert main(["prepare", "--config", str(config_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"arena-dist prepare: {tmp_path / 'pool.parquet'}: cannot read (no such file)"
+    assert not (tmp_path / "dataset").exists()
