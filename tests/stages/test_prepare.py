@@ -77,3 +77,11 @@ def test_missing_input_file_is_one_error_and_no_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == f"arena-dist prepare: {tmp_path / 'pool.parquet'}: cannot read (no such file)"
     assert not (tmp_path / "dataset").exists()
+
+
+def test_example_configs_validate():
+    configs = sorted((Path(__file__).resolve().parents[2] / "launch" / "configs").glob("prepare_*.yaml"))
+    assert len(configs) >= 2
+    for path in configs:
+        config = load_config(prepare.Config, path)
+        assert config.sources and len({s.name for s in config.sources}) == len(config.sources)
