@@ -12,9 +12,14 @@ from arena_dist.data.normalize import hash64, prompt_key
 
 
 def fold_of(prompt: Sequence[str], num_folds: int, seed: int = 0) -> int:
+    return fold_of_key(prompt_key(prompt), num_folds, seed)
+
+
+def fold_of_key(key: str, num_folds: int, seed: int = 0) -> int:
+    """Fold of an already normalised prompt key (`normalize.prompt_key`)."""
     if num_folds < 1:
         raise ValueError(f"num_folds must be >= 1, got {num_folds}")
-    return hash64(prompt_key(prompt), salt=f"fold{seed}") % num_folds
+    return hash64(key, salt=f"fold{seed}") % num_folds
 
 
 def fold_filter(folds: Iterable[int] | None, exclude_folds: Iterable[int] | None):

@@ -16,7 +16,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_WHITESPACE = re.compile(r"\s+")
 _TURN_SEP = "\x1f"  # unit separator: cannot collide with text after normalisation joins
 _PART_SEP = "\x1e"
 
@@ -32,7 +31,7 @@ def repair_text(text: str) -> tuple[str, bool]:
 
 def normalize_text(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).casefold()
-    return _WHITESPACE.sub(" ", text).strip()
+    return " ".join(text.split())  # str.split() splits on every Unicode whitespace; faster than a regex
 
 
 def normalized_turns(turns: Sequence[str]) -> str:
@@ -50,10 +49,14 @@ def prompt_key(prompt: Sequence[str]) -> str:
     return normalized_turns(prompt)
 
 
-def comparison_hash(prompt: Sequence[str], response_a: Sequence[str], response_b: Sequence[str]) -> int:
-    """Content hash of a comparison; (A, B) and (B, A) of the same prompt hash the same."""
+def comparison_hash(
+    prompt: Sequence[str], response_a: Sequence[str], response_b: Sequence[str], key: str | None = None
+) -> int:
+    """Content hash of a comparison; (A, B) and (B, A) of the same prompt hash the same.
+
+    `key` is `prompt_key(prompt)` when the caller already has it (it is also the fold key)."""
     a, b = sorted((normalized_turns(response_a), normalized_turns(response_b)))
-    return hash64(_PART_SEP.join((prompt_key(prompt), a, b)), salt="comparison")
+    return hash64(_PART_SEP.join((prompt_key(prompt) if key is None else key, a, b)), salt="comparison")
 
 
 class SeenHashes:

@@ -302,8 +302,8 @@ def build_dataset(
     of the source they come from. Chosen/rejected sources are balanced A/B after dedup, over the kept rows.
     """
     from arena_dist.config import config_hash, save_resolved_config
-    from arena_dist.data.folds import fold_of
-    from arena_dist.data.normalize import SeenHashes, comparison_hash
+    from arena_dist.data.folds import fold_of_key
+    from arena_dist.data.normalize import SeenHashes, comparison_hash, prompt_key
     from arena_dist.data.sources import BalancedAssigner, open_source
     from arena_dist.io import atomic_directory, atomic_write_json
 
@@ -321,11 +321,13 @@ def build_dataset(
                 assigner = BalancedAssigner(seed, config.name) if config.kind == "pairwise_jsonl" else None
 
                 def accept(record, split=config.split, assigner=assigner) -> bool:
-                    if not seen_content.add(comparison_hash(record["prompt"], record["response_a"], record["response_b"])):
+                    key = prompt_key(record["prompt"])
+                    content = comparison_hash(record["prompt"], record["response_a"], record["response_b"], key=key)
+                    if not seen_content.add(content):
                         return False
                     if assigner is not None:
                         record = assigner.assign(record)
-                    record["fold"] = fold_of(record["prompt"], num_folds, seed)
+                    record["fold"] = fold_of_key(key, num_folds, seed)
                     if split not in writers:
                         writers[split] = ShardedSplitWriter(tmp, split, num_shards, num_folds, batch_rows)
                     writers[split].add(record)
