@@ -13,14 +13,19 @@ Model states (mixed-precision Adam, Psi parameters, N GPUs in all):
   + one fp32 scale per output row), partitioned over N only under ZeRO-3; the trainable adapters and the classifier
   head carry the 16 B/param mixed-precision Adam states, partitioned by the stage as above.
 
-Activations (16-bit, per micro-batch of b sequences of s tokens, no dropout), counted tensor by tensor in the manner of
-Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"; their GPT layer is
-s b h (34 + 5 a s / h)) for a Llama-style layer with GQA and a gated MLP:
-    per layer = 2 s b (4 h + 2 q + 2 kv + 4 I)  [+ 5 a s^2 b with eager attention; flash/SDPA stores no scores]
-(norm inputs and outputs 4h, Q and attention output 2q, K and V 2kv, gate, SiLU, up and product 4I). With full
-activation checkpointing each layer keeps only its input, 2 s b h, plus one layer is live while it is recomputed.
-The head adds the final norm (4 s b h) and, for a causal-LM head, 10 bytes per logit (16-bit logits, the fp32 copy
-for the loss and its gradient).
+Activations (bf16 training, per micro-batch of b sequences of s tokens, no dropout): the tensors autograd saves, counted
+one by one in the manner of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models";
+their GPT layer is s b h (34 + 5 a s / h)) for a Llama-style layer with GQA and a gated MLP as Hugging Face runs it.
+Bytes per token per layer:
+    norms: (8 h + 4) each (RMSNorm saves its input upcast to fp32, the normalised 16-bit tensor, its 16-bit output
+           that the next linear saves, and an fp32 1/rms)
+    attention, SDPA/flash: 4 q + 4 kv + 4 a (Q, K, V, output in 16 bits, fp32 log-sum-exp per head)
+    attention, eager: 8 q + 6 a s (Q, K and V repeated to all heads, output; fp32 softmax and its 16-bit copy)
+    gated MLP: 8 I (gate, SiLU, up, product)
+tests/planning/test_memory.py checks this against the bytes autograd really saves for a small HF Llama. With full
+activation checkpointing each layer keeps only its 16-bit input (2 h per token) and one layer is live again while it
+is recomputed. The head adds the final norm and, for a causal-LM head, 10 bytes per logit (16-bit logits, the fp32
+copy for the loss and its gradient). Nothing divides activations across GPUs (no tensor parallelism).
 """
 
 from __future__ import annotations
@@ -152,21 +157,29 @@ def adapter_states(dims: ModelDims, params: ParamCount, method: str, lora_r: int
     return ModelStates(frozen_gpu + train_gpu, cpu, formula), detail
 
 
+def layer_activation_bytes(dims: ModelDims, seq_len: int, micro_batch: int, attention: str = "flash") -> int:
+    """Bytes autograd saves for one decoder layer over one micro-batch (see the module docstring)."""
+    h, q, kv, a = dims.hidden, dims.q_dim, dims.kv_dim, dims.heads
+    if attention == "flash":
+        attn = 4 * q + 4 * kv + 4 * a
+    elif attention == "eager":
+        attn = 8 * q + 6 * a * seq_len
+    else:
+        raise ConfigError(f"training.attention: expected 'flash' or 'eager', got {attention!r}")
+    per_token = dims.norms_per_layer * (8 * h + 4) + attn + 8 * dims.intermediate
+    return seq_len * micro_batch * per_token
+
+
 def activation_bytes(dims: ModelDims, seq_len: int, micro_batch: int, checkpointing: bool,
                      attention: str = "flash", head: str = "classifier") -> int:
-    """Activation memory of one micro-batch on one GPU (data parallel: nothing divides it across GPUs)."""
-    s, b, h = seq_len, micro_batch, dims.hidden
-    extra_norms = max(dims.norms_per_layer - 2, 0) * h
-    per_layer = 2 * s * b * (4 * h + 2 * dims.q_dim + 2 * dims.kv_dim + 4 * dims.intermediate + extra_norms)
-    if attention == "eager":
-        per_layer += 5 * dims.heads * s * s * b
-    elif attention != "flash":
-        raise ConfigError(f"training.attention: expected 'flash' or 'eager', got {attention!r}")
+    """Peak activation memory of one micro-batch on one GPU (data parallel: nothing divides it across GPUs)."""
+    tokens = seq_len * micro_batch
+    per_layer = layer_activation_bytes(dims, seq_len, micro_batch, attention)
     if checkpointing:
-        layers = dims.layers * 2 * s * b * h + per_layer
+        layers = dims.layers * 2 * tokens * dims.hidden + per_layer
     else:
         layers = dims.layers * per_layer
-    head_bytes = 4 * s * b * h + (10 * s * b * dims.vocab if head == "lm" else 0)
+    head_bytes = tokens * (8 * dims.hidden + 4) + (10 * tokens * dims.vocab if head == "lm" else 0)
     return layers + head_bytes
 
 

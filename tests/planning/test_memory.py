@@ -8,10 +8,10 @@ import pytest
 
 from arena_dist.errors import ConfigError
 from arena_dist.planning.memory import (
-    GIB, activation_bytes, adapter_states, deepspeed_zero2_states, deepspeed_zero3_states, full_finetune_states,
+    GIB, activation_bytes, adapter_states, layer_activation_bytes, deepspeed_zero2_states, deepspeed_zero3_states, full_finetune_states,
     plan_memory, quantised_bytes_per_param,
 )
-from arena_dist.planning.models import LINEAR_MODULES, count_params, known_model
+from arena_dist.planning.models import LINEAR_MODULES, ModelDims, count_params, known_model
 
 MODELS = ["meta-llama/Llama-3.3-70B-Instruct", "Qwen/Qwen2.5-72B-Instruct", "google/gemma-2-9b-it",
           "Qwen/Qwen2.5-14B-Instruct"]
@@ -31,6 +31,7 @@ def _parse_all_cold(text: str) -> dict:
     return rows
 
 
+@pytest.mark.slow  # imports deepspeed (seconds); the comparisons themselves are instant
 @pytest.mark.parametrize("name", MODELS)
 def test_zero3_model_states_agree_with_deepspeed(name):
     from deepspeed.runtime.zero.stage3 import (
@@ -56,6 +57,7 @@ def test_zero3_model_states_agree_with_deepspeed(name):
         assert round(planned.gpu_bytes / GIB, 2) == table["none"][1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_zero2_model_states_agree_with_deepspeed(name):
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
@@ -107,15 +109,63 @@ def test_quantised_base_bytes():
 def test_activations_formula_and_checkpointing():
     dims = known_model("meta-llama/Llama-3.3-70B")
     s, h = 4096, dims.hidden
-    per_layer = 2 * s * (4 * h + 2 * dims.q_dim + 2 * dims.kv_dim + 4 * dims.intermediate)
+    per_layer = layer_activation_bytes(dims, s, 1)
+    assert per_layer == s * (2 * (8 * h + 4) + 4 * dims.q_dim + 4 * dims.kv_dim + 4 * dims.heads
+                             + 8 * dims.intermediate)
+    head = s * (8 * h + 4)
     full = activation_bytes(dims, s, 1, checkpointing=False)
-    assert full == 80 * per_layer + 4 * s * h
+    assert full == 80 * per_layer + head
     ckpt = activation_bytes(dims, s, 1, checkpointing=True)
-    assert ckpt == 80 * 2 * s * h + per_layer + 4 * s * h
+    assert ckpt == 80 * 2 * s * h + per_layer + head
     assert full / ckpt > 10
     assert activation_bytes(dims, s, 3, True) == 3 * ckpt  # linear in the micro-batch
     eager = activation_bytes(dims, s, 1, False, attention="eager")
-    assert eager - full == 80 * 5 * dims.heads * s * s
+    assert eager - full == 80 * s * (4 * dims.q_dim - 4 * dims.kv_dim - 4 * dims.heads + 6 * dims.heads * s)
+
+
+def _saved_activation_bytes(model, input_ids) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves during one forward pass."""
+    import torch
+
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters and tensor.is_floating_point():
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=input_ids).logits.sum()
+    return sum(saved.values())
+
+
+@pytest.mark.slow  # imports transformers and torch (seconds), then runs in well under a second
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_activation_formula_matches_what_autograd_saves(attention):
+    """A real HF Llama classifier in bf16: the formula agrees with the saved tensors within 1 % (the rest is the
+    rotary cos/sin tables, shared by all layers)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    dims_kwargs = dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=176, vocab=1000)
+    config = LlamaConfig(hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=2, vocab_size=1000, num_labels=3, pad_token_id=0,
+                         attn_implementation=attention)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config).to(torch.bfloat16).train()
+    dims = ModelDims(**dims_kwargs)
+    seq, batch = 256, 2
+    input_ids = torch.randint(1, 1000, (batch, seq))
+    kind = "flash" if attention == "sdpa" else "eager"
+    measured = _saved_activation_bytes(model, input_ids)
+    assert measured == pytest.approx(activation_bytes(dims, seq, batch, False, kind), rel=0.01)
+    # checkpointed: the forward saves only each layer's input; the formula adds the layer recomputed in backward
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    measured = _saved_activation_bytes(model, input_ids)
+    expected = activation_bytes(dims, seq, batch, True, kind) - layer_activation_bytes(dims, seq, batch, kind)
+    assert measured == pytest.approx(expected, rel=0.01)
 
 
 def test_max_micro_batch_is_the_largest_that_fits():
