@@ -1,0 +1,220 @@
+"""Benchmark of the data path: synth -> prepare -> tokenise, against a plain `datasets.map` tokenisation, and the
+peak memory of `prepare` at 100k vs 1M pool rows (streaming: the ratio should stay near 1, not 10).
+
+    python -m bench.prepare                      # full run (200k rows; 100k vs 1M for memory), several minutes
+    python -m bench.prepare --rows 20000 --rss-small 10000 --rss-large 100000   # quick look
+
+Writes bench/results/prepare.json. Times are wall seconds and CPU seconds of this process: on a shared machine the
+CPU figures are the steadier ones. Each memory figure is the peak RSS of a fresh child process that runs only
+`build_dataset` on a pool (VmHWM of the child, see `vm_hwm_kib`; ru_maxrss recorded beside it), next to the floor of
+a child that only imports the modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
+MAX_LENGTH = 1024
+BATCH = 1024
+
+
+class Timer:
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def as_dict(self, rows: int) -> dict:
+        return {
+            "wall_s": round(self.wall, 3), "cpu_s": round(self.cpu, 3),
+            "rows_per_s_wall": round(rows / self.wall, 1), "rows_per_cpu_s": round(rows / max(self.cpu, 1e-9), 1),
+        }
+
+
+def machine_info() -> dict:
+    import datasets
+    import pyarrow
+    import tokenizers
+
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "pyarrow": pyarrow.__version__, "datasets": datasets.__version__, "tokenizers": tokenizers.__version__,
+    }
+
+
+def pool_source(path: Path):
+    from arena_dist.data.sources import SourceConfig
+
+    return SourceConfig(name="pool", kind="pool", path=path)
+
+
+# ------------------------------------------------------------------------------------------------------ throughput
+def throughput(rows: int, work: Path) -> dict:
+    from arena_dist.data.store import build_dataset, iter_records
+    from arena_dist.data.synth import generate_pool
+    from arena_dist.formatting.encode import encode_records
+    from arena_dist.formatting.templates import FormatConfig
+    from arena_dist.formatting.tokenizer import load_tokenizer
+
+    pool = work / "pool" / "pool.parquet"
+    with Timer() as synth_t:
+        generate_pool(rows, 0, pool, progress=False)
+    with Timer() as prepare_t:
+        build_dataset([pool_source(pool)], work / "dataset", num_shards=8, num_folds=5)
+
+    tokenizer = load_tokenizer("local")
+    fmt = FormatConfig(template="llama3", max_length=MAX_LENGTH, label_mode="3class")
+    tokens = 0
+    with Timer() as tokenise_t:
+        batch: list = []
+        for record in iter_records(work / "dataset", "pool"):
+            batch.append(record)
+            if len(batch) == BATCH:
+                tokens += sum(len(row.input_ids) for row in encode_records(batch, tokenizer, fmt))
+                batch = []
+        if batch:
+            tokens += sum(len(row.input_ids) for row in encode_records(batch, tokenizer, fmt))
+
+    baseline_tokens, baseline_t = datasets_map_baseline(pool, tokenizer, work)
+    pipeline_wall = synth_t.wall + prepare_t.wall + tokenise_t.wall
+    pipeline_cpu = synth_t.cpu + prepare_t.cpu + tokenise_t.cpu
+    return {
+        "rows": rows,
+        "synth": synth_t.as_dict(rows),
+        "prepare": prepare_t.as_dict(rows),
+        "tokenise_encode_records": {**tokenise_t.as_dict(rows), "tokens": tokens, "max_length": MAX_LENGTH},
+        "pipeline_synth_prepare_tokenise": {
+            "wall_s": round(pipeline_wall, 3), "cpu_s": round(pipeline_cpu, 3),
+            "rows_per_s_wall": round(rows / pipeline_wall, 1), "rows_per_cpu_s": round(rows / pipeline_cpu, 1),
+        },
+        "baseline_datasets_map_tokenise": {**baseline_t.as_dict(rows), "tokens": baseline_tokens},
+        "ratio_prepare_plus_tokenise_vs_datasets_map_cpu": round((prepare_t.cpu + tokenise_t.cpu) / baseline_t.cpu, 3),
+        "ratio_tokenise_vs_datasets_map_cpu": round(tokenise_t.cpu / baseline_t.cpu, 3),
+    }
+
+
+def datasets_map_baseline(pool: Path, tokenizer, work: Path):
+    """The plain way: load the same parquet with `datasets`, `map` a batched tokenizer call over the joined texts."""
+    import datasets
+
+    def tokenise(batch):
+        texts = [
+            "\n".join([*prompt, *a, *b])
+            for prompt, a, b in zip(batch["prompt"], batch["response_a"], batch["response_b"])
+        ]
+        return tokenizer(texts, truncation=True, max_length=MAX_LENGTH)
+
+    with Timer() as timer:
+        ds = datasets.load_dataset("parquet", data_files=str(pool), split="train", cache_dir=str(work / "hf_cache"))
+        ds = ds.map(tokenise, batched=True, batch_size=BATCH, remove_columns=ds.column_names)
+        tokens = sum(len(ids) for ids in ds["input_ids"])
+    return tokens, timer
+
+
+# ---------------------------------------------------------------------------------------------------------- memory
+def child_main(pool: str, out: str) -> None:
+    """Runs in a fresh process: prepare `pool` into `out` (or only import when pool is '-'); print peak RSS."""
+    from arena_dist.data.sources import SourceConfig  # noqa: F401  (the floor imports the same modules)
+    from arena_dist.data.store import build_dataset
+
+    started = time.perf_counter()
+    if pool != "-":
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            build_dataset([pool_source(Path(pool))], out, num_shards=8, num_folds=5)
+    print(json.dumps({
+        "peak_rss_mib": round(vm_hwm_kib() / 1024, 1),
+        "ru_maxrss_self_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "seconds": round(time.perf_counter() - started, 2),
+    }))
+
+
+def vm_hwm_kib() -> int:
+    """Peak RSS of this process's own address space. ru_maxrss is not used as the headline: Linux carries the
+    parent's RSS at fork into the child's ru_maxrss across exec, so a child of a big parent reports the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run_child(pool: Path | str, out: Path) -> dict:
+    command = [sys.executable, "-m", "bench.prepare", "--child", str(pool), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    # Cross-check: the largest child so far, as the parent sees it.
+    measured["ru_maxrss_children_so_far_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    return measured
+
+
+def memory(small: int, large: int, work: Path) -> dict:
+    from arena_dist.data.synth import generate_pool
+
+    results = {"floor_imports_only": run_child("-", work / "unused")}
+    for rows in (small, large):
+        pool = work / f"pool_{rows}" / "pool.parquet"
+        generate_pool(rows, 1, pool, progress=False)
+        results[f"prepare_{rows}_rows"] = {
+            **run_child(pool, work / f"dataset_{rows}"), "pool_file_mib": round(pool.stat().st_size / 2**20, 1)
+        }
+        shutil.rmtree(pool.parent)
+        shutil.rmtree(work / f"dataset_{rows}")
+    small_rss = results[f"prepare_{small}_rows"]["peak_rss_mib"]
+    large_rss = results[f"prepare_{large}_rows"]["peak_rss_mib"]
+    results["rows_ratio"] = large / small
+    results["peak_rss_ratio_large_vs_small"] = round(large_rss / small_rss, 3)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="rows for the throughput comparison")
+    parser.add_argument("--rss-small", type=int, default=100_000)
+    parser.add_argument("--rss-large", type=int, default=1_000_000)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--child", nargs=2, metavar=("POOL", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(*args.child)
+        return 0
+
+    from arena_dist.io import atomic_write_json
+
+    work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    try:
+        report = {"benchmark": "prepare", "machine": machine_info()}
+        print(f"[bench.prepare] throughput on {args.rows:,} rows ...", flush=True)
+        report["throughput"] = throughput(args.rows, work / "throughput")
+        print(json.dumps(report["throughput"], indent=2), flush=True)
+        if not args.skip_memory:
+            print(f"[bench.prepare] peak RSS of prepare at {args.rss_small:,} vs {args.rss_large:,} pool rows ...")
+            report["memory"] = memory(args.rss_small, args.rss_large, work)
+            print(json.dumps(report["memory"], indent=2), flush=True)
+        report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        atomic_write_json(args.output, report)
+        print(f"[bench.prepare] wrote {args.output}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
