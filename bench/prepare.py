@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_key, _value)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
 MAX_LENGTH = 1024
 BATCH = 1024
