@@ -40,7 +40,8 @@ class TrainingSection(StrictModel):
     lora_target_modules: list[str] = Field(default_factory=lambda: list(LINEAR_MODULES))
     quant_bits: Literal[4, 8] = 4
     double_quant: bool = True
-    dtype: Literal["bf16", "fp16"] = "bf16"
+    dtype: Literal["bf16", "fp16"] = Field(
+        "bf16", description="16-bit mixed precision either way: same bytes and peak; recorded in plan.json")
     zero_stage: int = Field(3, ge=0, le=3)
     offload: Literal["none", "optimizer", "optimizer+params"] = "none"
     seq_len: int = Field(4096, gt=0)

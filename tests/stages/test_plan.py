@@ -1,6 +1,8 @@
 """`arena-dist plan` end to end: config -> table on stdout + plan.json + resolved config; bad input is one line."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,10 @@ def test_bad_values_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="zero_stage 3"):
         plan.run(load_config(plan.Config, overrides=[f"out_dir={tmp_path}", "teacher.training.zero_stage=2",
                                                       "teacher.training.offload=optimizer+params"]))
+
+
+def test_planner_imports_no_heavy_stack():
+    code = ("import sys, arena_dist.stages.plan, arena_dist.planning.table; "
+            "print(sorted(m for m in ('torch', 'deepspeed', 'ray', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
