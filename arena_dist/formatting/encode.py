@@ -86,6 +86,26 @@ def _turn_count(record: Record) -> int:
     return n
 
 
+def _raise_for_bad_text(rows: Sequence[Record], extras: Sequence[str]) -> None:
+    """The tokenizer rejected the batch: name the record, column and turn of the first text it cannot take."""
+    for row, extra in zip(rows, extras):
+        cells = [("extra_text", 0, extra)] + [
+            (column, turn, text) for column in ("prompt", "response_a", "response_b")
+            for turn, text in enumerate(row[column])
+        ]
+        for column, turn, text in cells:
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise InputError(f"record {row['id']}: {column}[{turn}]: expected text, got {type(text).__name__}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(
+                    f"record {row['id']}: {column}[{turn}]: not encodable as UTF-8 ({exc.reason} at {exc.start})"
+                ) from None
+
+
 def _assemble(record: Record, turns: list[tuple[list[int], list[int], list[int]]], extra: list[int],
               pieces: _Pieces, fmt: FormatConfig, swapped: bool) -> EncodedRow:
     fixed = len(pieces.head) + len(extra) + len(pieces.tail)
@@ -147,8 +167,12 @@ def encode_records(
         for p, a, b in zip(row["prompt"], row["response_a"], row["response_b"]):
             texts += [p or "", a or "", b or ""]
     extras = [e + "\n\n" if e else "" for e in (extra_texts or [None] * len(rows))]
-    extra_ids = _batch_encode(tokenizer, [e for e in extras if e])
-    encoded = _batch_encode(tokenizer, texts)
+    try:
+        extra_ids = _batch_encode(tokenizer, [e for e in extras if e])
+        encoded = _batch_encode(tokenizer, texts)
+    except (TypeError, ValueError):
+        _raise_for_bad_text(rows, extras)
+        raise
 
     out: list[EncodedRow] = []
     cursor = extra_cursor = 0

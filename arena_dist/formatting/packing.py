@@ -58,15 +58,19 @@ def allocate_budgets(lengths: Sequence[int], budget: int, shares: Sequence[float
     def level(t: float) -> list[float]:
         return [min(length, max(floor, t * share)) for length, floor, share in zip(lengths, floors, shares)]
 
-    # sum(level(t)) is continuous and non-decreasing in t, from sum(floors) <= budget to sum(lengths) > budget.
-    lo, hi = 0.0, max(length / share for length, share in zip(lengths, shares))
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if sum(level(mid)) > budget:
-            hi = mid
-        else:
-            lo = mid
-    exact = level(lo)
+    # sum(level(t)) is continuous, piecewise linear and non-decreasing in t, from sum(floors) <= budget to
+    # sum(lengths) > budget; its kinks are where a segment starts growing (floor/share) or is full (length/share).
+    # Find the linear piece that crosses the budget and solve on it exactly.
+    kinks = sorted({0.0} | {f / w for f, w in zip(floors, shares)} | {x / w for x, w in zip(lengths, shares)})
+    lo = 0.0
+    for t in kinks:
+        if sum(level(t)) >= budget:
+            hi = t
+            break
+        lo = t
+    low_sum, high_sum = sum(level(lo)), sum(level(hi))
+    t = hi if high_sum == low_sum else lo + (hi - lo) * (budget - low_sum) / (high_sum - low_sum)
+    exact = level(t)
     alloc = [max(floor, min(length, math.floor(x))) for x, floor, length in zip(exact, floors, lengths)]
     # Hand the few tokens lost to rounding to the segments with room, largest remainder first (ties: by index).
     order = sorted(range(n), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
@@ -82,6 +86,10 @@ def allocate_budgets(lengths: Sequence[int], budget: int, shares: Sequence[float
                 progressed = True
         if not progressed:
             break
+    while left < 0:  # float rounding overshoot (not seen in practice): take back from the largest above its floor
+        i = max((j for j in range(n) if alloc[j] > floors[j]), key=lambda j: alloc[j])
+        alloc[i] -= 1
+        left += 1
     return alloc
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from arena_dist.formatting.tokenizer import LOCAL_TOKENIZER_DIR, SPECIAL_TOKENS, load_tokenizer
+
 REPO = Path(__file__).resolve().parents[2]
 
 TEXTS = [
