@@ -293,6 +293,7 @@ def build_dataset(
     seed: int = 0,
     batch_rows: int = 2048,
     resolved_config=None,
+    config_hash_value: str | None = None,
 ) -> dict:
     """Sources (list of SourceConfig) -> a dataset directory; returns the manifest.
 
@@ -336,7 +337,8 @@ def build_dataset(
                 quarantine_name = f"{QUARANTINE_DIR}/{config.name}.jsonl"
                 counts = _source_counts(reader, tmp / quarantine_name, quarantine_name, accept)
                 manifest_sources[config.name] = {
-                    "kind": config.kind, "path": str(config.path), "split": config.split, **counts
+                    "kind": config.kind, "path": str(config.path), "split": config.split,
+                    **input_fingerprint(config.path), **counts,
                 }
                 print(format_source_counts(config.name, manifest_sources[config.name]), flush=True)
             splits = {split: writers[split].close() for split in sorted(writers)}
@@ -346,7 +348,7 @@ def build_dataset(
             raise
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "config_hash": config_hash(resolved_config) if resolved_config is not None else None,
+            "config_hash": config_hash_value or (config_hash(resolved_config) if resolved_config is not None else None),
             "num_shards": num_shards,
             "num_folds": num_folds,
             "seed": seed,
@@ -367,6 +369,30 @@ def _make_readable(root: Path) -> None:
     root.chmod(0o755)
     for path in root.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def input_fingerprint(path: str | os.PathLike) -> dict:
+    """Size and sha256 of a source file: provenance in the manifest, and how a rerun knows nothing changed."""
+    return {"input_bytes": Path(path).stat().st_size, "input_sha256": sha256_file(path)}
+
+
+def current_manifest(output_dir: str | os.PathLike, expected_config_hash: str, sources: list) -> dict | None:
+    """The manifest of `output_dir` if it was built by the same config from the same input bytes and its shards
+    verify; None when anything differs (or there is no dataset), so the caller rebuilds."""
+    try:
+        manifest = load_manifest(output_dir)
+        if manifest.get("config_hash") != expected_config_hash:
+            return None
+        for source in sources:
+            recorded = manifest["sources"].get(source.name, {})
+            if not Path(source.path).is_file() or recorded.get("input_sha256") != input_fingerprint(source.path)[
+                "input_sha256"
+            ]:
+                return None
+        verify_dataset(output_dir)
+    except (InputError, KeyError, TypeError):
+        return None
+    return manifest
 
 
 def format_source_counts(name: str, counts: dict) -> str:

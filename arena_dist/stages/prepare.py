@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from arena_dist.config import StrictModel
+from arena_dist.config import StrictModel, config_hash
 from arena_dist.data.sources import SourceConfig
 
 
@@ -21,6 +21,7 @@ class Config(StrictModel):
     seed: int = 0  # salts the fold assignment and the chosen -> A/B coin of pairwise sources
     batch_rows: int = Field(2048, ge=1)  # rows buffered per shard before a parquet row group is written
     sources: list[SourceConfig] = Field(min_length=1)
+    force: bool = False  # rebuild even when output_dir already holds this config's dataset of the same input bytes
 
     @field_validator("sources")
     @classmethod
@@ -32,19 +33,32 @@ class Config(StrictModel):
         return sources
 
 
-def run(config: Config) -> dict:
-    from arena_dist.data.store import MANIFEST, build_dataset
+def dataset_hash(config: Config) -> str:
+    """The config hash recorded in the manifest; `force` is how to run, not what is built, so it is left out."""
+    return config_hash(config.model_copy(update={"force": False}))
 
-    manifest = build_dataset(
-        config.sources,
-        config.output_dir,
-        num_shards=config.num_shards,
-        num_folds=config.num_folds,
-        seed=config.seed,
-        batch_rows=config.batch_rows,
-        resolved_config=config,
-    )
+
+def run(config: Config) -> dict:
+    from arena_dist.data.store import MANIFEST, build_dataset, current_manifest, format_source_counts
+
     manifest_path = Path(config.output_dir) / MANIFEST
+    manifest = None if config.force else current_manifest(config.output_dir, dataset_hash(config), config.sources)
+    rebuilt = manifest is None
+    if not rebuilt:
+        for name, counts in manifest["sources"].items():
+            print(format_source_counts(name, counts))
+        print(f"up to date (same config and input bytes; set force=true to rebuild): {manifest_path}")
+    else:
+        manifest = build_dataset(
+            config.sources,
+            config.output_dir,
+            num_shards=config.num_shards,
+            num_folds=config.num_folds,
+            seed=config.seed,
+            batch_rows=config.batch_rows,
+            resolved_config=config,
+            config_hash_value=dataset_hash(config),
+        )
     rows = {split: entry["rows"] for split, entry in manifest["splits"].items()}
     print(f"prepared {', '.join(f'{split}={n:,}' for split, n in rows.items()) or 'no rows'}; manifest: {manifest_path}")
-    return {"manifest": str(manifest_path), "rows": rows, "sources": manifest["sources"]}
+    return {"manifest": str(manifest_path), "rows": rows, "sources": manifest["sources"], "rebuilt": rebuilt}

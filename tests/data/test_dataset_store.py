@@ -1,4 +1,5 @@
-"""The sharded store: counts, dedup, determinism, rank slices, verification, and readers of other libraries."""
+"""The dataset store (arena_dist.data.store; named so it does not clash with tests/label/test_store.py): counts,
+dedup, determinism, rank slices, verification, and readers of other libraries."""
 
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ def test_layout_manifest_and_count_conservation(dataset):
     assert sorted(manifest["splits"]) == ["pool", "train"]
     for name, counts in manifest["sources"].items():
         assert counts["read"] == counts["kept"] + counts["duplicates"] + counts["quarantined"], name
-    assert manifest["sources"]["lm"] == {
-        "kind": "lmsys_csv", "path": manifest["sources"]["lm"]["path"], "split": "train", "read": 61, "kept": 60,
+    lm = manifest["sources"]["lm"]
+    assert lm.pop("input_bytes") == os.path.getsize(lm["path"]) and len(lm.pop("input_sha256")) == 64
+    assert lm == {
+        "kind": "lmsys_csv", "path": lm["path"], "split": "train", "read": 61, "kept": 60,
         "duplicates": 0, "quarantined": 1, "reasons": {"bad_json": 1}, "repaired_surrogates": 0,
         "quarantine_file": "quarantine/lm.jsonl",
     }

@@ -85,3 +85,19 @@ def test_example_configs_validate():
     for path in configs:
         config = load_config(prepare.Config, path)
         assert config.sources and len({s.name for s in config.sources}) == len(config.sources)
+
+
+def test_rerun_with_same_config_and_inputs_is_up_to_date(tmp_path, capsys):
+    config = load_config(prepare.Config, write_config(tmp_path))
+    assert prepare.run(config)["rebuilt"] is True
+    shard = tmp_path / "dataset" / "train" / "shard-00000-of-00002.parquet"
+    before = shard.stat().st_mtime_ns
+    again = prepare.run(config)
+    assert again["rebuilt"] is False and again["rows"] == {"pool": 20, "train": 30}
+    assert "up to date" in capsys.readouterr().out and shard.stat().st_mtime_ns == before
+    assert prepare.run(config.model_copy(update={"force": True}))["rebuilt"] is True
+    with open(tmp_path / "train.csv", "a", newline="") as handle:  # the input changed: rebuild
+        handle.write('500,m,m,"[""new""]","[""x""]","[""y""]",1,0,0\n')
+    summary = prepare.run(config)
+    assert summary["rebuilt"] is True and summary["rows"]["train"] == 31
+    assert prepare.run(config.model_copy(update={"num_folds": 4}))["rebuilt"] is True  # another config: rebuild
