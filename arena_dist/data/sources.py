@@ -104,6 +104,7 @@ class SourceReader:
         self.config = config
         self.path = Path(config.path)
         self.repaired_surrogates = 0  # texts in which lone surrogates were replaced by U+FFFD
+        self.total_rows: int | None = None  # known up front for parquet (progress ETA), None for streams
 
     # --- columns
     def file_column(self, canonical: str) -> str:
@@ -292,6 +293,7 @@ class ParquetRows:
             raise _cannot_read(self.path, exc) from None
         names = self.parquet.schema_arrow.names
         self.check_columns(names, required)
+        self.total_rows = self.parquet.metadata.num_rows
         wanted = {self.file_column(c) for c in (*self.required, *self.optional)}
         self.read_columns = [name for name in names if name in wanted]
 

@@ -232,18 +232,21 @@ class ShardedSplitWriter:
 class _Progress:
     """Prints rows/s for long sources, at most every `every_s` seconds."""
 
-    def __init__(self, name: str, every_s: float = 10.0):
+    def __init__(self, name: str, total: int | None = None, every_s: float = 10.0):
         import time
 
         self._time = time.monotonic
-        self.name, self.every_s = name, every_s
+        self.name, self.total, self.every_s = name, total, every_s
         self.start = self.last = self._time()
 
     def tick(self, rows: int) -> None:
         if rows % 4096 == 0 and self._time() - self.last >= self.every_s:
             self.last = self._time()
             rate = rows / max(self.last - self.start, 1e-9)
-            print(f"  {self.name}: {rows:,} rows read, {rate:,.0f} rows/s", flush=True)
+            line = f"  {self.name}: {rows:,} rows read, {rate:,.0f} rows/s"
+            if self.total:
+                line += f", {rows / self.total:.0%} of {self.total:,}, ETA {(self.total - rows) / rate:,.0f} s"
+            print(line, flush=True)
 
 
 def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) -> dict:
@@ -254,7 +257,7 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
     counts = {"read": 0, "kept": 0, "duplicates": 0, "quarantined": 0}
     reasons: Counter[str] = Counter()
     seen_ids = SeenHashes()
-    progress = _Progress(reader.config.name)
+    progress = _Progress(reader.config.name, reader.total_rows)
     quarantine_path.parent.mkdir(parents=True, exist_ok=True)
     with open(quarantine_path, "w", encoding="utf-8") as quarantine:
 
