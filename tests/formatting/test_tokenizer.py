@@ -65,6 +65,18 @@ def test_save_and_load_through_from_pretrained(tokenizer, tmp_path):
     assert again.pad_token_id == tokenizer.pad_token_id
 
 
+def test_tokenizer_without_pad_gets_eos_as_pad(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "</s>": 2}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", eos_token="</s>").save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path), padding_side="left")
+    assert loaded.pad_token == "</s>" and loaded.pad_token_id == 2 and loaded.padding_side == "left"
+
+
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path):
     """Rebuilding from the script gives the committed files byte for byte."""
     subprocess.run([sys.executable, str(REPO / "scripts" / "build_tokenizer.py"), "--out", str(tmp_path)],
