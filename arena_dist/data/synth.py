@@ -46,15 +46,15 @@ LN3 = math.log(3.0)
 # Vocabulary
 # --------------------------------------------------------------------------------------------------------------------
 
+# Common English words, most of them a single token in the repo's BPE (and in real tokenizers), so a tiny model
+# can read a word's score off one embedding.
 QUALITY_POSITIVE = (
-    "clear", "detailed", "accurate", "helpful", "precise", "correct", "thorough", "relevant", "specific", "careful",
-    "complete", "concise", "useful", "reliable", "insightful", "structured", "balanced", "honest", "practical",
-    "example",
+    "clear", "detailed", "accurate", "helpful", "correct", "complete", "concise", "example", "great", "good",
+    "right", "true", "sure", "safe", "strong", "simple", "certain", "quick", "important", "useful",
 )
 QUALITY_NEGATIVE = (
-    "vague", "wrong", "confusing", "sorry", "unclear", "incorrect", "generic", "repetitive", "unsure", "irrelevant",
-    "misleading", "incomplete", "rambling", "careless", "boring", "useless", "unhelpful", "inaccurate", "outdated",
-    "lazy",
+    "wrong", "bad", "poor", "maybe", "unsure", "fail", "lost", "error", "harmful", "not", "never", "no", "hard",
+    "slow", "problem", "miss", "late", "low", "wait", "dark",
 )
 QUALITY_WORDS = QUALITY_POSITIVE + QUALITY_NEGATIVE
 
@@ -76,7 +76,7 @@ FILLER = {
         "сделать знать думать видеть взять найти дать"
     ).split(),
     "es": (
-        "de la que el en y a los se del las un por con no una su para es al lo como más pero sus le ya o fue este "
+        "de la que el en y a los se del las un por con una su para es al lo como más pero sus le ya o fue este "
         "ha sí porque esta son entre cuando muy sin sobre ser también me hasta hay donde han quien están desde "
         "todo nos durante todos uno les ni contra otros ese eso ante ellos esto antes algunos qué unos yo otro "
         "otras otra él tanto esa estos mucho nada muchos cual poco ella estar estas algunas algo nosotros datos "
@@ -104,7 +104,7 @@ QUESTION_END = {"en": "?", "ru": "?", "es": "?", "zh": "？"}
 _STRIP = ".,;:!?。？！"
 
 TOPICS = {
-    "python": "python function list loop error class variable import module string".split(),
+    "python": "python function list loop exception class variable import module string".split(),
     "cooking": "recipe oven flour sugar sauce garlic onion pasta butter salt".split(),
     "history": "empire war king century treaty revolution castle dynasty battle queen".split(),
     "travel": "flight hotel city beach visa train luggage airport museum island".split(),

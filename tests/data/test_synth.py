@@ -111,13 +111,13 @@ def test_probabilities_are_a_function_of_the_text(default_run):
 
 
 def test_repairing_a_lone_surrogate_does_not_change_the_probabilities():
-    turns = ["clear and detailed answer. \ud83d", None, "vague"]
+    turns = ["clear and detailed answer. \ud83d", None, "wrong"]
     repaired = [t.replace("\ud83d", "\ufffd") if t else "" for t in turns]
     assert synth.response_stats(turns) == synth.response_stats(repaired)
     qsum, qcount, nwords = synth.response_stats(turns)
     scores = synth.build_world().score_of
     assert qcount == 3 and nwords == 6
-    assert qsum == pytest.approx(scores["clear"] + scores["detailed"] + scores["vague"])
+    assert qsum == pytest.approx(scores["clear"] + scores["detailed"] + scores["wrong"])
 
 
 def test_quality_words_are_scored_and_disjoint_from_filler():
