@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -203,8 +203,12 @@ class LabelStore:
 
     # -- the final merge ---------------------------------------------------------------------------------------
 
-    def finalize(self, shards: Sequence[InputShard], info: dict | None = None) -> dict:
-        """Verify every input id is labelled exactly once, then write manifest.json; raise otherwise."""
+    def finalize(self, shards: Sequence[InputShard], info: dict | None = None,
+                 expected_ids: Callable[[InputShard], list[str]] | None = None) -> dict:
+        """Verify every input id is labelled exactly once, then write manifest.json; raise otherwise.
+
+        `expected_ids(shard)`: the ids the shard must hold (default: the input shard's id column)."""
+        expected_ids = expected_ids or (lambda shard: read_input_ids(shard.path))
         problems: list[str] = []
         seen: dict[str, str] = {}
         duplicates: list[str] = []
@@ -216,7 +220,7 @@ class LabelStore:
                 problems.append(f"{shard_stem(shard.index)} ({shard.name}): not committed: {reason}")
                 continue
             out_ids = read_input_ids(self.parquet_path(shard.index))
-            in_ids = read_input_ids(shard.path)
+            in_ids = expected_ids(shard)
             missing = sorted(set(in_ids) - set(out_ids))
             extra = sorted(set(out_ids) - set(in_ids))
             if missing:
@@ -282,3 +286,18 @@ def soft_labels(store_dir: str | os.PathLike, column: str = "p_mean") -> dict[st
     """id -> class probabilities (swap-averaged by default): what the student joins to its records."""
     table = read_labels(store_dir, columns=["id", column])
     return dict(zip(table.column("id").to_pylist(), table.column(column).to_pylist()))
+
+
+def store_padding(store: LabelStore, shards: Sequence[InputShard]):
+    """Padding over every committed shard of the store (earlier runs included), from the commit records."""
+    from arena_dist.label.batching import PaddingStats
+
+    total = PaddingStats()
+    for shard in shards:
+        path = store.done_path(shard.index)
+        if path.exists():
+            padding = json.loads(path.read_text()).get("padding")
+            if padding:
+                total = total + PaddingStats(padding["rows"], padding["batches"], padding["real_tokens"],
+                                             padding["padded_tokens"])
+    return total

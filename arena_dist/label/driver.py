@@ -1,0 +1,279 @@
+"""Shard-parallel teacher inference on Ray actors, scheduled by the driver, committed exactly once.
+
+Why actors and our own scheduler rather than Ray Data `map_batches` with a callable class: exactly-once needs three
+things Ray Data's streaming executor does not expose — (1) shard-level ownership (one input shard = one unit of work
+whose output is committed as a whole), (2) a per-shard commit hook that runs once, after the whole shard is scored,
+and that a rerun can check (Ray Data writes its own output files per block and retries tasks, but gives no commit
+record we can verify, so a crash can leave partial or doubled files), and (3) control over what happens when an
+actor dies (here the shard returns to the queue and the next free actor takes it). Ray Data's strengths (streaming
+reads, autoscaling pools) buy little here: shards are small, the model load dominates, and the pool is fixed.
+
+How it runs:
+- `num_actors` actors, each loads the teacher export once (`TeacherScorer`) with `num_cpus=cpus_per_actor`
+  (fractional is fine: on a 2-CPU box two 1-CPU actors would leave nothing for the driver's other work) and
+  `num_gpus=gpus_per_actor` (more than one GPU: accelerate `device_map="auto"` spreads the teacher over them).
+- The driver keeps a queue of uncommitted shards and up to `inflight_per_actor` shards queued at each actor, so an
+  actor never idles while the driver commits. Results come back to the driver, which is the ONLY writer: it checks
+  that the actor read the input the manifest describes (sha256), writes the parquet atomically and then its commit
+  record. A "zombie" actor that finishes after being given up on cannot write anything, so nothing is doubled.
+- An actor that dies (process killed, node lost: `RayActorError`) has its in-flight shards put back at the front of
+  the queue; Ray restarts it (`max_restarts`) while the other actors carry on. A shard that fails more than
+  `max_shard_attempts` times, or an ordinary Python error inside scoring (bad data: retrying cannot help), stops the
+  run loudly. Committed shards stay committed; a rerun skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from arena_dist.errors import ArenaDistError
+from arena_dist.label.batching import PaddingStats
+from arena_dist.label.progress import Progress
+from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore
+
+PASS_THROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
+                    "TOKENIZERS_PARALLELISM", "DS_ACCELERATOR")
+
+
+class LabelRunError(ArenaDistError):
+    """The labelling run could not finish (actors all dead, a shard failing repeatedly, a scoring error)."""
+
+
+@dataclass
+class ActorSettings:
+    num_actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    max_restarts: int = 3
+    max_shard_attempts: int = 3
+    inflight_per_actor: int = 2
+    threads_per_actor: int | None = None
+    dtype: str = "float32"
+    quantization: str = "none"
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_actor or max(1, int(self.cpus_per_actor))
+
+
+@dataclass
+class _Slot:
+    index: int
+    handle: object
+    pid: int | None = None
+    ready: bool = False
+    dead: bool = False
+    failures: int = 0
+    inflight: dict = field(default_factory=dict)  # ObjectRef -> InputShard
+
+
+def _actor_class(settings: ActorSettings):
+    import ray
+
+    from arena_dist.label.scoring import TeacherScorer
+
+    env = {key: os.environ[key] for key in PASS_THROUGH_ENV if key in os.environ}
+    env["OMP_NUM_THREADS"] = str(settings.threads)
+    return ray.remote(TeacherScorer).options(
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=settings.gpus_per_actor,
+        max_restarts=settings.max_restarts,
+        max_task_retries=0,  # the driver requeues shards itself (and knows which shard was lost)
+        runtime_env={"env_vars": env},
+    )
+
+
+def label_shards(
+    teacher_id: str,
+    export_path: str,
+    shards: list[InputShard],
+    store: LabelStore,
+    settings: ActorSettings,
+    max_tokens: int,
+    max_rows: int | None = None,
+    swap_tta: bool = True,
+    progress: Progress | None = None,
+    on_dispatch: Callable[[_Slot, InputShard], None] | None = None,
+) -> dict:
+    """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    started = time.monotonic()
+    progress = progress or Progress(store.directory / "status.json", teacher_id, len(shards),
+                                    sum(s.rows for s in shards))
+    pending: deque[InputShard] = deque()
+    for shard in shards:
+        done, reason = store.check_committed(shard)
+        if done:
+            progress.skipped(shard.rows)
+        else:
+            pending.append(shard)
+    summary = {"teacher_id": teacher_id, "shards_total": len(shards), "shards_skipped": len(shards) - len(pending),
+               "shards_scored": 0, "rows_scored": 0, "retries": 0, "actor_failures": 0}
+    padding = PaddingStats()
+    if not pending:
+        progress.update("done", force=True)
+        return {**summary, "padding": padding.as_dict(), "seconds": round(time.monotonic() - started, 3)}
+
+    actor_cls = _actor_class(settings)
+    slots = [
+        _Slot(i, actor_cls.remote(export_path, settings.dtype, settings.quantization, settings.gpus_per_actor,
+                                  settings.threads))
+        for i in range(min(settings.num_actors, len(pending)))
+    ]
+    ready_refs = {slot.handle.info.remote(): slot for slot in slots}
+    attempts: dict[int, int] = {}
+    last_error = ""
+    progress.update("loading teacher", force=True)
+    try:
+        while pending or any(slot.inflight for slot in slots):
+            for slot in slots:  # keep every live actor's queue full
+                while slot.ready and not slot.dead and pending and len(slot.inflight) < settings.inflight_per_actor:
+                    shard = pending.popleft()
+                    ref = slot.handle.score_shard.remote(str(shard.path), max_tokens, max_rows, swap_tta)
+                    slot.inflight[ref] = shard
+                    if on_dispatch is not None:
+                        on_dispatch(slot, shard)
+            live = [s for s in slots if not s.dead]
+            if not live:
+                raise LabelRunError(f"teacher {teacher_id}: every actor died; last error: {last_error}")
+            waiting = list(ready_refs) + [ref for slot in slots for ref in slot.inflight]
+            done_refs, _ = ray.wait(waiting, num_returns=1, timeout=2.0)
+            for ref in done_refs:
+                if ref in ready_refs:
+                    slot = ready_refs.pop(ref)
+                    try:
+                        info = ray.get(ref)
+                    except RayActorError as exc:
+                        last_error = _one_line(exc)
+                        _actor_failed(slot, settings, ready_refs, summary)
+                        continue
+                    slot.pid, slot.ready = info["pid"], True
+                    continue
+                slot = next(s for s in slots if ref in s.inflight)
+                shard = slot.inflight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayActorError as exc:
+                    last_error = _one_line(exc)
+                    # Every shard queued at the dead actor is lost with it: back to the front of the queue.
+                    lost = [shard, *slot.inflight.values()]
+                    slot.inflight.clear()
+                    for lost_shard in reversed(lost):
+                        attempts[lost_shard.index] = attempts.get(lost_shard.index, 0) + 1
+                        if attempts[lost_shard.index] >= settings.max_shard_attempts:
+                            raise LabelRunError(
+                                f"teacher {teacher_id}: shard {lost_shard.name} lost its actor "
+                                f"{attempts[lost_shard.index]} times; last error: {last_error}"
+                            ) from None
+                        pending.appendleft(lost_shard)
+                        summary["retries"] += 1
+                        progress.retried()
+                    _actor_failed(slot, settings, ready_refs, summary)
+                    progress.update()
+                    continue
+                except RayTaskError as exc:
+                    raise LabelRunError(
+                        f"teacher {teacher_id}: scoring {shard.path} failed: {_one_line(exc)}"
+                    ) from None
+                record = _commit(store, shard, result)
+                stats = PaddingStats(**{k: result["stats"][k] for k in ("rows", "batches", "real_tokens",
+                                                                          "padded_tokens")})
+                padding = padding + stats
+                summary["shards_scored"] += 1
+                summary["rows_scored"] += record["rows"]
+                progress.committed(record["rows"], stats)
+                progress.update("scoring")
+    finally:
+        for slot in slots:
+            try:
+                ray.kill(slot.handle, no_restart=True)
+            except Exception:  # already gone
+                pass
+    progress.update("done", force=True)
+    seconds = time.monotonic() - started
+    return {**summary, "padding": padding.as_dict(), "seconds": round(seconds, 3),
+            "rows_per_s": round(summary["rows_scored"] / seconds, 2) if seconds > 0 else None}
+
+
+def _commit(store: LabelStore, shard: InputShard, result: dict) -> dict:
+    if result["input_sha256"] != shard.sha256:
+        raise LabelIntegrityError(
+            f"{shard.path}: sha256 {result['input_sha256'][:12]}… differs from the dataset manifest "
+            f"({shard.sha256[:12]}…): the input changed after it was prepared"
+        )
+    return store.commit(
+        shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"],
+        extra={"padding": result["stats"], "seconds": round(result["seconds"], 3), "actor_pid": result["pid"]},
+    )
+
+
+def _actor_failed(slot: _Slot, settings: ActorSettings, ready_refs: dict, summary: dict) -> None:
+    """Wait for Ray's restart (a call on a restarting actor waits for it) unless the restarts are used up."""
+    slot.ready = False
+    slot.failures += 1
+    summary["actor_failures"] += 1
+    if slot.failures > settings.max_restarts:
+        slot.dead = True
+        return
+    ready_refs[slot.handle.info.remote()] = slot
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(line.strip() for line in text[:3])[:500] if text else type(exc).__name__
+
+
+@contextmanager
+def ray_session(address: str | None = None, local_num_cpus: int | None = None) -> Iterator[str]:
+    """Connect to Ray for the length of a run.
+
+    Already initialised (a test, a notebook): used as is and left running. `address` (or `$RAY_ADDRESS`, which
+    `ray job submit` sets): join that cluster. Neither, or "local": a private single-node Ray with its own temp dir
+    and no dashboard, shut down at the end — never `address="auto"`, which could join someone else's cluster.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield "existing"
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    temp_dir = None
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=True)
+        where = address
+    else:
+        _private_auth_token()
+        temp_dir = tempfile.mkdtemp(prefix="ad-label-", dir="/tmp")  # short: Ray's unix sockets live here
+        ray.init(num_cpus=local_num_cpus, include_dashboard=False, _temp_dir=temp_dir)
+        where = "local"
+    try:
+        yield where
+    finally:
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _private_auth_token() -> None:
+    """Token auth for the private local Ray, with a token that lives in this process's environment only.
+
+    Left alone, a local `ray.init()` turns token auth on and writes a new token to ~/.ray/auth_token: a file shared
+    by everyone on the host, which then switches every later `ray start` there into token mode while their clients
+    lack the token. An explicit RAY_AUTH_MODE / token from the user is respected."""
+    if any(os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    Config.initialize("")  # the mode is cached at import; Ray refreshes it the same way when it enables auth

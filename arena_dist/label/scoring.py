@@ -1,0 +1,148 @@
+"""Scoring encoded rows with a sequence classifier: token-budget batches, both orders, probabilities back in order.
+
+Also `TeacherScorer`, the plain object a Ray actor wraps: it loads one teacher export once and scores whole input
+shards. Keeping it Ray-free lets the single-process path, the tests' reference and predict use the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from arena_dist.label.batching import PaddingStats, pad_right, padding_stats, token_budget_batches
+from arena_dist.label.probs import swap_average, swap_back
+
+
+def model_pad_id(model) -> int:
+    pad_id = model.config.get_text_config().pad_token_id
+    if pad_id is None:
+        raise ValueError("the classifier has no pad_token_id: batched scoring cannot find each row's last token")
+    return int(pad_id)
+
+
+def input_device(model) -> torch.device:
+    """Where inputs go: the embedding's device (the first shard when accelerate spreads the model over GPUs)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def score_token_ids(
+    model,
+    sequences: Sequence[Sequence[int]],
+    max_tokens: int,
+    max_rows: int | None = None,
+    pad_id: int | None = None,
+) -> tuple[np.ndarray, PaddingStats]:
+    """Class probabilities (rows in the given order) and the padding of the batches that computed them.
+
+    Right padding: the classifier pools the rightmost non-pad token, so a row must not end in the pad id.
+    """
+    pad_id = model_pad_id(model) if pad_id is None else pad_id
+    for position, seq in enumerate(sequences):
+        if not seq or seq[-1] == pad_id:
+            raise ValueError(f"row {position} is empty or ends with the pad token: its last token cannot be pooled")
+    lengths = [len(seq) for seq in sequences]
+    batches = token_budget_batches(lengths, max_tokens, max_rows)
+    device = input_device(model)
+    num_labels = model.config.num_labels
+    out = np.empty((len(sequences), num_labels), dtype=np.float64)
+    for batch in batches:
+        ids, mask = pad_right([sequences[i] for i in batch], pad_id)
+        logits = model(
+            input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device)
+        ).logits
+        out[batch] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return out, padding_stats(lengths, batches)
+
+
+@dataclass
+class ScoredRows:
+    ids: list[str]
+    p_ab: np.ndarray
+    p_ba_mapped: np.ndarray | None
+    p_mean: np.ndarray
+    stats: PaddingStats
+
+
+def score_records(model, tokenizer, fmt, records, max_tokens: int, swap_tta: bool = True,
+                  max_rows: int | None = None) -> ScoredRows:
+    """Both orders (A,B) and (B,A) of every record; the swapped probabilities mapped back to (A,B) and averaged.
+
+    The two orders go through the batcher together, so each length bucket is filled from both.
+    """
+    from arena_dist.formatting.encode import encode_records
+
+    rows = encode_records(records, tokenizer, fmt, swap=False)
+    sequences = [row.input_ids for row in rows]
+    if swap_tta:
+        sequences += [row.input_ids for row in encode_records(records, tokenizer, fmt, swap=True)]
+    probs, stats = score_token_ids(model, sequences, max_tokens, max_rows)
+    n = len(rows)
+    p_ab = probs[:n]
+    p_ba_mapped = swap_back(probs[n:]) if swap_tta else None
+    return ScoredRows([row.id for row in rows], p_ab, p_ba_mapped, swap_average(p_ab, p_ba_mapped), stats)
+
+
+def format_from_meta(meta: dict):
+    """The teacher's own input format, from its export metadata (a student never guesses it)."""
+    from arena_dist.formatting.templates import FormatConfig
+
+    if isinstance(meta.get("format"), dict):
+        return FormatConfig(**meta["format"])
+    fields = {key: meta[key] for key in FormatConfig.model_fields if key in meta}
+    return FormatConfig(**fields)
+
+
+class TeacherScorer:
+    """One teacher export loaded once; scores whole input shards. Wrapped by the Ray actor in `driver`."""
+
+    def __init__(self, export_path: str, dtype: str = "float32", quantization: str = "none",
+                 gpus: float = 0, threads: int | None = None):
+        from arena_dist.models.export import load_export
+
+        if threads:
+            torch.set_num_threads(threads)
+        started = time.perf_counter()
+        # More than one GPU per actor: accelerate spreads the layers over them (teachers bigger than one GPU).
+        device_map = "auto" if gpus > 1 else ("cuda:0" if gpus > 0 and torch.cuda.is_available() else None)
+        self.model, self.tokenizer, self.meta = load_export(export_path, dtype=dtype, device_map=device_map,
+                                                            quantization=quantization)
+        if device_map is None and gpus > 0 and torch.cuda.is_available() and quantization == "none":
+            self.model.to("cuda:0")
+        if self.tokenizer is None:
+            raise ValueError(f"{export_path}: the export carries no tokenizer")
+        self.format = format_from_meta(self.meta)
+        self.load_seconds = time.perf_counter() - started
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "load_seconds": round(self.load_seconds, 3),
+                "num_labels": int(self.model.config.num_labels), "threads": torch.get_num_threads()}
+
+    def score_shard(self, path: str, max_tokens: int, max_rows: int | None = None, swap_tta: bool = True) -> dict:
+        from arena_dist.data.store import read_shard
+        from arena_dist.io import sha256_file
+
+        started = time.perf_counter()
+        records = read_shard(path)
+        scored = score_records(self.model, self.tokenizer, self.format, records, max_tokens, swap_tta, max_rows)
+        return {
+            "path": str(path),
+            "input_sha256": sha256_file(path),  # what this actor actually read; the driver compares it
+            "ids": scored.ids,
+            "p_ab": scored.p_ab,
+            "p_ba_mapped": scored.p_ba_mapped,
+            "p_mean": scored.p_mean,
+            "stats": scored.stats.as_dict(),
+            "seconds": time.perf_counter() - started,
+            "pid": os.getpid(),
+            "name": Path(path).name,
+        }
