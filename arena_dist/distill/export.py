@@ -1,0 +1,132 @@
+"""Student exports (the same folder format as `arena_dist.models.export`, read back by its `load_export`) and the
+checked LoRA merge.
+
+A QLoRA student's base is quantised at load time from full-precision weights: re-saving bitsandbytes' packed NF4
+tensors and reloading them drifts (STACK.md), so the export never stores quantised weights. It holds the adapter
+(LoRA + the fully trained head via modules_to_save) and either the base's hub id / dir (pretrained students) or, for
+a random-init base, that base rebuilt in full precision from its seeded spec under `base/`. `meta["quantization"]`
+says how the student was trained; `load_export(path, quantization=meta["quantization"])` rebuilds exactly that model.
+
+The merge (optional) folds the adapter into a full-precision base and writes a plain classifier. Top LMSYS teams saw
+merges of QLoRA adapters degrade scores (the adapter learnt on the quantised base, the merged model uses the
+de-quantised one), so the check is part of the merge: max |logit difference| merged vs the unmerged model as trained,
+on held-out rows, recorded in the merged export's metadata, and a limit above which the merge is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from arena_dist.errors import ArenaDistError
+
+
+class MergeCheckError(ArenaDistError):
+    """The merged model's logits differ from the unmerged model's by more than the configured limit."""
+
+
+def save_student_export(model, tokenizer, out_dir: str | os.PathLike, model_config, meta: dict) -> Path:
+    """Adapter + head (+ full-precision random-init base) + tokenizer + arena_dist.json, written atomically."""
+    import torch
+
+    from arena_dist.io import atomic_directory, atomic_write_json
+    from arena_dist.models.build import build_base
+    from arena_dist.models.export import BASE_DIR, FORMAT_VERSION, META_FILE, _head_kind
+    from arena_dist.models.heads import install_mlp_head
+
+    base_model = model.get_base_model()
+    num_labels = int(base_model.config.num_labels)
+    pad_token_id = base_model.config.pad_token_id
+    base_spec = model_config.base_spec()
+    full_meta = {
+        **meta,
+        "num_labels": num_labels,
+        "pad_token_id": pad_token_id,
+        "head": _head_kind(model),
+        "lora": True,
+        "base": base_spec,
+        "model_config": model_config.model_dump(),
+        "quantization": model_config.quantization,
+        "teacher_extra_inputs": [],
+        "created_by": meta.get("created_by", "arena_dist.student"),
+        "format_version": FORMAT_VERSION,
+    }
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json (LoRA + modules_to_save head)
+        adapter = tmp / "adapter_model.safetensors"
+        if not adapter.exists() or adapter.stat().st_size < 1024:
+            raise RuntimeError(f"LoRA adapter came out empty in {out_dir}")
+        if "name_or_path" not in base_spec:
+            plain = model_config.model_copy(update={"quantization": "none", "lora": None})
+            with torch.no_grad():
+                base = build_base(plain, num_labels, pad_token_id)
+                if model_config.head == "mlp":
+                    install_mlp_head(base, num_labels, model_config.head_dropout)
+            base.save_pretrained(tmp / BASE_DIR, safe_serialization=True)
+            full_meta["base_dir"] = BASE_DIR
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / META_FILE, full_meta)
+    return out_dir
+
+
+def logits_of(model, sequences: Sequence[Sequence[int]], pad_id: int, max_tokens: int = 8192):
+    """Raw logits (float64 numpy, rows in order) with the label stage's token-budget batches."""
+    import numpy as np
+    import torch
+
+    from arena_dist.label.batching import pad_right, token_budget_batches
+    from arena_dist.label.scoring import input_device
+
+    device = input_device(model)
+    out = None
+    with torch.inference_mode():
+        for batch in token_budget_batches([len(s) for s in sequences], max_tokens):
+            ids, mask = pad_right([sequences[i] for i in batch], pad_id)
+            logits = model(input_ids=torch.tensor(ids, device=device),
+                           attention_mask=torch.tensor(mask, device=device)).logits.float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(sequences), logits.shape[1]), dtype=np.float64)
+            out[batch] = logits
+    return out
+
+
+def merge_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, check_sequences: Sequence[Sequence[int]],
+                 max_logit_diff: float | None = None, dtype: str = "float32") -> dict:
+    """Merge the adapter into a full-precision base, check logits against the unmerged model as trained (quantised
+    base + adapter) and against the unmerged full-precision model, and write a plain classifier export."""
+    import numpy as np
+
+    from arena_dist.models.export import load_export, read_export_meta, save_export
+    from arena_dist.models.config import ModelConfig
+
+    meta = read_export_meta(export_dir)
+    as_trained, tokenizer, _ = load_export(export_dir, dtype=dtype, quantization=meta.get("quantization", "none"))
+    pad_id = int(meta["pad_token_id"])
+    reference = logits_of(as_trained, check_sequences, pad_id)
+    del as_trained
+    unmerged_fp, _, _ = load_export(export_dir, dtype=dtype, quantization="none")
+    unmerged_fp_logits = logits_of(unmerged_fp, check_sequences, pad_id)
+    merged = unmerged_fp.merge_and_unload()
+    merged_logits = logits_of(merged, check_sequences, pad_id)
+    report = {
+        "rows": len(check_sequences),
+        "max_abs_logit_diff": float(np.abs(merged_logits - reference).max()),
+        "max_abs_logit_diff_vs_unmerged_full_precision": float(np.abs(merged_logits - unmerged_fp_logits).max()),
+        "argmax_agreement": float((merged_logits.argmax(1) == reference.argmax(1)).mean()),
+        "limit": max_logit_diff,
+        "compared_to": f"unmerged, base quantization={meta.get('quantization', 'none')}",
+    }
+    report["passed"] = max_logit_diff is None or report["max_abs_logit_diff"] <= max_logit_diff
+    if not report["passed"]:
+        raise MergeCheckError(
+            f"merge refused: max |logit difference| merged vs unmerged = {report['max_abs_logit_diff']:.4g} > "
+            f"merge.max_logit_diff = {max_logit_diff} on {report['rows']} held-out rows ({export_dir})")
+    model_config = ModelConfig(**{**meta["model_config"], "lora": None, "quantization": "none"})
+    merged_meta = {k: v for k, v in meta.items()
+                   if k not in ("lora", "base_dir", "num_labels", "pad_token_id", "head", "base", "model_config")}
+    merged_meta.update(merged_from=str(export_dir), merge_check=report, quantization="none")
+    save_export(merged, tokenizer, out_dir, merged_meta, model_config=model_config)
+    return report

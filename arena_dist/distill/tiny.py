@@ -1,0 +1,45 @@
+"""A tiny distillation set-up through the real code paths, for tests, the bench and the demo:
+
+synthetic LMSYS train/test + pool (`arena-dist synth`) -> prepared dataset (`arena-dist prepare`) -> a fixed tiny
+random teacher export (`arena_dist.label.tiny`) -> its soft labels for the train and pool splits, scored with the
+label stage's `TeacherScorer` and committed to real label stores (one per split).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_distill_fixture(root: str | os.PathLike, n_train: int = 240, n_pool: int = 240, n_test: int = 60,
+                         seed: int = 0, num_folds: int = 4, teacher_head_std: float = 2.0) -> dict:
+    """-> {"synth_dir", "dataset_dir", "teacher_export", "soft_labels": [train store, pool store]}."""
+    import yaml
+
+    from arena_dist.label.scoring import TeacherScorer
+    from arena_dist.label.store import LabelStore, input_shards
+    from arena_dist.label.tiny import make_teacher_export
+    from arena_dist.stages import prepare as prepare_stage
+    from arena_dist.stages import synth as synth_stage
+
+    root = Path(root)
+    synth_dir = root / "synth"
+    synth_stage.run(synth_stage.Config(
+        output_dir=str(synth_dir), seed=seed, n_train=n_train, n_test=n_test, n_pool=n_pool, n_wsdm_train=0,
+        n_wsdm_test=0, n_pairwise=0, progress=False,
+        prepare={"output_dir": str(root / "dataset"), "num_shards": 2, "num_folds": num_folds}))
+    prepare_stage.run(prepare_stage.Config.model_validate(yaml.safe_load((synth_dir / "prepare.yaml").read_text())))
+    dataset_dir = root / "dataset"
+    teacher = make_teacher_export(root / "teacher", seed=seed + 7, head_std=teacher_head_std, max_length=256)
+    scorer = TeacherScorer(str(teacher))
+    stores = []
+    for split in ("train", "pool"):
+        store = LabelStore(root / "labels" / split, teacher_id="tiny_teacher", config_hash="fixture")
+        shards = input_shards(dataset_dir, split)
+        for shard in shards:
+            result = scorer.score_shard(str(shard.path), max_tokens=8192)
+            store.commit(shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"])
+        store.finalize(shards)
+        stores.append(str(store.directory))
+    return {"synth_dir": str(synth_dir), "dataset_dir": str(dataset_dir), "teacher_export": str(teacher),
+            "soft_labels": stores}

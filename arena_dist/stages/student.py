@@ -1,0 +1,58 @@
+"""`arena-dist student`: train a QLoRA student by distillation (hard labels + teacher soft labels).
+
+Ray Train `TorchTrainer` on one node with 1..8 workers (gloo on CPU, NCCL on GPUs; FailureConfig restarts the worker
+group, which resumes from the newest COMPLETE checkpoint in run_dir), or the plain single-process path with
+`ray.enabled: false`. The loop itself is `arena_dist.distill.train.train_student`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from arena_dist.config import save_resolved_config
+from arena_dist.distill.config import StudentConfig as Config  # noqa: F401  (the CLI looks for `Config`)
+
+
+def run(config: Config) -> dict:
+    from arena_dist.distill.train import SUMMARY_FILE, train_student
+
+    run_dir = Path(config.run_dir).resolve()
+    config = config.model_copy(update={"run_dir": str(run_dir)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(config, run_dir)
+    if not config.ray.enabled:
+        summary = train_student(config)
+    else:
+        run_with_ray(config)
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    final = summary.get("final_eval") or {}
+    print(f"student: finished={summary['finished']} step {summary['step']}/{summary['total_steps']} "
+          f"eval log loss {final.get('eval_log_loss')} KL to teacher {final.get('eval_kl_to_teacher')} "
+          f"-> {summary.get('export_dir', '(no export: run not finished)')}", flush=True)
+    return summary
+
+
+def run_with_ray(config: Config):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from arena_dist.distill.train import ray_worker
+    from arena_dist.label.driver import ray_session
+
+    ray_cfg = config.ray
+    # A private local Ray is started from this process, so its workers inherit this environment (offline hub,
+    # CPU DeepSpeed...). On a cluster the job's runtime env carries it (`ray job submit --runtime-env-json`).
+    local_cpus = None if ray_cfg.address not in (None, "local") else max(
+        1, int(round(ray_cfg.num_workers * ray_cfg.cpus_per_worker + 0.49)))
+    with ray_session(ray_cfg.address, local_num_cpus=local_cpus):
+        trainer = TorchTrainer(
+            train_loop_per_worker=ray_worker,
+            train_loop_config=config.model_dump(mode="json"),
+            scaling_config=ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=ray_cfg.use_gpu,
+                                         resources_per_worker={"CPU": ray_cfg.cpus_per_worker}),
+            torch_config=TorchConfig(backend="nccl" if ray_cfg.use_gpu else "gloo"),
+            run_config=RunConfig(storage_path=str(Path(config.run_dir) / "ray"), name="student",
+                                 failure_config=FailureConfig(max_failures=ray_cfg.max_failures)),
+        )
+        return trainer.fit()
