@@ -64,7 +64,7 @@ def merge_label_stores(
     shards = []
     ids_by_shard: dict[int, list[str]] = {}
     for entry in reference["shards"]:
-        tables = [pq.read_table(d / _entry(m, entry["index"], d)["path"]) for d, m in zip(dirs, manifests)]
+        tables = [_read_member_shard(d, _entry(m, entry["index"], d)) for d, m in zip(dirs, manifests)]
         ids = ids_by_shard[entry["index"]] = tables[0].column("id").to_pylist()
         aligned = [tables[0]]
         for member_dir, table in zip(dirs[1:], tables[1:]):
@@ -92,6 +92,14 @@ def _entry(manifest: dict, index: int, store_dir: Path) -> dict:
         if entry["index"] == index:
             return entry
     raise LabelIntegrityError(f"{store_dir}: no shard {index} in its manifest")
+
+
+def _read_member_shard(store_dir: Path, entry: dict):
+    path = store_dir / entry["path"]
+    if sha256_file(path) != entry["sha256"]:
+        raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'} (changed after it "
+                                  "was finalized)")
+    return pq.read_table(path)
 
 
 def _align(table, ids: list[str], store_dir: Path, index: int):
