@@ -1,0 +1,26 @@
+"""Teacher stage: fine-tune a sequence classifier with DeepSpeed ZeRO-3 on Ray Train, then export it.
+
+`arena-dist teacher --config launch/configs/teacher_tiny.yaml` (or via `ray job submit ... launch/teacher.py`).
+Resumes from the latest complete checkpoint of the run by itself, also after a resubmission.
+"""
+
+from __future__ import annotations
+
+from arena_dist.config import save_resolved_config
+from arena_dist.train.config import TrainJobConfig
+
+
+class Config(TrainJobConfig):
+    """data / model / format / training / ray / output: see arena_dist.train.config."""
+
+
+def run(config: Config) -> dict:
+    from arena_dist.train.launch import run_training
+
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(config, config.run_dir)
+    summary = run_training(config)
+    final = summary.get("final") or {}
+    line = " ".join(f"{key} {value:.4f}" for key, value in final.items() if key != "eval_records")
+    print(f"teacher: done, {summary['steps']} steps, {line}; export {summary['export_dir']}", flush=True)
+    return summary

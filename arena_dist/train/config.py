@@ -1,0 +1,104 @@
+"""Typed settings of a distributed training run (the teacher stage's config is built from these sections)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from arena_dist.config import StrictModel
+from arena_dist.formatting.templates import FormatConfig
+from arena_dist.models.config import ModelConfig
+
+
+class DataSettings(StrictModel):
+    dataset_dir: Path
+    split: str = "train"
+    fold: int | None = Field(0, ge=0)  # evaluate on this fold, train on the others; None: train on all, no eval
+    num_folds: int = Field(5, gt=0)  # must match the dataset's manifest
+    swap_augment: bool = False  # each epoch, every training sample is shown with A/B swapped with probability 1/2
+    extra_inputs: Literal["none", "model_names"] = "none"  # teacher-only side information (students never see it)
+    max_train_records: int | None = Field(None, gt=0)  # first N of the training records (smoke runs)
+    max_eval_records: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "DataSettings":
+        if self.fold is not None and self.fold >= self.num_folds:
+            raise ValueError(f"fold {self.fold} is not below num_folds {self.num_folds}")
+        return self
+
+
+class TrainingSettings(StrictModel):
+    """Optimisation. Precision is `model.dtype` (bfloat16/float16 turn on DeepSpeed's bf16/fp16)."""
+
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # stop earlier than `epochs` would
+    global_batch: int = Field(32, gt=0)  # samples per optimizer step, fixed whatever the world size
+    micro_batch: int = Field(1, gt=0)  # samples per forward per rank; accumulation = global / (micro * world)
+    eval_micro_batch: int | None = Field(None, gt=0)  # default: micro_batch
+    clip: float = Field(1.0, ge=0)  # 0 disables gradient clipping
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor
+    seed: int = 0
+    log_every: int = Field(1, gt=0)
+    eval_every: int = Field(0, ge=0)  # steps; 0: only at the end
+    checkpoint_every: int = Field(0, ge=0)  # steps; 0: no intermediate checkpoints
+    ds_config: Path = Path("ds_configs/zero3.json")  # ZeRO knobs only
+    ds_overrides: dict = Field(default_factory=dict)  # deep-merged into the ds_config file (ZeRO knobs only)
+    optimizer_impl: Literal["auto", "torch", "deepspeed"] = "auto"  # auto: torch AdamW on CPU, DeepSpeed's on GPU
+
+
+class RaySettings(StrictModel):
+    address: str | None = None  # None: RAY_ADDRESS / the job's cluster, else a private local instance
+    num_workers: int = Field(2, gt=0)  # nodes x GPUs per node
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint; -1: unlimited
+    storage_path: Path  # shared filesystem visible to every worker (DeepSpeed writes checkpoints there directly)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
+    worker_env: dict[str, str] = Field(default_factory=dict)  # extra environment for the workers
+
+
+class OutputSettings(StrictModel):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # run dir = ray.storage_path / run_name
+    export_dir: Path | None = None  # default: <run dir>/export
+    tokenizer: str | None = None  # default: model.name_or_path, or "local" for random-init models
+
+
+class TrainJobConfig(StrictModel):
+    data: DataSettings
+    model: ModelConfig
+    format: FormatConfig = FormatConfig()
+    training: TrainingSettings = TrainingSettings()
+    ray: RaySettings
+    output: OutputSettings
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "TrainJobConfig":
+        per_step = self.training.micro_batch * self.ray.num_workers
+        if self.training.global_batch % per_step:
+            raise ValueError(
+                f"training.global_batch {self.training.global_batch} is not a multiple of micro_batch x num_workers"
+                f" = {per_step}"
+            )
+        if self.model.quantization != "none":
+            raise ValueError("model.quantization: the teacher trains full-precision weights (use the student stage)")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.ray.storage_path).absolute() / self.output.run_name
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.output.export_dir).absolute() if self.output.export_dir else self.run_dir / "export"
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.output.tokenizer or self.model.name_or_path or "local"

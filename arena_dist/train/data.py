@@ -1,0 +1,152 @@
+"""Training data position, batches and evaluation slices. Plain integers only: no distributed handles here.
+
+The global sample order does not depend on the world size: epoch `e` is a seeded permutation of all training
+records, global step `s` consumes the next `global_batch` of it, and rank `r` of `W` takes its contiguous share of
+that global batch. A checkpoint therefore only needs the global step (plus the checks below) to resume exactly, on
+the same or on a different world size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from arena_dist.data.records import Record
+from arena_dist.data.store import rank_bounds
+from arena_dist.errors import ConfigError, InputError
+
+
+class GlobalOrder:
+    """Seeded per-epoch permutation of `num_samples`, cut into global batches (the last partial batch is dropped)."""
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int, swap_augment: bool = False):
+        if num_samples < global_batch:
+            raise InputError(f"{num_samples} training records are fewer than one global batch of {global_batch}")
+        self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
+        self.swap_augment = swap_augment
+        self.steps_per_epoch = num_samples // global_batch
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if epoch not in self._cache:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(self.num_samples)
+            swaps = rng.random(self.num_samples) < 0.5 if self.swap_augment else np.zeros(self.num_samples, bool)
+            self._cache = {epoch: (order, swaps)}  # one epoch at a time is all a run needs
+        return self._cache[epoch]
+
+    def position(self, step: int) -> dict:
+        """The data position after `step` completed optimizer steps (saved in checkpoints)."""
+        return {
+            "global_step": step,
+            "epoch": step // self.steps_per_epoch,
+            "step_in_epoch": step % self.steps_per_epoch,
+            "samples_consumed": step * self.global_batch,
+            "num_samples": self.num_samples,
+            "global_batch": self.global_batch,
+            "seed": self.seed,
+            "swap_augment": self.swap_augment,
+        }
+
+    def check_position(self, position: dict) -> None:
+        """A checkpoint's data position must describe this same order, or the resume would not be exact."""
+        mine = self.position(int(position["global_step"]))
+        for key in ("num_samples", "global_batch", "seed", "swap_augment"):
+            if key in position and position[key] != mine[key]:
+                raise ConfigError(
+                    f"checkpoint data position has {key}={position[key]!r} but this run has {mine[key]!r}: "
+                    "resume with the same data and training.global_batch / seed / data.swap_augment"
+                )
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(record indices, swap flags) of global step `step` (0-based)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order, swaps = self._epoch(epoch)
+        indices = order[within * self.global_batch:(within + 1) * self.global_batch]
+        return indices, swaps[indices]
+
+    def rank_share(self, step: int, rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+        indices, swaps = self.batch(step)
+        start, end = rank_bounds(len(indices), rank, world_size)
+        return indices[start:end], swaps[start:end]
+
+
+def total_steps(order: GlobalOrder, epochs: int, max_steps: int | None) -> int:
+    steps = order.steps_per_epoch * epochs
+    return min(steps, max_steps) if max_steps else steps
+
+
+def extra_text(record: Record, kind: str, swapped: bool) -> str | None:
+    """Teacher-only side information, in the row's own A/B order."""
+    if kind == "none":
+        return None
+    model_a, model_b = record.get("model_a") or "unknown", record.get("model_b") or "unknown"
+    if swapped:
+        model_a, model_b = model_b, model_a
+    return f"Model A is {model_a}. Model B is {model_b}."
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    label: int
+
+
+class Encoder:
+    """Records -> token ids + labels with the run's template; A/B swap per example."""
+
+    def __init__(self, tokenizer, fmt, extra_inputs: str = "none"):
+        self.tokenizer, self.fmt, self.extra_inputs = tokenizer, fmt, extra_inputs
+
+    def encode(self, records: Sequence[Record], swaps: Sequence[bool]) -> list[Example]:
+        from arena_dist.formatting.encode import encode_records
+
+        out: list[Example | None] = [None] * len(records)
+        for flag in (False, True):
+            picked = [i for i, s in enumerate(swaps) if bool(s) == flag]
+            if not picked:
+                continue
+            group = [records[i] for i in picked]
+            extras = [extra_text(r, self.extra_inputs, flag) for r in group]
+            rows = encode_records(group, self.tokenizer, self.fmt, swap=flag,
+                                  extra_texts=extras if self.extra_inputs != "none" else None)
+            for i, row in zip(picked, rows):
+                if row.label is None:
+                    raise InputError(f"record {row.id}: no label (training needs labelled records)")
+                out[i] = Example(row.input_ids, int(row.label))
+        return out  # type: ignore[return-value]
+
+
+def collate(examples: Sequence[Example], pad_token_id: int) -> dict:
+    """Right-padded batch tensors (the classifiers read the last non-pad token)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids, dtype=torch.long)
+        mask[row, : len(example.input_ids)] = 1
+    labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def micro_batches(indices: Sequence[int], micro_batch: int) -> list[list[int]]:
+    return [list(indices[i:i + micro_batch]) for i in range(0, len(indices), micro_batch)]
+
+
+def eval_plan(num_records: int, rank: int, world_size: int, micro_batch: int) -> list[tuple[list[int], bool]]:
+    """This rank's evaluation micro-batches as (record indices, real?).
+
+    Under ZeRO-3 every forward is collective, so every rank runs the same number of forwards: ranks with a shorter
+    slice add filler batches (a repeat of record 0) whose outputs are discarded.
+    """
+    start, end = rank_bounds(num_records, rank, world_size)
+    longest = math.ceil(num_records / world_size)
+    batches = [(list(range(i, min(i + micro_batch, end))), True) for i in range(start, end, micro_batch)]
+    needed = math.ceil(longest / micro_batch)
+    batches += [([0], False)] * (needed - len(batches))
+    return batches

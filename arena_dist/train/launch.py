@@ -1,0 +1,73 @@
+"""Driver side: assemble Ray Train's TorchTrainer for a TrainJobConfig and run it to the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+from arena_dist.config import config_dict
+from arena_dist.train.config import TrainJobConfig
+from arena_dist.train.ds_config import load_zero_knobs
+
+# Forwarded to every worker when set here (offline hub, CPU DeepSpeed, extension cache).
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR",
+                 "TOKENIZERS_PARALLELISM", "HF_HOME")
+
+
+def worker_env(config: TrainJobConfig) -> dict[str, str]:
+    env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+    env["DS_ACCELERATOR"] = "cuda" if config.ray.use_gpu else "cpu"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(config.ray.worker_env)
+    return env
+
+
+def connect_ray(config: TrainJobConfig) -> bool:
+    """Connect to the configured / ambient cluster, or start a private local one. Returns True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    temp_dir = tempfile.mkdtemp(prefix="ad-ray-", dir="/tmp")  # short: Ray's unix socket paths are length-limited
+    cpus = max(os.cpu_count() or 1, int(config.ray.num_workers * config.ray.cpus_per_worker + 0.999))
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp_dir)
+    return True
+
+
+def run_training(config: TrainJobConfig) -> dict:
+    """Fit on Ray; returns the run summary written by rank 0 (summary.json in the run dir)."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from arena_dist.train.loop import train_worker
+
+    zero_knobs = load_zero_knobs(config.training.ds_config, config.training.ds_overrides)
+    payload = {"config": config_dict(config), "zero_knobs": zero_knobs, "env": worker_env(config),
+               "attempt_id": str(int(time.time()))}
+    backend = config.ray.backend if config.ray.backend != "auto" else ("nccl" if config.ray.use_gpu else "gloo")
+    resources = {"CPU": config.ray.cpus_per_worker}
+    if config.ray.use_gpu:
+        resources["GPU"] = config.ray.gpus_per_worker
+    started_ray = connect_ray(config)
+    try:
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config=payload,
+            torch_config=TorchConfig(backend=backend),
+            scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(name=config.output.run_name, storage_path=str(config.run_dir.parent),
+                                 failure_config=FailureConfig(max_failures=config.ray.max_failures)),
+        )
+        trainer.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return json.loads((config.run_dir / "summary.json").read_text())
