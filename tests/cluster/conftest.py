@@ -41,10 +41,10 @@ def ray_on_hosts(netns_hosts):
 
 @pytest.fixture
 def slurm_cluster():
-    """slurmctld + slurmd n1 (in h1) + slurmd n2 (in h2) with a private munged; `.run([...])` calls the clients."""
+    """slurmctld + slurmd n1 (in h1) + slurmd n2 (in h2), 2 CPUs and 2 pretend GPUs each, a private munged."""
     _skip_without_netns()
     reason = slurm_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with NetnsHosts(2) as hosts, PrivateSlurm(hosts) as slurm:
+    with NetnsHosts(2) as hosts, PrivateSlurm(hosts, gpus_per_node=2) as slurm:
         yield slurm

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -41,8 +42,11 @@ def _tool(name: str) -> str:
 class PrivateSlurm:
     """`with NetnsHosts(2) as hosts, PrivateSlurm(hosts) as slurm:` -> `slurm.run(["sinfo"])`, `slurm.env`."""
 
-    def __init__(self, hosts: NetnsHosts, cpus_per_node: int = 2, kill_wait_s: int = 5):
+    def __init__(self, hosts: NetnsHosts, cpus_per_node: int = 2, gpus_per_node: int = 0, kill_wait_s: int = 5):
         self.hosts = hosts
+        # Pretend GPUs: GRES backed by plain files, so Slurm allocates and binds GPU ids (CUDA_VISIBLE_DEVICES) as on
+        # a real GPU node; nothing uses them, it proves the ids reach Ray right.
+        self.gpus_per_node = gpus_per_node
         self.cpus_per_node = cpus_per_node
         self.kill_wait_s = kill_wait_s
         self.root = Path(tempfile.mkdtemp(prefix=f"ads{hosts.token}-", dir="/tmp"))
@@ -51,6 +55,7 @@ class PrivateSlurm:
         self.node_names = [f"n{host.index}" for host in hosts.hosts]
         self.daemons: dict[str, subprocess.Popen] = {}
         self.hostname = socket.gethostname().split(".")[0]
+        self.cluster_name = f"ad{hosts.token}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -60,7 +65,7 @@ class PrivateSlurm:
     def slurm_conf(self) -> str:
         r = self.root
         lines = [
-            f"ClusterName=ad{self.hosts.token}",
+            f"ClusterName={self.cluster_name}",
             # The controller lives in h1; the name must be this machine's hostname, the address is h1's.
             f"SlurmctldHost={self.hostname}({self.hosts[0].ip})",
             "SlurmUser=root", "SlurmdUser=root",
@@ -76,9 +81,13 @@ class PrivateSlurm:
             "ReturnToService=2", f"KillWait={self.kill_wait_s}", "InactiveLimit=0", "MinJobAge=300",
             "SlurmctldTimeout=30", "SlurmdTimeout=30", "SlurmctldDebug=info", "SlurmdDebug=info",
         ]
+        gres = ""
+        if self.gpus_per_node:
+            lines.append("GresTypes=gpu")
+            gres = f" Gres=gpu:{self.gpus_per_node}"
         for host, name in zip(self.hosts.hosts, self.node_names):
             lines.append(f"NodeName={name} NodeHostname={self.hostname} NodeAddr={host.ip} "
-                         f"CPUs={self.cpus_per_node} State=UNKNOWN")
+                         f"CPUs={self.cpus_per_node}{gres} State=UNKNOWN")
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
         return "\n".join(lines) + "\n"
 
@@ -93,6 +102,14 @@ class PrivateSlurm:
     def _start(self, timeout: float) -> None:
         (self.root / "state").mkdir()
         self.conf.write_text(self.slurm_conf())
+        if self.gpus_per_node:
+            devices = self.root / "dev"
+            devices.mkdir()
+            for index in range(self.gpus_per_node):
+                # Slurm wants a character device: a clone of /dev/null (1, 3) is one and harmless.
+                os.mknod(devices / f"nvidia{index}", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+            (self.root / "gres.conf").write_text(
+                f"AutoDetect=off\nName=gpu File={devices}/nvidia[0-{self.gpus_per_node - 1}]\n")
         self._start_munge()
         self._daemon("slurmctld", self.hosts[0].command([_tool("slurmctld"), "-D", "-f", str(self.conf)]))
         for index, name in enumerate(self.node_names):
@@ -160,7 +177,6 @@ class PrivateSlurm:
 
     def stop(self) -> None:
         if "slurmctld" in self.daemons and self.daemons["slurmctld"].poll() is None:
-            self.run(["scancel", "--full", f"--cluster=ad{self.hosts.token}", "-u", "root"], timeout=15)
             self.run(["scancel", "-u", "root"], timeout=15)
         for name in [n for n in self.daemons if n != "munged"] + ["munged"]:
             process = self.daemons.get(name)

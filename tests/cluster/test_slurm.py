@@ -1,0 +1,79 @@
+"""The sbatch launcher on a real two-node Slurm (slurmctld + 2 slurmd in two network-namespace hosts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.multihost]
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = "launch/slurm/arena_dist.sbatch"
+PROBE = "tests/cluster/jobs/probe_cluster.py"
+
+
+def sbatch(slurm, tmp_path: Path, args: list[str], extra: list[str] = (), timeout: float = 240):
+    """`sbatch --wait` the launcher from the repository root; returns (completed process, job output text)."""
+    output = tmp_path / "job.out"
+    env = {"ARENA_NODE_IFNAME": "eth0", "ARENA_LOG_DIR": str(tmp_path / "logs"), "ARENA_JOIN_TIMEOUT": "120"}
+    command = ["sbatch", "--wait", "--nodes=2", "--exclusive", f"--output={output}", *extra, LAUNCHER, *args]
+    result = slurm.run(command, timeout=timeout, env=env, cwd=REPO)
+    text = output.read_text(errors="replace") if output.exists() else ""
+    return result, text
+
+
+def ray_processes_left(slurm, timeout: float = 30.0) -> list[str]:
+    """Command lines of Ray processes still alive in the hosts, waiting up to `timeout` for them to end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for pid in slurm.hosts.processes_inside():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "ray" in cmdline.lower() and "slurm" not in cmdline.split(" ")[0]:
+                left.append(cmdline[:200])
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(1)
+
+
+def test_launcher_brings_up_ray_on_both_nodes_and_runs_the_job(slurm_cluster, tmp_path):
+    report_path = tmp_path / "report.json"
+    result, log = sbatch(slurm_cluster, tmp_path, [PROBE, str(report_path), "0"], extra=["--gpus-per-node=2"])
+    assert result.returncode == 0, (result.stdout, result.stderr, log[-4000:])
+    report = json.loads(report_path.read_text())
+    # One Ray node per Slurm node, each on its own address, and a task pinned to each ran there.
+    assert report["nodes"] == ["10.200.0.1", "10.200.0.2"]
+    assert sorted((p["ip"], p["node"]) for p in report["placed"]) == [("10.200.0.1", "n1"), ("10.200.0.2", "n2")]
+    assert all(p["gloo"] == "eth0" and p["nccl"] == "eth0" for p in report["placed"])
+    # Every GPU of every node reaches Ray, and concurrent one-GPU tasks on a node get different ids (not all GPU 0).
+    assert report["gpus_per_node"] == [2, 2]
+    ids_by_node: dict[str, list[str]] = {}
+    for task in report["gpu_tasks"]:
+        assert len(task["ray"]) == 1 and task["cuda_visible_devices"] == str(task["ray"][0])
+        ids_by_node.setdefault(task["node"], []).append(task["cuda_visible_devices"])
+    assert {node: sorted(ids) for node, ids in ids_by_node.items()} == {"n1": ["0", "1"], "n2": ["0", "1"]}
+    assert "stage finished with exit code 0" in log
+    assert ray_processes_left(slurm_cluster) == []
+    job_id = result.stdout.split()[-1]
+    assert not list(Path("/tmp").glob(f"ray-{slurm_cluster.cluster_name}-{job_id}-*"))  # node temp dirs removed
+
+
+def test_failing_job_fails_the_slurm_job_with_its_exit_code(slurm_cluster, tmp_path):
+    report_path = tmp_path / "report.json"
+    result, log = sbatch(slurm_cluster, tmp_path, [PROBE, str(report_path), "7"])
+    assert report_path.exists(), log[-4000:]  # the job did run ...
+    assert result.returncode == 7, (result.stdout, result.stderr, log[-4000:])  # ... and its exit code came through
+    assert "stage finished with exit code 7" in log
+    assert ray_processes_left(slurm_cluster) == []
+
+
+def test_launcher_rejects_an_unknown_stage_before_allocating_ray(slurm_cluster, tmp_path):
+    result, log = sbatch(slurm_cluster, tmp_path, ["no_such_stage", "x.yaml"], timeout=60)
+    assert result.returncode == 2
+    assert "unknown stage 'no_such_stage'" in log
