@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
 
 from arena_dist.config import load_config
@@ -45,6 +47,15 @@ def stage_module(name: str):
     return importlib.import_module(f"arena_dist.stages.{name}")
 
 
+def write_summary(summary) -> None:
+    """When ARENA_DIST_SUMMARY names a file, leave the stage's summary there (the demo reads it after a Ray job)."""
+    target = os.environ.get("ARENA_DIST_SUMMARY")
+    if target and isinstance(summary, dict):
+        from arena_dist.io import atomic_write_text
+
+        atomic_write_text(target, json.dumps(summary, indent=2, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = stage_module(args.stage)
@@ -53,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.insert(0, f"run_dir={args.run_dir}")
     try:
         config = load_config(module.Config, args.config, overrides)
-        module.run(config)
+        summary = module.run(config)
+        write_summary(summary)
     except ArenaDistError as err:
         print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
         return 2

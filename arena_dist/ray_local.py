@@ -1,6 +1,8 @@
 """A local Ray head started and stopped by arena_dist itself (demo, tests, single box).
 
-Every port is chosen free at start, the temp dir is private, the dashboard binds 127.0.0.1, and `stop()` ends only
+Every port is chosen free at start, the temp dir is private, the dashboard binds 127.0.0.1, the cluster runs with
+Ray's token authentication and a token of its own (given to the clients this module starts: `client_env()`), and
+`stop()` ends only
 the processes this head started (its process group plus anything whose command line names its temp dir): never a
 host-wide `ray stop`, which would kill other people's clusters on the same host.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -70,6 +73,13 @@ class LocalRayHead:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.process: subprocess.Popen | None = None
+        # A private token, set explicitly: left unset, Ray turns token auth on by itself whenever a host-wide
+        # ~/.ray/auth_token exists (any earlier local `ray.init()` writes one) and clients without it are refused.
+        self.auth_token = secrets.token_hex(32)
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a client (ray job submit, ray.init, a worker node) needs to talk to this head."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
 
     @property
     def address(self) -> str:
@@ -105,7 +115,7 @@ class LocalRayHead:
         return cmd
 
     def start(self, timeout: float = 90.0) -> "LocalRayHead":
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.extra_env}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.extra_env, **self.client_env()}
         # Jobs run `python ...` from the head's PATH: make that this interpreter's environment (the project venv).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         log = open(self.temp_dir / "head.log", "wb")
@@ -135,7 +145,10 @@ class LocalRayHead:
 
     def _dashboard_up(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as response:
+            request = urllib.request.Request(
+                f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.auth_token}"}
+            )
+            with urllib.request.urlopen(request, timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
@@ -183,13 +196,47 @@ def submit_job(
     working_dir: str | os.PathLike | None = None,
     env: dict[str, str] | None = None,
     timeout: float | None = None,
+    log_path: str | os.PathLike | None = None,
+    echo: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`ray job submit` to a dashboard, waiting for the job; returns the finished process (output captured)."""
+    """`ray job submit` to a dashboard and wait for the job; its exit status is the job's.
+
+    The job's log is captured (returned as stdout), appended to `log_path` if given, and echoed line by line when
+    `echo` is set (the demo streams it).
+    """
     dashboard_url = head.dashboard_url if isinstance(head, LocalRayHead) else head
-    cmd = [ray_executable(), "job", "submit", f"--address={dashboard_url}"]
+    client_env = {**os.environ, **(head.client_env() if isinstance(head, LocalRayHead) else {})}
+    cmd = [ray_executable(), "job", "submit", f"--address={dashboard_url}", "--log-style=record"]
     if working_dir is not None:
         cmd.append(f"--working-dir={working_dir}")
     if env:
         cmd.append("--runtime-env-json=" + json.dumps({"env_vars": env}))
     cmd += ["--", *entrypoint]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=client_env
+    )
+    lines: list[str] = []
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "a") if log_path else None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if log:
+                log.write(line)
+                log.flush()
+            if echo:
+                print(line, end="", flush=True)
+            if deadline is not None and time.monotonic() > deadline:
+                process.kill()
+                raise subprocess.TimeoutExpired(cmd, timeout, output="".join(lines))
+        process.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+        raise
+    finally:
+        if log:
+            log.close()
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout="".join(lines), stderr="")
