@@ -1,0 +1,136 @@
+"""Render the collected run data as PNG plots and one self-contained HTML page (images beside it)."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+from arena_dist.report import collect
+
+
+def plot_training(stage: str, series: dict[str, list[tuple[int, float]]], target: Path) -> Path | None:
+    """Loss-like series (train and eval) of one stage on one figure; None when the stage logged no loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = [tag for tag in series if "loss" in tag.lower() or tag.lower().endswith("kl")]
+    if not tags:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for tag in tags:
+        steps, values = zip(*series[tag])
+        style = "o-" if len(steps) < 30 else "-"
+        axis.plot(steps, values, style, markersize=3, label=tag)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title(f"{stage}: training and evaluation loss")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _evaluation_section(evaluation: dict, images: Path, index: int) -> str:
+    metrics = evaluation["metrics"]
+    parts = [f"<h3>{html.escape(str(evaluation['path'].parent.name))}</h3>"]
+    headline = [["log loss", metrics.get("log_loss")], ["accuracy", metrics.get("accuracy")],
+                ["rows", metrics.get("n")]]
+    if metrics.get("bayes_log_loss") is not None:
+        headline += [["Bayes log loss (optimum)", metrics["bayes_log_loss"]],
+                     ["share of achievable gain", metrics.get("share_of_achievable_gain")]]
+    if metrics.get("ece_top_label") is not None:
+        headline.append(["expected calibration error", metrics["ece_top_label"]])
+    parts.append(_table(headline, ["metric", "value"]))
+    for column in ("language", "source"):
+        rows = metrics.get(f"by_{column}") or []
+        if rows:
+            parts.append(f"<h4>by {column}</h4>")
+            parts.append(_table([[r.get("group"), r.get("n"), r.get("log_loss"), r.get("accuracy")] for r in rows],
+                                [column, "rows", "log loss", "accuracy"]))
+    if evaluation["calibration"] is not None:
+        copy = images / f"calibration_{index}.png"
+        shutil.copyfile(evaluation["calibration"], copy)
+        parts.append(f'<h4>calibration</h4><img src="{copy.parent.name}/{copy.name}" alt="calibration diagram">')
+    return "\n".join(parts)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}pre{background:#f7f7f7;padding:8px;
+overflow-x:auto;font-size:12px}h2{border-bottom:1px solid #ddd;padding-bottom:3px}"""
+
+
+def render_report(run_dir: Path, output_dir: Path) -> dict:
+    """Write output_dir/index.html and its PNGs; returns what was included."""
+    images = output_dir / "img"
+    images.mkdir(parents=True, exist_ok=True)
+    sections: list[str] = []
+    included: dict[str, int] = {}
+
+    summaries = collect.stage_summaries(run_dir)
+    bayes = collect.bayes_reference(run_dir)
+    if bayes:
+        sections.append("<h2>Synthetic benchmark optimum</h2>" + _table(
+            [["Bayes log loss", bayes.get("bayes_log_loss")], ["Bayes accuracy", bayes.get("bayes_accuracy")],
+             ["uniform log loss (ln 3)", bayes.get("ln3")], ["achievable gain", bayes.get("achievable_gain")],
+             ["tie rate", bayes.get("tie_rate")]], ["reference", "value"]))
+    if summaries:
+        rows = [[stage, s.get("seconds"), json.dumps(s.get("rows")) if isinstance(s.get("rows"), dict)
+                 else s.get("rows")] for stage, s in summaries.items()]
+        sections.append("<h2>Stages</h2>" + _table(rows, ["stage", "seconds", "rows"]))
+
+    logs = collect.training_logs(run_dir)
+    plots = []
+    for stage, series in logs.items():
+        plot = plot_training(stage, series, images / f"training_{stage}.png")
+        if plot is not None:
+            plots.append(f'<h3>{html.escape(stage)}</h3><img src="img/{plot.name}" alt="{html.escape(stage)} loss">')
+    included["training_plots"] = len(plots)
+    if plots:
+        sections.append("<h2>Training</h2>" + "\n".join(plots))
+
+    evaluations = collect.evaluations(run_dir)
+    included["evaluations"] = len(evaluations)
+    if evaluations:
+        sections.append("<h2>Evaluation</h2>" + "\n".join(
+            _evaluation_section(ev, images, i) for i, ev in enumerate(evaluations)))
+
+    label = collect.label_stats(run_dir)
+    included["label_stats"] = len(label)
+    if label:
+        rows = [[str(item["path"].relative_to(run_dir)), key, value]
+                for item in label for key, value in item["stats"].items()]
+        sections.append("<h2>Pseudo-labelling throughput</h2>" + _table(rows, ["file", "metric", "value"]))
+
+    configs = collect.resolved_configs(run_dir)
+    included["configs"] = len(configs)
+    if configs:
+        sections.append("<h2>Resolved configs</h2>" + "\n".join(
+            f"<details><summary>{html.escape(str(path.relative_to(run_dir)))}</summary>"
+            f"<pre>{html.escape(text)}</pre></details>" for path, text in configs))
+
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>arena_dist run {html.escape(run_dir.name)}"
+            f"</title><style>{STYLE}</style></head><body><h1>arena_dist run: {html.escape(str(run_dir))}</h1>"
+            + "\n".join(sections) + "</body></html>\n")
+    from arena_dist.io import atomic_write_text
+
+    atomic_write_text(output_dir / "index.html", page)
+    return included
