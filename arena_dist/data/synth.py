@@ -569,7 +569,7 @@ def generate_pool(
     """Write an unlabelled pool of `n` comparisons to `out_path` (parquet, one row group per chunk, streamed).
 
     Columns: id, prompt, response_a, response_b (lists of strings, one per turn), language. The exact probabilities
-    go to `answers_path` (default: `pool_answers.parquet` beside it): id, p_a, p_b, p_tie, p_a_2class.
+    go to `answers_path` (default: `<stem>_answers.parquet` beside it): id, p_a, p_b, p_tie, p_a_2class.
     Returns the Bayes summary (expected log loss etc.) and the paths. Memory stays at one chunk.
     """
     import pyarrow as pa
@@ -579,7 +579,7 @@ def generate_pool(
 
     spec = spec or SynthSpec()
     out_path = Path(out_path)
-    answers_path = Path(answers_path) if answers_path else out_path.with_name("pool_answers.parquet")
+    answers_path = Path(answers_path) if answers_path else out_path.with_name(f"{out_path.stem}_answers.parquet")
     pool_schema = pa.schema([
         ("id", pa.string()), ("prompt", pa.list_(pa.string())), ("response_a", pa.list_(pa.string())),
         ("response_b", pa.list_(pa.string())), ("language", pa.string()),
