@@ -115,6 +115,8 @@ def datasets_map_baseline(pool: Path, tokenizer, work: Path):
     """The plain way: load the same parquet with `datasets`, `map` a batched tokenizer call over the joined texts."""
     import datasets
 
+    datasets.disable_progress_bars()
+
     def tokenise(batch):
         texts = [
             "\n".join([*prompt, *a, *b])

@@ -288,7 +288,9 @@ class ParquetRows:
         import pyarrow.parquet as pq
 
         try:
-            self.parquet = pq.ParquetFile(self.path)
+            # No pre-buffering and a buffered stream: pages are read as needed. With the defaults the reader keeps
+            # the coalesced column chunks of every row group it has read, and memory grows with the file size.
+            self.parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
         except (OSError, pa.ArrowException) as exc:
             raise _cannot_read(self.path, exc) from None
         names = self.parquet.schema_arrow.names
