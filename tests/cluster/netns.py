@@ -121,10 +121,12 @@ class NetnsHosts:
             subprocess.run([*inside, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=30)
             self.hosts.append(Host(index=index, netns=netns, ip=ip, host_link=host_link))
 
-    def processes_inside(self) -> list[int]:
-        """Pids of every process living in one of this object's namespaces (they are unique to this run)."""
+    def processes_inside(self, index: int | None = None) -> list[int]:
+        """Pids of every process living in this object's namespaces (they are unique to this run), or in host
+        `index` (0-based) only."""
         ours = set()
-        for netns in self._created_netns:
+        names = self._created_netns if index is None else [self.hosts[index].netns]
+        for netns in names:
             try:
                 stat = os.stat(f"/run/netns/{netns}")
                 ours.add((stat.st_dev, stat.st_ino))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from netns import NetnsHosts, RayOnHosts, netns_unavailable_reason
 from arena_dist.ray_local import processes_mentioning
@@ -124,3 +128,90 @@ def test_teardown_removes_hosts_and_processes():
     assert not any(name in listed for name in names)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert hosts.bridge not in links and hosts.token not in links
+
+
+# --- the stages over separate hosts -------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE_ENV = {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+             "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def stage_command(stage: str, config: Path) -> list[str]:
+    return [sys.executable, "-m", "arena_dist.cli", stage, "--config", str(config)]
+
+
+def test_zero3_teacher_with_one_worker_per_host_finishes_and_exports(ray_on_hosts, tmp_path):
+    sys.path.insert(0, str(REPO / "tests" / "train"))
+    from teacher_fixtures import make_dataset, tiny_config
+
+    make_dataset(tmp_path, rows=96)
+    # Each host offers 1 CPU and each worker needs 1: Ray Train has to put one rank on each host, and the two ZeRO-3
+    # ranks talk gloo over the hosts' link (GLOO_SOCKET_IFNAME=eth0 comes with the node environment).
+    config = tiny_config(tmp_path / "dataset", tmp_path / "runs", "multihost",
+                         training={"max_steps": 4, "epochs": 1, "log_every": 1})
+    config_path = tmp_path / "teacher.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = ray_on_hosts.hosts.run(0, stage_command("teacher", config_path), timeout=400, cwd=REPO,
+                                    env={**ray_on_hosts.env, **STAGE_ENV, "RAY_ADDRESS": ray_on_hosts.address})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    summary = json.loads((tmp_path / "runs" / "multihost" / "summary.json").read_text())
+    assert summary["steps"] == 4
+    export = Path(summary["export_dir"])
+    assert list(export.glob("*.safetensors")) and (export / "config.json").exists()
+    # Ray Train reports where it started each rank: one on each host.
+    ranks = re.findall(r"ip=(10\.200\.0\.\d+).*?world_rank=(\d)", output)
+    assert sorted(set(ranks)) == [("10.200.0.1", "0"), ("10.200.0.2", "1")] or \
+        sorted(set(ranks)) == [("10.200.0.1", "1"), ("10.200.0.2", "0")], output[-5000:]
+
+
+def test_label_stage_loses_a_whole_host_and_still_labels_every_id_once(ray_on_hosts, tmp_path):
+    from arena_dist.label.store import load_store_manifest, read_input_ids, read_labels, input_shards
+    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+
+    shards, rows = 24, 960
+    dataset = make_pool_dataset(tmp_path / "dataset", n_rows=rows, num_shards=shards)
+    export = make_teacher_export(tmp_path / "teacher", max_length=256)
+    out = tmp_path / "labels"
+    config_path = tmp_path / "label.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "output_dir": str(out),
+        "input": {"dataset_dir": str(dataset), "split": "pool"},
+        "teachers": [{"id": "t0", "export_path": str(export)}],
+        "batching": {"max_tokens": 512},
+        # 1 CPU per actor on hosts of 1 CPU each: one actor per host.
+        "ray": {"num_actors": 2, "cpus_per_actor": 1, "threads_per_actor": 1, "max_restarts": 3},
+    }))
+    env = {**ray_on_hosts.env, **STAGE_ENV, "RAY_ADDRESS": ray_on_hosts.address}
+    driver = ray_on_hosts.hosts.popen(0, stage_command("label", config_path), env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed_after = None
+    try:
+        # Lose h2 once its actor has committed a shard and work is still left: its queued shards die with it.
+        deadline = time.monotonic() + 240
+        while killed_after is None:
+            assert driver.poll() is None, "label run ended before h2 could be lost:\n" + driver.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "h2's actor never committed a shard"
+            h2_pids = set(ray_on_hosts.hosts.processes_inside(1))
+            records = [json.loads(p.read_text()) for p in (out / "t0").glob("*.done.json")]
+            if any(r.get("actor_pid") in h2_pids for r in records):
+                assert len(records) < shards - 4, "too little work left to lose a host mid-run"
+                ray_on_hosts.kill_raylet(1)
+                killed_after = len(records)
+            time.sleep(0.05)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0, output[-5000:]
+    summary = json.loads((out / "label_summary.json").read_text())["teachers"]["t0"]
+    assert summary["actor_failures"] >= 1 and summary["retries"] >= 1, summary  # h2's in-flight shards were lost
+    # ... and redone elsewhere: every pool id exactly once.
+    expected = [i for shard in input_shards(dataset, "pool") for i in read_input_ids(shard.path)]
+    labelled = read_labels(out / "t0").column("id").to_pylist()
+    assert len(labelled) == len(set(labelled)) == rows
+    assert sorted(labelled) == sorted(expected)
+    assert load_store_manifest(out / "t0")["rows"] == rows
+    print(f"h2 lost after {killed_after}/{shards} shards; {summary['retries']} shard(s) redone on h1")
