@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 import time
 
 from arena_dist.config import config_dict
@@ -24,28 +24,14 @@ def worker_env(config: TrainJobConfig) -> dict[str, str]:
     return env
 
 
-def connect_ray(config: TrainJobConfig) -> bool:
-    """Connect to the configured / ambient cluster, or start a private local one. Returns True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    temp_dir = tempfile.mkdtemp(prefix="ad-ray-", dir="/tmp")  # short: Ray's unix socket paths are length-limited
-    cpus = max(os.cpu_count() or 1, int(config.ray.num_workers * config.ray.cpus_per_worker + 0.999))
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp_dir)
-    return True
-
-
 def run_training(config: TrainJobConfig) -> dict:
     """Fit on Ray; returns the run summary written by rank 0 (summary.json in the run dir)."""
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Shared with the label stage: address / $RAY_ADDRESS (set by `ray job submit`), else a private local Ray with
+    # its own auth token, shut down at the end.
+    from arena_dist.label.driver import ray_session
     from arena_dist.train.loop import train_worker
 
     zero_knobs = load_zero_knobs(config.training.ds_config, config.training.ds_overrides)
@@ -55,8 +41,8 @@ def run_training(config: TrainJobConfig) -> dict:
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
         resources["GPU"] = config.ray.gpus_per_worker
-    started_ray = connect_ray(config)
-    try:
+    local_cpus = max(os.cpu_count() or 1, math.ceil(config.ray.num_workers * config.ray.cpus_per_worker))
+    with ray_session(config.ray.address, local_num_cpus=local_cpus):
         trainer = TorchTrainer(
             train_worker,
             train_loop_config=payload,
@@ -67,7 +53,4 @@ def run_training(config: TrainJobConfig) -> dict:
                                  failure_config=FailureConfig(max_failures=config.ray.max_failures)),
         )
         trainer.fit()
-    finally:
-        if started_ray:
-            ray.shutdown()
     return json.loads((config.run_dir / "summary.json").read_text())

@@ -67,7 +67,7 @@ def submit(head, config_path: Path, timeout: float = 600) -> subprocess.Complete
 
 def run_cli(head, config_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`arena-dist teacher --config X.yaml` as a driver on the head (RAY_ADDRESS)."""
-    env = {**os.environ, **ENV, "RAY_ADDRESS": head.address}
+    env = {**os.environ, **ENV, **head.client_env(), "RAY_ADDRESS": head.address}
     return subprocess.run([sys.executable, "-m", "arena_dist.cli", "teacher", "--config", str(config_path)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
