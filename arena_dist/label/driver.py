@@ -133,6 +133,7 @@ def label_shards(
     ready_refs = {slot.handle.info.remote(): slot for slot in slots}
     attempts: dict[int, int] = {}
     last_error = ""
+    first_ready: float | None = None  # scoring throughput is measured from here (model loading excluded)
     progress.update("loading teacher", force=True)
     try:
         while pending or any(slot.inflight for slot in slots):
@@ -158,6 +159,7 @@ def label_shards(
                         _actor_failed(slot, settings, ready_refs, summary)
                         continue
                     slot.pid, slot.ready = info["pid"], True
+                    first_ready = first_ready or time.monotonic()
                     continue
                 slot = next(s for s in slots if ref in s.inflight)
                 shard = slot.inflight.pop(ref)
@@ -200,9 +202,12 @@ def label_shards(
             except Exception:  # already gone
                 pass
     progress.update("done", force=True)
-    seconds = time.monotonic() - started
-    return {**summary, "padding": padding.as_dict(), "seconds": round(seconds, 3),
-            "rows_per_s": round(summary["rows_scored"] / seconds, 2) if seconds > 0 else None}
+    finished = time.monotonic()
+    scoring = finished - (first_ready or started)
+    return {**summary, "padding": padding.as_dict(), "seconds": round(finished - started, 3),
+            "scoring_seconds": round(scoring, 3),
+            "rows_per_s": round(summary["rows_scored"] / scoring, 2) if scoring > 0 else None,
+            "real_tokens_per_s": round(padding.real_tokens / scoring, 1) if scoring > 0 else None}
 
 
 def _commit(store: LabelStore, shard: InputShard, result: dict) -> dict:
@@ -213,7 +218,8 @@ def _commit(store: LabelStore, shard: InputShard, result: dict) -> dict:
         )
     return store.commit(
         shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"],
-        extra={"padding": result["stats"], "seconds": round(result["seconds"], 3), "actor_pid": result["pid"]},
+        extra={"padding": result["stats"], "seconds": round(result["seconds"], 3),
+               "cpu_seconds": round(result["cpu_seconds"], 3), "actor_pid": result["pid"]},
     )
 
 
@@ -249,7 +255,7 @@ def ray_session(address: str | None = None, local_num_cpus: int | None = None) -
     address = address or os.environ.get("RAY_ADDRESS")
     temp_dir = None
     if address and address != "local":
-        ray.init(address=address, log_to_driver=True)
+        connect_ray(address)
         where = address
     else:
         _private_auth_token()
@@ -272,8 +278,25 @@ def _private_auth_token() -> None:
     lack the token. An explicit RAY_AUTH_MODE / token from the user is respected."""
     if any(os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         return
-    from ray._raylet import Config
-
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    Config.initialize("")  # the mode is cached at import; Ray refreshes it the same way when it enables auth
+    _reload_auth_settings()
+
+
+def _reload_auth_settings() -> None:
+    """Ray caches the auth mode and token at import; re-read them from the environment (as Ray itself does when it
+    turns auth on), so a token exported after `import ray` is used."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def connect_ray(address: str, env: dict[str, str] | None = None, **init_kwargs) -> None:
+    """`ray.init(address=...)` with the auth settings of the environment now (plus `env`, e.g. a LocalRayHead's
+    `client_env()`: RAY_AUTH_MODE / RAY_AUTH_TOKEN)."""
+    import ray
+
+    os.environ.update(env or {})
+    _reload_auth_settings()
+    ray.init(address=address, **init_kwargs)

@@ -131,7 +131,7 @@ class TeacherScorer:
         from arena_dist.data.store import read_shard
         from arena_dist.io import sha256_file
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         records = read_shard(path)
         scored = score_records(self.model, self.tokenizer, self.format, records, max_tokens, swap_tta, max_rows)
         return {
@@ -143,6 +143,7 @@ class TeacherScorer:
             "p_mean": scored.p_mean,
             "stats": scored.stats.as_dict(),
             "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started,
             "pid": os.getpid(),
             "name": Path(path).name,
         }

@@ -19,15 +19,19 @@ SETTINGS = dict(num_actors=2, cpus_per_actor=0.5, threads_per_actor=1, max_resta
 def ray_cluster():
     import ray
 
+    from arena_dist.label.driver import connect_ray
     from arena_dist.ray_local import LocalRayHead
 
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     head = LocalRayHead(num_cpus=2, dashboard=False).start()
     try:
-        ray.init(address=head.address, log_to_driver=False)
+        connect_ray(head.address, head.client_env(), log_to_driver=False)
         yield head
     finally:
         ray.shutdown()
         head.stop()
+        for key, value in saved.items():  # the next module's head has its own token
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def pool(tmp_path_factory):
     from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
 
     root = tmp_path_factory.mktemp("label")
-    dataset = make_pool_dataset(root / "dataset", n_rows=160, num_shards=8)
+    dataset = make_pool_dataset(root / "dataset", n_rows=96, num_shards=8)
     export = make_teacher_export(root / "teacher", max_length=256)
     return {"root": root, "dataset": dataset, "export": export, "shards": input_shards(dataset, "pool")}
 
@@ -65,11 +69,11 @@ def test_two_actors_equal_single_process_reference(ray_cluster, pool):
     store = LabelStore(pool["root"] / "labels-ref" / "t1", "t1", "h1")
     summary = label_shards("t1", str(pool["export"]), pool["shards"], store, ActorSettings(**SETTINGS),
                            max_tokens=2048)
-    assert summary["shards_scored"] == 8 and summary["rows_scored"] == 160
+    assert summary["shards_scored"] == 8 and summary["rows_scored"] == 96
     store.finalize(pool["shards"])
     table = read_labels(store.directory).to_pydict()
     reference = reference_scores(pool["export"], list(iter_records(pool["dataset"], "pool")))
-    assert len(table["id"]) == 160 == len(set(table["id"]))
+    assert len(table["id"]) == 96 == len(set(table["id"]))
     for i, record_id in enumerate(table["id"]):
         p_ab, p_ba = reference[(record_id, False)], reference[(record_id, True)]
         np.testing.assert_allclose(table["p_ab"][i], p_ab, atol=1e-5)
@@ -99,9 +103,9 @@ def test_killed_actor_shard_retried_then_rerun_does_nothing(ray_cluster, pool):
                            max_tokens=2048, on_dispatch=kill_second_actor_mid_run)
     assert killed and summary["actor_failures"] >= 1 and summary["retries"] >= 1
     manifest = store.finalize(pool["shards"])  # raises unless every input id is labelled exactly once
-    assert manifest["rows"] == 160
+    assert manifest["rows"] == 96
     ids = read_labels(store.directory, columns=["id"]).column("id").to_pylist()
-    assert sorted(ids) == sorted(set(ids)) and len(ids) == 160
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 96
     status = json.loads((store.directory / "status.json").read_text())
     assert status["shards_done"] == 8 and status["retries"] == summary["retries"]
 

@@ -32,7 +32,7 @@ def write_config(path, data):
     return str(path)
 
 
-def test_label_two_teachers_and_ensemble(setup):
+def test_label_two_teachers_and_ensemble(setup, monkeypatch):
     from arena_dist.label.store import load_store_manifest, read_labels
 
     out = setup["root"] / "labels"
@@ -43,6 +43,8 @@ def test_label_two_teachers_and_ensemble(setup):
         "batching": {"max_tokens": 4096},
         "ray": {"num_actors": 1, "cpus_per_actor": 1},
     })
+    for key, value in setup["head"].client_env().items():  # the head's private auth token, as a user would export
+        monkeypatch.setenv(key, value)
     assert main(["label", "--config", config, "--set", f"ray.address={setup['head'].address}"]) == 0
     summary = json.loads((out / "label_summary.json").read_text())
     assert summary["ensemble"]["members"] == ["teacher-a", "teacher-b"] and summary["ensemble"]["rows"] == 60
