@@ -73,18 +73,37 @@ class ScoredRows:
     stats: PaddingStats
 
 
+def teacher_extra_texts(records, extra_inputs: Sequence[str], swapped: bool) -> list[str | None] | None:
+    """Teacher-only side inputs (e.g. model names) exactly as the teacher saw them in training, in the row's order."""
+    kinds = [kind for kind in extra_inputs or [] if kind != "none"]
+    if not kinds:
+        return None
+    from arena_dist.train.data import extra_text
+
+    texts = []
+    for record in records:
+        parts = [extra_text(record, kind, swapped) for kind in kinds]
+        texts.append("\n".join(p for p in parts if p) or None)
+    return texts
+
+
 def score_records(model, tokenizer, fmt, records, max_tokens: int, swap_tta: bool = True,
-                  max_rows: int | None = None) -> ScoredRows:
+                  max_rows: int | None = None, extra_inputs: Sequence[str] = ()) -> ScoredRows:
     """Both orders (A,B) and (B,A) of every record; the swapped probabilities mapped back to (A,B) and averaged.
 
-    The two orders go through the batcher together, so each length bucket is filled from both.
+    The two orders go through the batcher together, so each length bucket is filled from both. `extra_inputs`: the
+    export's `teacher_extra_inputs` (side text the teacher was trained with; swapped along with A and B).
     """
     from arena_dist.formatting.encode import encode_records
 
-    rows = encode_records(records, tokenizer, fmt, swap=False)
+    def encode(swap: bool):
+        extras = teacher_extra_texts(records, extra_inputs, swap)
+        return encode_records(records, tokenizer, fmt, swap=swap, extra_texts=extras)
+
+    rows = encode(False)
     sequences = [row.input_ids for row in rows]
     if swap_tta:
-        sequences += [row.input_ids for row in encode_records(records, tokenizer, fmt, swap=True)]
+        sequences += [row.input_ids for row in encode(True)]
     probs, stats = score_token_ids(model, sequences, max_tokens, max_rows)
     n = len(rows)
     p_ab = probs[:n]
@@ -133,7 +152,8 @@ class TeacherScorer:
 
         started, cpu_started = time.perf_counter(), time.process_time()
         records = read_shard(path)
-        scored = score_records(self.model, self.tokenizer, self.format, records, max_tokens, swap_tta, max_rows)
+        scored = score_records(self.model, self.tokenizer, self.format, records, max_tokens, swap_tta, max_rows,
+                               self.meta.get("teacher_extra_inputs") or ())
         return {
             "path": str(path),
             "input_sha256": sha256_file(path),  # what this actor actually read; the driver compares it

@@ -1,0 +1,44 @@
+"""In-process scoring: padded token-budget batches give the same probabilities as unpadded rows one at a time."""
+
+import numpy as np
+import pytest
+
+from arena_dist.label.scoring import teacher_extra_texts
+
+pytestmark = pytest.mark.slow  # builds a tiny model (a few seconds)
+
+
+def test_batched_equals_unbatched_and_swap_mapping(tmp_path):
+    import torch
+
+    from arena_dist.data.store import iter_records
+    from arena_dist.formatting.encode import encode_records
+    from arena_dist.label.scoring import format_from_meta, score_records
+    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from arena_dist.models.export import load_export
+
+    records = list(iter_records(make_pool_dataset(tmp_path / "pool", n_rows=24, num_shards=1), "pool"))
+    model, tokenizer, meta = load_export(make_teacher_export(tmp_path / "teacher", max_length=256))
+    fmt = format_from_meta(meta)
+    scored = score_records(model, tokenizer, fmt, records, max_tokens=1024)  # several padded batches
+    assert scored.stats.batches > 3 and scored.stats.padded_tokens > scored.stats.real_tokens
+    with torch.no_grad():
+        for swap, column in ((False, scored.p_ab), (True, scored.p_ba_mapped)):
+            for i, row in enumerate(encode_records(records, tokenizer, fmt, swap=swap)):
+                p = torch.softmax(model(input_ids=torch.tensor([row.input_ids])).logits, -1)[0].numpy()
+                expected = [p[1], p[0], p[2]] if swap else p
+                np.testing.assert_allclose(column[i], expected, atol=1e-5)
+    np.testing.assert_allclose(scored.p_mean, (scored.p_ab + scored.p_ba_mapped) / 2)
+    np.testing.assert_allclose(scored.p_mean.sum(axis=1), 1.0, atol=1e-9)
+    no_swap = score_records(model, tokenizer, fmt, records, max_tokens=1024, swap_tta=False)
+    assert no_swap.p_ba_mapped is None
+    np.testing.assert_allclose(no_swap.p_mean, scored.p_ab, atol=1e-6)
+
+
+def test_teacher_extra_texts_follow_the_swap():
+    records = [{"model_a": "alpha", "model_b": "beta"}]
+    assert teacher_extra_texts(records, [], swapped=False) is None
+    assert teacher_extra_texts(records, ["none"], swapped=False) is None
+    plain = teacher_extra_texts(records, ["model_names"], swapped=False)[0]
+    swapped = teacher_extra_texts(records, ["model_names"], swapped=True)[0]
+    assert plain.index("alpha") < plain.index("beta") and swapped.index("beta") < swapped.index("alpha")
