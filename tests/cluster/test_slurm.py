@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.multihost]
 
@@ -18,7 +21,8 @@ PROBE = "tests/cluster/jobs/probe_cluster.py"
 def sbatch(slurm, tmp_path: Path, args: list[str], extra: list[str] = (), timeout: float = 240):
     """`sbatch --wait` the launcher from the repository root; returns (completed process, job output text)."""
     output = tmp_path / "job.out"
-    env = {"ARENA_NODE_IFNAME": "eth0", "ARENA_LOG_DIR": str(tmp_path / "logs"), "ARENA_JOIN_TIMEOUT": "120"}
+    env = {"ARENA_NODE_IFNAME": "eth0", "ARENA_LOG_DIR": str(tmp_path / "logs"), "ARENA_JOIN_TIMEOUT": "120",
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = ["sbatch", "--wait", "--nodes=2", "--exclusive", f"--output={output}", *extra, LAUNCHER, *args]
     result = slurm.run(command, timeout=timeout, env=env, cwd=REPO)
     text = output.read_text(errors="replace") if output.exists() else ""
@@ -77,3 +81,53 @@ def test_launcher_rejects_an_unknown_stage_before_allocating_ray(slurm_cluster, 
     result, log = sbatch(slurm_cluster, tmp_path, ["no_such_stage", "x.yaml"], timeout=60)
     assert result.returncode == 2
     assert "unknown stage 'no_such_stage'" in log
+
+
+def test_launcher_runs_the_tiny_zero3_teacher_across_both_nodes(slurm_cluster, tmp_path):
+    """`sbatch --nodes=2 arena_dist.sbatch teacher teacher.yaml`: one ZeRO-3 rank per Slurm node, export at the end."""
+    sys.path.insert(0, str(REPO / "tests" / "train"))
+    from teacher_fixtures import make_dataset, tiny_config
+
+    make_dataset(tmp_path, rows=96)
+    # 2 CPUs per worker on nodes of 2 CPUs: one rank per node, the two talking gloo over eth0.
+    teacher = tiny_config(tmp_path / "dataset", tmp_path / "runs", "slurm-teacher",
+                          training={"max_steps": 4, "epochs": 1, "log_every": 1},
+                          ray={"num_workers": 2, "cpus_per_worker": 2, "storage_path": str(tmp_path / "runs"),
+                               "max_failures": 0})
+    teacher_yaml = tmp_path / "teacher.yaml"
+    teacher_yaml.write_text(yaml.safe_dump(teacher))
+    result, log = sbatch(slurm_cluster, tmp_path, ["teacher", str(teacher_yaml)], timeout=420)
+    assert result.returncode == 0, (result.stderr, log[-5000:])
+    summary = json.loads((tmp_path / "runs" / "slurm-teacher" / "summary.json").read_text())
+    assert summary["steps"] == 4
+    assert list(Path(summary["export_dir"]).glob("*.safetensors"))
+    ranks = re.findall(r"ip=(10\.200\.0\.\d+).*?world_rank=(\d)", log)
+    assert {ip for ip, _ in ranks} == {"10.200.0.1", "10.200.0.2"}, log[-5000:]
+    assert "stage finished with exit code 0" in log
+    assert ray_processes_left(slurm_cluster) == []
+
+
+def test_launcher_runs_the_label_stage_across_both_nodes(slurm_cluster, tmp_path):
+    """`sbatch --nodes=2 arena_dist.sbatch label label.yaml`: one teacher actor per node, every id labelled once."""
+    from arena_dist.label.store import input_shards, load_store_manifest, read_input_ids, read_labels
+    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+
+    pool = make_pool_dataset(tmp_path / "pool", n_rows=240, num_shards=8)
+    export = make_teacher_export(tmp_path / "teacher", max_length=256)
+    label_yaml = tmp_path / "label.yaml"
+    label_yaml.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "labels"),
+        "input": {"dataset_dir": str(pool), "split": "pool"},
+        "teachers": [{"id": "tiny", "export_path": str(export)}],
+        "batching": {"max_tokens": 1024},
+        "ray": {"num_actors": 2, "cpus_per_actor": 2, "threads_per_actor": 1},  # one actor per node
+    }))
+    result, log = sbatch(slurm_cluster, tmp_path, ["label", str(label_yaml)], timeout=300)
+    assert result.returncode == 0, (result.stderr, log[-5000:])
+    store = tmp_path / "labels" / "tiny"
+    ids = read_labels(store).column("id").to_pylist()
+    expected = [i for shard in input_shards(pool, "pool") for i in read_input_ids(shard.path)]
+    assert len(ids) == len(set(ids)) == 240 and sorted(ids) == sorted(expected)
+    assert load_store_manifest(store)["rows"] == 240
+    assert "labelled exactly once" in log
+    assert ray_processes_left(slurm_cluster) == []
