@@ -173,13 +173,17 @@ class TextParams(StrictModel):
     """Shape of prompts and responses (word counts per turn)."""
 
     response_min_words: int = Field(8, ge=2)
-    response_max_words: int = Field(60, ge=2)
+    response_max_words: int = Field(40, ge=2)
     prompt_min_words: int = Field(5, ge=1)
     prompt_max_words: int = Field(20, ge=1)
     quality_density: float = Field(0.05, ge=0, le=1, description="share of the other words that are quality words")
     max_quality_words: int = Field(6, ge=1, description="at most this many quality words per turn")
     topic_share: float = Field(0.15, ge=0, le=1, description="share of topic words among a response's other words")
     sentence_end_rate: float = Field(0.12, ge=0, le=1)
+    quality_position_spread: float = Field(
+        1000.0, gt=0,
+        description="quality words sit within about this many words of a turn's start (opening phrases like "
+                    "'Sure, here is a clear ...' / 'Sorry, ...'); large = anywhere. Position never changes the label.")
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -357,8 +361,11 @@ def _segments(
     if model is not None:
         extra = rng.binomial(np.maximum(length - 1, 0), text.quality_density)
         qcount = np.minimum(1 + extra, np.minimum(text.max_quality_words, length))
-        # The k positions with the smallest random keys in each segment hold the quality words.
-        order = np.lexsort((rng.random(total), seg))
+        # The k positions with the smallest keys in each segment hold the quality words; the key grows with the
+        # position in the turn, so a small spread keeps them near the start.
+        position = np.arange(total) - start[seg]
+        key = position + rng.exponential(text.quality_position_spread, size=total)
+        order = np.lexsort((key, seg))
         rank = np.arange(total) - start[seg[order]]
         is_quality[order] = rank < qcount[seg[order]]
     topic_share = 0.35 if model is None else text.topic_share

@@ -120,6 +120,22 @@ def test_repairing_a_lone_surrogate_does_not_change_the_probabilities():
     assert qsum == pytest.approx(scores["clear"] + scores["detailed"] + scores["wrong"])
 
 
+def test_quality_word_position_moves_words_but_not_labels():
+    near = synth.SynthSpec(text=synth.TextParams(quality_position_spread=2.0))
+    anywhere = synth.SynthSpec()
+    a = synth.generate_batch(np.random.default_rng(5), 300, near)
+    b = synth.generate_batch(np.random.default_rng(5), 300, anywhere)
+    np.testing.assert_allclose(a.probs, b.probs)
+
+    def mean_position(batch):
+        quality = set(synth.QUALITY_WORDS)
+        spots = [i / max(len(t.split()) - 1, 1) for r in batch.response_a for t in r
+                 for i, w in enumerate(t.split()) if w.strip(".。") in quality]
+        return float(np.mean(spots))
+
+    assert mean_position(a) < 0.2 < 0.35 < mean_position(b)
+
+
 def test_quality_words_are_scored_and_disjoint_from_filler():
     world = synth.build_world()
     assert len(synth.QUALITY_WORDS) == len(set(synth.QUALITY_WORDS)) >= 30
