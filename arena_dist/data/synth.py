@@ -3,7 +3,7 @@
 The generative story (all of it observable in the text, so the label distribution is a function of the text alone):
 
 - A response is one or more turns of words. Most words are filler in the row's language (en, ru, zh-like, es) or
-  topic words of the prompt's topic; a few are *quality words* (common English words such as "detailed" or "vague")
+  topic words of the prompt's topic; a few are *quality words* (common English words such as "detailed" or "wrong")
   with hidden scores of roughly +-1. The same quality words appear in every language (code-mixing), so a small model
   learns them once.
 - Hidden quality of a response = mean score of the quality words over all its turns (0 when it has none).
