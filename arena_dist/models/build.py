@@ -10,6 +10,7 @@ Quantisation hook: `quantization` other than "none" needs `arena_dist.models.qua
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import tempfile
 
@@ -107,11 +108,7 @@ def build_base(cfg: ModelConfig, num_labels: int, pad_token_id: int, **from_pret
         return _pretrained(cfg.name_or_path, cfg, num_labels, pad_token_id, **from_pretrained_extra)
     config = hf_config(cfg, num_labels, pad_token_id)
     config._attn_implementation = cfg.attn_implementation
-    # Seeded so every rank (and every rebuild) starts from the same random weights.
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg.init_seed)
-        model = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype(cfg.dtype))
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype(cfg.dtype))
     if cfg.quantization != "none":
         # bitsandbytes quantises while loading: round-trip the random weights through a temp folder.
         with tempfile.TemporaryDirectory(prefix="ad-randinit-") as tmp:
@@ -137,10 +134,25 @@ def apply_lora(model, cfg: ModelConfig):
     return get_peft_model(model, peft_config)
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Every random init inside (base weights, a new head, LoRA A matrices) is the same on every rank and rebuild;
+    the caller's RNG state is left as it was."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def build_model(cfg: ModelConfig, num_labels: int, pad_token_id: int):
     """Sequence classifier per `cfg`: base -> (MLP head) -> (quantisation prep) -> (LoRA) -> (grad checkpointing)."""
     if num_labels < 2:
         raise ConfigError(f"num_labels must be at least 2 (got {num_labels})")
+    with seeded(cfg.init_seed):
+        return _build(cfg, num_labels, pad_token_id)
+
+
+def _build(cfg: ModelConfig, num_labels: int, pad_token_id: int):
     model = build_base(cfg, num_labels, pad_token_id)
     if cfg.head == "mlp":
         install_mlp_head(model, num_labels, cfg.head_dropout)

@@ -14,9 +14,20 @@ class Config(TrainJobConfig):
     """data / model / format / training / ray / output: see arena_dist.train.config."""
 
 
+def absolute_paths(config: Config) -> None:
+    """Resolve relative paths against the driver's working directory before they travel to the Ray workers."""
+    config.data.dataset_dir = config.data.dataset_dir.absolute()
+    config.ray.storage_path = config.ray.storage_path.absolute()
+    for key in ("run_dir", "export_dir"):
+        value = getattr(config.output, key)
+        if value is not None:
+            setattr(config.output, key, value.absolute())
+
+
 def run(config: Config) -> dict:
     from arena_dist.train.launch import run_training
 
+    absolute_paths(config)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved_config(config, config.run_dir)
     summary = run_training(config)

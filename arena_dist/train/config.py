@@ -66,8 +66,11 @@ class RaySettings(StrictModel):
 
 
 class OutputSettings(StrictModel):
-    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # run dir = ray.storage_path / run_name
-    export_dir: Path | None = None  # default: <run dir>/export
+    # Ray Train run name: training state (checkpoints, TensorBoard, metrics.jsonl) lives in ray.storage_path/run_name,
+    # also across resubmissions of the same run.
+    run_name: str = Field("teacher", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    run_dir: Path | None = None  # stage outputs (export, summary, resolved config); default: the Ray run directory
+    export_dir: Path | None = None  # default: <run_dir>/export
     tokenizer: str | None = None  # default: model.name_or_path, or "local" for random-init models
 
 
@@ -92,8 +95,14 @@ class TrainJobConfig(StrictModel):
         return self
 
     @property
-    def run_dir(self) -> Path:
+    def experiment_dir(self) -> Path:
+        """Ray Train's run directory: checkpoints, TensorBoard, metrics.jsonl, workers/."""
         return Path(self.ray.storage_path).absolute() / self.output.run_name
+
+    @property
+    def run_dir(self) -> Path:
+        """Stage outputs: export, summary.json, probe.json, resolved_config.yaml."""
+        return Path(self.output.run_dir).absolute() if self.output.run_dir else self.experiment_dir
 
     @property
     def export_dir(self) -> Path:

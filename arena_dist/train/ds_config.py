@@ -89,15 +89,16 @@ def build_ds_config(knobs: dict, training, dtype: str, world_size: int, total_st
     start = 0.0 if training.warmup_steps else 1.0  # no warm-up asked: the first step already uses the full LR
     if training.schedule == "linear":
         scheduler = {"type": "WarmupDecayLR", "params": {
-            "total_num_steps": max(total_steps, warmup), "warmup_min_lr": start * training.lr, "warmup_max_lr": training.lr,
-            "warmup_num_steps": warmup, "warmup_type": "linear"}}
+            "total_num_steps": max(total_steps, warmup), "warmup_min_lr": start * training.lr,
+            "warmup_max_lr": training.lr, "warmup_num_steps": warmup, "warmup_type": "linear"}}
     elif training.schedule == "cosine":
         scheduler = {"type": "WarmupCosineLR", "params": {
             "total_num_steps": max(total_steps, warmup), "warmup_min_ratio": start, "warmup_num_steps": warmup,
             "cos_min_ratio": training.min_lr_ratio, "warmup_type": "linear"}}
     else:
         scheduler = {"type": "WarmupLR", "params": {
-            "warmup_min_lr": start * training.lr, "warmup_max_lr": training.lr, "warmup_num_steps": warmup, "warmup_type": "linear"}}
+            "warmup_min_lr": start * training.lr, "warmup_max_lr": training.lr, "warmup_num_steps": warmup,
+            "warmup_type": "linear"}}
     config["scheduler"] = scheduler
     config.setdefault("steps_per_print", 10**9)  # our own progress line instead
     config.setdefault("wall_clock_breakdown", False)

@@ -24,6 +24,13 @@ def worker_env(config: TrainJobConfig) -> dict[str, str]:
     return env
 
 
+def make_payload(config: TrainJobConfig) -> dict:
+    """Everything a rank needs, resolved on the driver (the workers may not see the driver's files or cwd)."""
+    zero_knobs = load_zero_knobs(config.training.ds_config, config.training.ds_overrides)
+    return {"config": config_dict(config), "zero_knobs": zero_knobs, "env": worker_env(config),
+            "attempt_id": str(int(time.time()))}
+
+
 def run_training(config: TrainJobConfig) -> dict:
     """Fit on Ray; returns the run summary written by rank 0 (summary.json in the run dir)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -34,9 +41,7 @@ def run_training(config: TrainJobConfig) -> dict:
     from arena_dist.label.driver import ray_session
     from arena_dist.train.loop import train_worker
 
-    zero_knobs = load_zero_knobs(config.training.ds_config, config.training.ds_overrides)
-    payload = {"config": config_dict(config), "zero_knobs": zero_knobs, "env": worker_env(config),
-               "attempt_id": str(int(time.time()))}
+    payload = make_payload(config)
     backend = config.ray.backend if config.ray.backend != "auto" else ("nccl" if config.ray.use_gpu else "gloo")
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
@@ -49,7 +54,7 @@ def run_training(config: TrainJobConfig) -> dict:
             torch_config=TorchConfig(backend=backend),
             scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
                                          resources_per_worker=resources),
-            run_config=RunConfig(name=config.output.run_name, storage_path=str(config.run_dir.parent),
+            run_config=RunConfig(name=config.output.run_name, storage_path=str(config.experiment_dir.parent),
                                  failure_config=FailureConfig(max_failures=config.ray.max_failures)),
         )
         trainer.fit()

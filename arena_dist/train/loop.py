@@ -71,11 +71,13 @@ def load_split_records(config: TrainJobConfig) -> tuple[list, list]:
 class Worker:
     """One rank of a run. `run()` trains to the end (resuming when a complete checkpoint exists) and exports."""
 
-    def __init__(self, config: TrainJobConfig, zero_knobs: dict, rank: int, world_size: int, attempt_info: dict):
+    def __init__(self, config: TrainJobConfig, zero_knobs: dict, rank: int, world_size: int, attempt_info: dict,
+                 under_ray: bool = True):
         self.config, self.zero_knobs = config, zero_knobs
+        self.under_ray = under_ray
         self.rank, self.world_size = rank, world_size
-        self.run_dir = config.run_dir
-        self.root = checkpoint_root(self.run_dir)
+        self.state_dir = config.experiment_dir  # training state; stage outputs go to config.run_dir
+        self.root = checkpoint_root(self.state_dir)
         self.attempt_info = attempt_info
         self.writer = None
 
@@ -238,6 +240,8 @@ class Worker:
     # ------------------------------------------------------------------------------------------------ reporting
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         """Metrics (and the checkpoint, already on shared storage: no upload, no copy) to Ray Train."""
+        if not self.under_ray:
+            return
         import ray.train
 
         checkpoint = ray.train.Checkpoint(str(checkpoint_dir)) if checkpoint_dir is not None else None
@@ -251,8 +255,9 @@ class Worker:
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and key != "step":
                 self.writer.add_scalar(key.replace("eval_", "eval/").replace("train_", "train/"), value, step)
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, "attempt": self.attempt_info["attempt_id"], **metrics}) + "\n")
+        with open(self.state_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "attempt": self.attempt_info["attempt_id"], "time": time.time(),
+                                     **metrics}) + "\n")
 
     # ------------------------------------------------------------------------------------------------ inspection
     def write_partition_stats(self) -> dict:
@@ -260,7 +265,7 @@ class Worker:
         from arena_dist.io import atomic_write_json
 
         stats = partition_stats(self.engine)
-        atomic_write_json(self.run_dir / "workers" / f"rank{self.rank}_state.json", stats)
+        atomic_write_json(self.state_dir / "workers" / f"rank{self.rank}_state.json", stats)
         return stats
 
     def probe(self) -> None:
@@ -278,7 +283,7 @@ class Worker:
         if self.rank == 0:
             from arena_dist.io import atomic_write_json
 
-            atomic_write_json(self.run_dir / "probe.json", {
+            atomic_write_json(self.config.run_dir / "probe.json", {
                 "input_ids": batch["input_ids"].tolist(), "attention_mask": batch["attention_mask"].tolist(),
                 "logits": logits.tolist()})
 
@@ -322,18 +327,20 @@ class Worker:
         self.build_engine()
         step = self.resume(tag, marker) if tag else 0
         if self.rank == 0:
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step or None)
+            self.writer = SummaryWriter(str(self.state_dir / "tensorboard"), purge_step=step or None)
         training = self.config.training
         started, done_at_start, last_eval = time.monotonic(), step, {}
         try:
             while step < self.total_steps:
+                step_started = time.perf_counter()
                 loss, tokens = self.train_step(step)
+                step_seconds = time.perf_counter() - step_started
                 step += 1
                 if step == done_at_start + 1:
                     self.write_partition_stats()  # after the first step: optimizer states exist now
                 metrics = {"step": step, "train_loss": loss, "lr": float(self.scheduler.get_last_lr()[0])
                            if self.scheduler is not None else training.lr,
-                           "epoch": step / self.order.steps_per_epoch}
+                           "epoch": step / self.order.steps_per_epoch, "step_time_s": step_seconds}
                 elapsed = time.monotonic() - started
                 rate = (step - done_at_start) * training.global_batch / max(elapsed, 1e-9)
                 metrics["samples_per_s"] = rate
@@ -359,12 +366,13 @@ class Worker:
             self.probe()
             export_dir = self.export(final)
             summary = {"steps": step, "total_steps": self.total_steps, "world_size": self.world_size,
-                       "final": final, "export_dir": export_dir, "run_dir": str(self.run_dir),
+                       "final": final, "export_dir": export_dir, "run_dir": str(self.config.run_dir),
+                       "experiment_dir": str(self.state_dir),
                        "resumed_from": tag, "attempt": self.attempt_info}
             if self.rank == 0:
                 from arena_dist.io import atomic_write_json
 
-                atomic_write_json(self.run_dir / "summary.json", summary)
+                atomic_write_json(self.config.run_dir / "summary.json", summary)
             self.report({"step": step, **final, "done": 1})
             return summary
         finally:
@@ -406,27 +414,48 @@ def write_pid(run_dir: Path, rank: int, attempt: str) -> None:
 
 def train_worker(payload: dict) -> None:
     """Entry point run by every Ray Train worker (`TorchTrainer(train_loop_per_worker=train_worker)`)."""
+    import ray.train
+
+    context = ray.train.get_context()
+    run_rank(payload, context.get_world_rank(), context.get_world_size(), under_ray=True)
+
+
+def run_rank(payload: dict, rank: int, world_size: int, under_ray: bool) -> dict:
+    """One rank of a run, inside Ray Train (process group set up by Ray) or under torchrun (env:// rendezvous)."""
     config = TrainJobConfig.model_validate(payload["config"])
     for key, value in payload.get("env", {}).items():
         os.environ[key] = value  # before deepspeed is imported: DS_ACCELERATOR decides its accelerator at import
-    import ray.train
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(max(1, int(math.floor(config.ray.cpus_per_worker))))
     import deepspeed
 
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
     backend = "nccl" if config.ray.use_gpu else "gloo"
     if config.ray.backend != "auto":
         backend = config.ray.backend
-    deepspeed.init_distributed(dist_backend=backend)  # reuses the process group Ray Train set up
+    deepspeed.init_distributed(dist_backend=backend)  # reuses the process group Ray Train set up, if any
     attempt = payload.get("attempt_id") or str(int(time.time()))
     attempt = f"{attempt}-{os.getpid() if rank == 0 else ''}"
+    config.experiment_dir.mkdir(parents=True, exist_ok=True)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    write_pid(config.run_dir, rank, attempt)
+    write_pid(config.experiment_dir, rank, attempt)
     # Every rank agrees on the attempt id (rank 0's), used to tell restarts apart in metrics.jsonl.
     shared = [attempt]
     dist.broadcast_object_list(shared, src=0)
-    Worker(config, payload["zero_knobs"], rank, world_size, {"attempt_id": shared[0]}).run()
+    return Worker(config, payload["zero_knobs"], rank, world_size, {"attempt_id": shared[0]}, under_ray).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bare launch without Ray (benchmarks, or a plain `torchrun`/`deepspeed` job):
+    `torchrun --nproc-per-node N -m arena_dist.train.loop payload.json` (payload: see launch.make_payload)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    payload = json.loads(Path(args[0]).read_text())
+    run_rank(payload, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), under_ray=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,11 +42,15 @@ def test_build_forward(arch, head, lora):
         assert trainable == total
 
 
-def test_random_init_is_seeded():
-    cfg = tiny_model_config("llama", vocab_size=128)
+@pytest.mark.parametrize("head,lora", [("linear", False), ("mlp", True)])
+def test_random_init_is_seeded(head, lora):
+    cfg = tiny_model_config("llama", head=head, lora=lora, vocab_size=128)
     first = build_model(cfg, 2, PAD).state_dict()
+    torch.manual_seed(123)  # the caller's RNG state must not matter
     second = build_model(cfg, 2, PAD).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+    other = build_model(cfg.model_copy(update={"init_seed": 1}), 2, PAD).state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def test_default_vocab_is_local_tokenizer():

@@ -1,54 +1,18 @@
-"""A small prepared dataset with an easy, learnable preference signal, and tiny teacher configs for the tests."""
+"""Tiny teacher configs for the tests (the dataset comes from arena_dist.train.tiny)."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-WORDS = "the a of to and in is it you that for on with as are this be at or have from".split()
+from arena_dist.train.tiny import make_signal_dataset
 
 
-def write_signal_parquet(path: Path, rows: int, seed: int = 0, repeats: int = 1) -> Path:
-    """WSDM-format rows: the preferred response contains 'excellent', the other 'awful' (`repeats` times each,
-    at random positions)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(rows):
-        def text(marker: str) -> str:
-            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 10))]
-            for _ in range(repeats):
-                words.insert(rng.randint(0, len(words)), marker)
-            return " ".join(words)
-
-        winner = rng.choice(["model_a", "model_b"])
-        good, bad = text("excellent"), text("awful")
-        response_a, response_b = (good, bad) if winner == "model_a" else (bad, good)
-        out.append({
-            "id": f"r{i}", "prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + f" q{i}",
-            "response_a": response_a, "response_b": response_b, "winner": winner,
-            "model_a": rng.choice(["gpt-4", "llama-3"]), "model_b": rng.choice(["claude", "qwen"]),
-            "language": "English",
-        })
-    pq.write_table(pa.Table.from_pylist(out), path)
-    return path
-
-
-def make_dataset(root: Path, rows: int = 160, num_folds: int = 4, seed: int = 0, repeats: int = 3) -> Path:
-    from arena_dist.data.sources import SourceConfig
-    from arena_dist.data.store import build_dataset
-
-    source = write_signal_parquet(root / "signal.parquet", rows, seed, repeats)
-    out = root / "dataset"
-    build_dataset([SourceConfig(name="signal", kind="wsdm_parquet", path=source)], out, num_shards=2,
-                  num_folds=num_folds, seed=seed)
-    return out
+def make_dataset(root: Path, rows: int = 160, num_folds: int = 4, seed: int = 0) -> Path:
+    return make_signal_dataset(root, rows=rows, num_folds=num_folds, seed=seed)
 
 
 def tiny_config(dataset_dir: Path, storage: Path, run_name: str, **sections) -> dict:
-    """A teacher config dict (before validation); `sections` deep-update it, e.g. training={"max_steps": 4}."""
+    """A teacher config dict (before validation); `sections` update it, e.g. training={"max_steps": 4}."""
     config = {
         "data": {"dataset_dir": str(dataset_dir), "fold": 0, "num_folds": 4},
         "model": {"arch": "llama", "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
