@@ -31,9 +31,8 @@ def save_student_export(model, tokenizer, out_dir: str | os.PathLike, model_conf
     import torch
 
     from arena_dist.io import atomic_directory, atomic_write_json
-    from arena_dist.models.build import build_base
+    from arena_dist.models.build import build_model
     from arena_dist.models.export import BASE_DIR, FORMAT_VERSION, META_FILE, _head_kind
-    from arena_dist.models.heads import install_mlp_head
 
     base_model = model.get_base_model()
     num_labels = int(base_model.config.num_labels)
@@ -59,11 +58,12 @@ def save_student_export(model, tokenizer, out_dir: str | os.PathLike, model_conf
         if not adapter.exists() or adapter.stat().st_size < 1024:
             raise RuntimeError(f"LoRA adapter came out empty in {out_dir}")
         if "name_or_path" not in base_spec:
-            plain = model_config.model_copy(update={"quantization": "none", "lora": None})
+            # The same seeded random init as the student's base, without quantisation (its head is replaced by the
+            # adapter's trained one at load time).
+            plain = model_config.model_copy(update={"quantization": "none", "lora": None,
+                                                    "gradient_checkpointing": False})
             with torch.no_grad():
-                base = build_base(plain, num_labels, pad_token_id)
-                if model_config.head == "mlp":
-                    install_mlp_head(base, num_labels, model_config.head_dropout)
+                base = build_model(plain, num_labels, pad_token_id)
             base.save_pretrained(tmp / BASE_DIR, safe_serialization=True)
             full_meta["base_dir"] = BASE_DIR
         if tokenizer is not None:
@@ -103,7 +103,12 @@ def merge_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, chec
     from arena_dist.models.config import ModelConfig
 
     meta = read_export_meta(export_dir)
-    as_trained, tokenizer, _ = load_export(export_dir, dtype=dtype, quantization=meta.get("quantization", "none"))
+    quantization = meta.get("quantization", "none")
+    as_trained, tokenizer, _ = load_export(export_dir, dtype=dtype, quantization=quantization)
+    if quantization != "none":
+        from arena_dist.models.quant import keep_training_layout
+
+        keep_training_layout(as_trained)  # the kernels the adapter was trained with
     pad_id = int(meta["pad_token_id"])
     reference = logits_of(as_trained, check_sequences, pad_id)
     del as_trained

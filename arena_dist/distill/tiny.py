@@ -13,7 +13,11 @@ from pathlib import Path
 
 def make_distill_fixture(root: str | os.PathLike, n_train: int = 240, n_pool: int = 240, n_test: int = 60,
                          seed: int = 0, num_folds: int = 4, teacher_head_std: float = 2.0) -> dict:
-    """-> {"synth_dir", "dataset_dir", "teacher_export", "soft_labels": [train store, pool store]}."""
+    """-> {"synth_dir", "dataset_dir", "teacher_export", "teacher_init_seed", "soft_labels": [train, pool store]}.
+
+    The teacher is a random-init tiny Llama whose linear head is scaled up (so its probabilities vary by row); a
+    student built with `init_seed=teacher_init_seed` starts from the teacher's base, as a real student starts from
+    a pretrained model that already has useful features, and has to learn the teacher's head through its own."""
     import yaml
 
     from arena_dist.label.scoring import TeacherScorer
@@ -30,7 +34,8 @@ def make_distill_fixture(root: str | os.PathLike, n_train: int = 240, n_pool: in
         prepare={"output_dir": str(root / "dataset"), "num_shards": 2, "num_folds": num_folds}))
     prepare_stage.run(prepare_stage.Config.model_validate(yaml.safe_load((synth_dir / "prepare.yaml").read_text())))
     dataset_dir = root / "dataset"
-    teacher = make_teacher_export(root / "teacher", seed=seed + 7, head_std=teacher_head_std, max_length=256)
+    teacher_seed = seed + 7
+    teacher = make_teacher_export(root / "teacher", seed=teacher_seed, head_std=teacher_head_std, max_length=256)
     scorer = TeacherScorer(str(teacher))
     stores = []
     for split in ("train", "pool"):
@@ -42,4 +47,4 @@ def make_distill_fixture(root: str | os.PathLike, n_train: int = 240, n_pool: in
         store.finalize(shards)
         stores.append(str(store.directory))
     return {"synth_dir": str(synth_dir), "dataset_dir": str(dataset_dir), "teacher_export": str(teacher),
-            "soft_labels": stores}
+            "teacher_init_seed": teacher_seed, "soft_labels": stores}

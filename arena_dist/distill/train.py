@@ -160,6 +160,28 @@ def evaluate(model, encoded_eval, world: World, max_tokens: int) -> dict:
             "eval_rows_soft": int(n_soft)}
 
 
+def build_student_model(cfg: StudentConfig, num_labels: int, pad_id: int, world: World, run_dir: Path):
+    """build_model, with one detour for several ranks: a random-init base is quantised by a round trip through a
+    folder, but transformers' save_pretrained writes only on torch.distributed rank 0, so the other ranks would find
+    an empty folder. Rank 0 writes the full-precision random-init base once; every rank loads and quantises it."""
+    from arena_dist.io import atomic_directory
+    from arena_dist.models.build import build_model
+    from arena_dist.models.config import ModelConfig
+
+    model_cfg = cfg.model
+    if world.size > 1 and model_cfg.arch is not None and model_cfg.quantization != "none":
+        base_dir = run_dir / "random_init_base"
+        if world.rank == 0 and not (base_dir / "config.json").exists():
+            plain = model_cfg.model_copy(update={"quantization": "none", "lora": None, "head": "linear",
+                                                 "gradient_checkpointing": False})
+            with atomic_directory(base_dir) as tmp:
+                build_model(plain, num_labels, pad_id).save_pretrained(tmp)
+        world.barrier()
+        fields = {**model_cfg.model_dump(), "name_or_path": str(base_dir), "arch": None}
+        model_cfg = ModelConfig(**fields)
+    return build_model(model_cfg, num_labels, pad_id)
+
+
 def make_optimizer(model, cfg: StudentConfig):
     training = cfg.training
     head, body = [], []
@@ -204,13 +226,14 @@ def report(metrics: dict, in_ray: bool) -> None:
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
 
 
-def train_student(config: dict | StudentConfig, in_ray: bool = False) -> dict:
+def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None) -> dict:
     """Run (or resume) one student training run; every worker calls this. Returns the summary (rank 0's is
-    complete; it is also written to <run_dir>/student_summary.json)."""
+    complete; it is also written to <run_dir>/student_summary.json). `model`: an already built student (tests and
+    benchmarks inspect it afterwards); default: built from `config.model`."""
     from arena_dist.formatting.templates import num_labels as labels_in_mode
     from arena_dist.formatting.tokenizer import load_tokenizer
     from arena_dist.io import atomic_write_json
-    from arena_dist.models.build import build_model, count_parameters
+    from arena_dist.models.build import count_parameters
 
     cfg = config if isinstance(config, StudentConfig) else StudentConfig.model_validate(config)
     training = cfg.training
@@ -239,7 +262,8 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False) -> dict:
         total_steps = min(total_steps, training.max_steps)
 
     torch.manual_seed(training.seed)
-    model = build_model(cfg.model, num_labels, pad_id)
+    if model is None:
+        model = build_student_model(cfg, num_labels, pad_id, world, run_dir)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = count_parameters(model)
@@ -258,7 +282,6 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False) -> dict:
             print(f"student: resuming {latest} written with world size {state.get('world_size')} on {world.size}: "
                   "the data order per rank differs from an uninterrupted run", flush=True)
         step, resumed_from = int(state["step"]), str(latest)
-    torch.manual_seed(training.seed * 1000 + world.rank + step)  # dropout stream per rank, continued on resume
 
     eval_swaps = np.zeros(len(eval_examples), dtype=bool)
     encoded_eval = encode_examples(eval_examples, eval_swaps, tokenizer, cfg.format)
@@ -288,6 +311,8 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False) -> dict:
                                               cfg.data.swap_augment))}
         order, swaps = order_cache[epoch]
         rows = order[position * per_rank_step:(position + 1) * per_rank_step]
+        # Dropout randomness is a function of (seed, rank, step): a resumed run draws exactly the same masks.
+        torch.manual_seed(int(np.random.SeedSequence([training.seed, world.rank, step]).generate_state(1)[0]))
         parts_sum: dict[str, float] = {}
         for micro in range(accumulation):
             picked = rows[micro * training.micro_batch:(micro + 1) * training.micro_batch]

@@ -41,14 +41,29 @@ def from_pretrained_kwargs(quantization: str, dtype: torch.dtype) -> dict:
 
 
 def prepare_model(model, cfg):
-    """peft's k-bit preparation: freeze the base, keep norms in float32, optional gradient checkpointing."""
+    """peft's k-bit preparation: freeze the base, keep norms in float32, optional gradient checkpointing.
+
+    Also turns off bitsandbytes' CPU inference repacking for models that train: on CPUs with AVX512-BF16, a
+    Linear4bit forward in eval mode converts its weight in place to a packed CPU layout (and state_dict converts it
+    back, not bit-identically), and later training forwards go through `gemv_4bit`, which has no autograd kernel
+    (torch warns the backward may be silently wrong). A student evaluates between training steps, so it keeps
+    the trainable layout throughout; exports loaded for inference keep the fast path."""
     from peft import prepare_model_for_kbit_training
 
+    keep_training_layout(model)
     return prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
+
+
+def keep_training_layout(model) -> None:
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantized_layer_counts(model) -> dict[str, int]:
