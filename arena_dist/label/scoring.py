@@ -131,12 +131,11 @@ class TeacherScorer:
         if threads:
             torch.set_num_threads(threads)
         started = time.perf_counter()
-        # More than one GPU per actor: accelerate spreads the layers over them (teachers bigger than one GPU).
+        # More than one GPU per actor: accelerate spreads the layers over them (teachers bigger than one GPU);
+        # Ray has already narrowed CUDA_VISIBLE_DEVICES to this actor's GPUs.
         device_map = "auto" if gpus > 1 else ("cuda:0" if gpus > 0 and torch.cuda.is_available() else None)
         self.model, self.tokenizer, self.meta = load_export(export_path, dtype=dtype, device_map=device_map,
                                                             quantization=quantization)
-        if device_map is None and gpus > 0 and torch.cuda.is_available() and quantization == "none":
-            self.model.to("cuda:0")
         if self.tokenizer is None:
             raise ValueError(f"{export_path}: the export carries no tokenizer")
         self.format = format_from_meta(self.meta)
