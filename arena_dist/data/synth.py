@@ -657,7 +657,8 @@ def assign_quirks(n_rows: int, seed: int, quirks: QuirkParams) -> dict[int, str]
 
 
 def _apply_quirk(batch: Batch, i: int, kind: str, rng: np.random.Generator, spec: SynthSpec, quirk_rows: set[int],
-                 offset: int) -> None:
+                 offset: int) -> bool:
+    """Edit row i in place and re-derive its probabilities from the edited text; False if it cannot apply."""
     if kind == "null_turn":  # the row was generated multi-turn (forced)
         side = batch.response_a if rng.random() < 0.5 else batch.response_b
         side[i] = list(side[i])
@@ -670,6 +671,8 @@ def _apply_quirk(batch: Batch, i: int, kind: str, rng: np.random.Generator, spec
     elif kind == "duplicate":
         # Copy the nearest clean row of the same chunk; every other copy has A and B swapped.
         n = len(batch)
+        if n < 2:
+            return False  # a chunk of one row has nothing to copy
         candidates = [j for j in list(range(i - 1, -1, -1)) + list(range(i + 1, n)) if offset + j not in quirk_rows]
         j = candidates[0] if candidates else (i - 1 if i > 0 else i + 1)
         swap = (offset + i) % 2 == 1
@@ -685,6 +688,7 @@ def _apply_quirk(batch: Batch, i: int, kind: str, rng: np.random.Generator, spec
         batch.response_b[i] = list(batch.response_a[i])
     # bad_json is applied when the cell is written; its probabilities stay those of the intended text.
     recompute_row(batch, i, spec)
+    return True
 
 
 def _open_csv(path: Path):
@@ -715,8 +719,8 @@ def write_lmsys(
             for offset, batch, rng in _lmsys_train_batches(n_train, seed, spec, quirk_of):
                 for i in range(len(batch)):
                     kind = quirk_of.get(offset + i)
-                    if kind and kind != "bad_json":
-                        _apply_quirk(batch, i, kind, rng, spec, quirk_rows, offset)
+                    if kind and kind != "bad_json" and not _apply_quirk(batch, i, kind, rng, spec, quirk_rows, offset):
+                        del quirk_of[offset + i]  # not injected, so not counted
                 labels = draw_three_class(rng, batch.probs)
                 malformed = np.array([quirk_of.get(offset + i) in MALFORMED_KINDS for i in range(len(batch))])
                 train_all.add(batch.probs, labels)
