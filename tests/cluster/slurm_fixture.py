@@ -144,6 +144,13 @@ class PrivateSlurm:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout + 15,
                               env={**self.env, **(env or {})}, cwd=cwd)
 
+    def popen(self, argv: list[str], timeout: float = 60, env: dict[str, str] | None = None,
+              cwd: str | os.PathLike | None = None) -> subprocess.Popen:
+        """Like `run`, in the background (e.g. `sbatch --wait` while the test acts on the job)."""
+        command = ["timeout", "-k", "5", str(int(timeout)), *self.hosts[0].command(argv)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**self.env, **(env or {})}, cwd=cwd)
+
     def node_states(self) -> dict[str, str]:
         result = self.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=15)
         if result.returncode != 0:

@@ -18,12 +18,18 @@ LAUNCHER = "launch/slurm/arena_dist.sbatch"
 PROBE = "tests/cluster/jobs/probe_cluster.py"
 
 
+def sbatch_command(tmp_path: Path, args: list[str], extra: list[str] = ()) -> tuple[list[str], dict[str, str]]:
+    env = {"ARENA_NODE_IFNAME": "eth0", "ARENA_LOG_DIR": str(tmp_path / "logs"), "ARENA_JOIN_TIMEOUT": "120",
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = ["sbatch", "--wait", "--nodes=2", "--exclusive", f"--output={tmp_path / 'job.out'}", *extra, LAUNCHER,
+               *args]
+    return command, env
+
+
 def sbatch(slurm, tmp_path: Path, args: list[str], extra: list[str] = (), timeout: float = 240):
     """`sbatch --wait` the launcher from the repository root; returns (completed process, job output text)."""
     output = tmp_path / "job.out"
-    env = {"ARENA_NODE_IFNAME": "eth0", "ARENA_LOG_DIR": str(tmp_path / "logs"), "ARENA_JOIN_TIMEOUT": "120",
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = ["sbatch", "--wait", "--nodes=2", "--exclusive", f"--output={output}", *extra, LAUNCHER, *args]
+    command, env = sbatch_command(tmp_path, args, extra)
     result = slurm.run(command, timeout=timeout, env=env, cwd=REPO)
     text = output.read_text(errors="replace") if output.exists() else ""
     return result, text
@@ -130,4 +136,55 @@ def test_launcher_runs_the_label_stage_across_both_nodes(slurm_cluster, tmp_path
     assert len(ids) == len(set(ids)) == 240 and sorted(ids) == sorted(expected)
     assert load_store_manifest(store)["rows"] == 240
     assert "labelled exactly once" in log
+    assert ray_processes_left(slurm_cluster) == []
+
+
+def test_preempted_teacher_is_requeued_and_resumes_from_its_last_complete_checkpoint(slurm_cluster, tmp_path):
+    """`scontrol requeue` mid-run (what preemption does to a --requeue job): the launcher tears the cluster down on
+    SIGTERM, Slurm starts the job again (SLURM_RESTART_COUNT=1), and the teacher resumes instead of starting over."""
+    sys.path.insert(0, str(REPO / "tests" / "train"))
+    from teacher_fixtures import make_dataset, tiny_config
+
+    make_dataset(tmp_path, rows=96)
+    teacher = tiny_config(tmp_path / "dataset", tmp_path / "runs", "preempted",
+                          training={"max_steps": 12, "epochs": 2, "log_every": 1, "checkpoint_every": 6},
+                          ray={"num_workers": 2, "cpus_per_worker": 2, "storage_path": str(tmp_path / "runs"),
+                               "max_failures": 0})
+    teacher_yaml = tmp_path / "teacher.yaml"
+    teacher_yaml.write_text(yaml.safe_dump(teacher))
+    run_dir = tmp_path / "runs" / "preempted"
+    command, env = sbatch_command(tmp_path, ["teacher", str(teacher_yaml)])
+    waiting = slurm_cluster.popen(command, timeout=480, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(run_dir.glob("checkpoints/step_*/COMPLETE")):
+            assert waiting.poll() is None, waiting.stdout.read()
+            assert time.monotonic() < deadline, "no complete checkpoint"
+            time.sleep(0.2)
+        assert not (run_dir / "summary.json").exists(), "the run ended before it could be preempted"
+        job_id = slurm_cluster.run(["squeue", "-h", "-o", "%i"]).stdout.split()[0]
+        requeue = slurm_cluster.run(["scontrol", "requeue", job_id])
+        assert requeue.returncode == 0, requeue.stderr
+        # Slurm holds a requeued job back for 120 s (BeginTime); a real preemption waits for free nodes anyway.
+        deadline = time.monotonic() + 60
+        while "BeginTime" not in slurm_cluster.run(["squeue", "-h", "-j", job_id, "-o", "%r"]).stdout:
+            assert time.monotonic() < deadline, slurm_cluster.run(["squeue"]).stdout
+            time.sleep(0.5)
+        update = slurm_cluster.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+        assert update.returncode == 0, update.stderr
+        output, _ = waiting.communicate(timeout=420)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    log = (tmp_path / "job.out").read_text(errors="replace")
+    assert waiting.returncode == 0, (output, log[-5000:])
+    assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log
+    assert "SIGTERM (scancel, preemption or time limit): tearing down" in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 12
+    assert summary["resumed_from"] and summary["resumed_from"].startswith("step_")  # not a fresh start
+    attempts = {json.loads(line)["attempt"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if "attempt" in line}
+    assert len(attempts) == 2
     assert ray_processes_left(slurm_cluster) == []
