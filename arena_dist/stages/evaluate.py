@@ -31,8 +31,9 @@ def run(config: Config) -> dict:
     ll = "-" if summary["log_loss"] is None else f"{summary['log_loss']:.4f}"
     line = f"evaluate: n={summary['n']} log_loss={ll} accuracy={summary['accuracy']:.4f}"
     if summary.get("bayes_log_loss") is not None:
+        share = summary.get("share_of_achievable_gain")
         line += (f" (bayes {summary['bayes_log_loss']:.4f}, share of achievable gain "
-                 f"{summary['share_of_achievable_gain']:.3f})")
+                 f"{'-' if share is None else format(share, '.3f')})")
     print(line)
     print(format_table(summary["by_language"], "language"))
     print(format_table(summary["by_source"], "source"))

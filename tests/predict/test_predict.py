@@ -1,0 +1,112 @@
+"""predict on synthetic LMSYS / WSDM test files with tiny exports: valid submissions, TTA and blend arithmetic."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arena_dist.cli import main
+from arena_dist.errors import InputError
+from arena_dist.predict.infer import entropy, load_model, score
+from arena_dist.predict.submission import check_submission, read_table
+from arena_dist.predict.testfile import read_test_file
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from arena_dist.label.tiny import make_teacher_export
+    from arena_dist.stages import synth
+
+    root = tmp_path_factory.mktemp("predict")
+    synth.run(synth.Config(output_dir=str(root / "synth"), n_train=0, n_test=30, n_pool=0, n_wsdm_train=0,
+                           n_wsdm_test=16, n_pairwise=0, progress=False))
+    return {
+        "lmsys": root / "synth" / "lmsys" / "test.csv",
+        "lmsys_answers": root / "synth" / "lmsys" / "test_answers.csv",
+        "wsdm": root / "synth" / "wsdm" / "test.parquet",
+        "wsdm_answers": root / "synth" / "wsdm" / "test_answers.parquet",
+        "model3": make_teacher_export(root / "m3", seed=1, head_std=2.0, max_length=256),
+        "model3b": make_teacher_export(root / "m3b", seed=5, head_std=2.0, max_length=256),
+        "model2": make_teacher_export(root / "m2", seed=2, head_std=2.0, max_length=256, label_mode="2class"),
+    }
+
+
+def run_predict(files, out, *sets):
+    args = ["predict", "--set", f"test_file={files['lmsys']}", "--set", f"output_dir={out}",
+            "--set", f"model.export_path={files['model3']}", *[x for s in sets for x in ("--set", s)]]
+    assert main(args) == 0
+    return pd.read_parquet(out / "probabilities.parquet")
+
+
+@pytest.mark.slow
+def test_lmsys_submission_with_full_swap_tta_matches_the_label_stage_reference(files, tmp_path):
+    from arena_dist.label.scoring import score_records
+
+    probs = run_predict(files, tmp_path, "tta.mode=all")
+    ids, records, counts = read_test_file(files["lmsys"])
+    submission = read_table(tmp_path / "submission.csv")
+    check_submission(submission, ids, "lmsys")
+    assert list(submission["id"]) == ids and counts["rows"] == 30 and probs["swap_tta"].all()
+    loaded = load_model(str(files["model3"]))
+    reference = score_records(loaded.model, loaded.tokenizer, loaded.fmt, records, 4096, swap_tta=True).p_mean
+    np.testing.assert_allclose(probs[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), reference,
+                               atol=1e-6)
+    # evaluate reads the probabilities file against the synthetic answers
+    assert main(["evaluate", "--set", f"predictions={tmp_path / 'probabilities.parquet'}",
+                 "--set", f"answers={files['lmsys_answers']}", "--set", f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert (tmp_path / "eval" / "calibration.png").exists()
+
+
+@pytest.mark.slow
+def test_uncertain_fraction_tta_and_second_model_blend(files, tmp_path):
+    _, records, _ = read_test_file(files["lmsys"])
+    first = load_model(str(files["model3"]))
+    direct, _ = score(first, records, False, 4096, None)
+    swapped_back, _ = score(first, records, True, 4096, None)
+
+    probs = run_predict(files, tmp_path / "a", "tta.mode=uncertain", "tta.fraction=0.25")
+    flags = probs["swap_tta"].to_numpy()
+    assert flags.sum() == math.ceil(0.25 * 30)
+    assert entropy(direct)[flags].min() >= entropy(direct)[~flags].max()  # the most uncertain rows
+    p = probs[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    np.testing.assert_allclose(p[~flags], direct[~flags], atol=1e-6)
+    np.testing.assert_allclose(p[flags], (direct[flags] + swapped_back[flags]) / 2, atol=1e-6)
+
+    blended = run_predict(files, tmp_path / "b", "tta.mode=none", f"second_model.export_path={files['model3b']}",
+                          "second_model.fraction=0.5", "second_model.weight=0.25", "second_model.swap_tta=false")
+    second = load_model(str(files["model3b"]))
+    p2, _ = score(second, records, False, 4096, None)
+    mask = blended["second_model"].to_numpy()
+    assert mask.sum() == 15 and entropy(direct)[mask].min() >= entropy(direct)[~mask].max()
+    q = blended[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    np.testing.assert_allclose(q[mask], 0.75 * direct[mask] + 0.25 * p2[mask], atol=1e-6)
+    np.testing.assert_allclose(q[~mask], direct[~mask], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_wsdm_submission_and_two_class_guard(files, tmp_path):
+    assert main(["predict", "--set", f"test_file={files['wsdm']}", "--set", f"output_dir={tmp_path}",
+                 "--set", f"model.export_path={files['model2']}"]) == 0
+    submission = read_table(tmp_path / "submission.csv")
+    ids, _, _ = read_test_file(files["wsdm"])
+    assert list(submission.columns) == ["id", "winner"]
+    check_submission(submission, ids, "wsdm")
+    # a 2-class model cannot fill LMSYS' tie column: one clear error, no submission written
+    assert main(["predict", "--set", f"test_file={files['lmsys']}", "--set", f"output_dir={tmp_path / 'x'}",
+                 "--set", f"model.export_path={files['model2']}"]) == 2
+    assert not (tmp_path / "x" / "submission.csv").exists()
+
+
+def test_test_file_rows_are_never_dropped_and_duplicates_refused(tmp_path):
+    path = tmp_path / "test.csv"
+    pd.DataFrame({"id": [1, 2, 3], "prompt": ['["hi"]', "not json", '["q"]'],
+                  "response_a": ['["a"]', '["x"]', '["same"]'], "response_b": ['["b"]', '["y"]', '["same"]']}
+                 ).to_csv(path, index=False)
+    ids, records, counts = read_test_file(path)
+    assert ids == ["1", "2", "3"] and counts["lenient_rows"] == 2
+    assert records[1]["prompt"] == ["not json"]
+    pd.DataFrame({"id": [1, 1], "prompt": ['["a"]'] * 2, "response_a": ['["a"]'] * 2,
+                  "response_b": ['["b"]'] * 2}).to_csv(path, index=False)
+    with pytest.raises(InputError, match="duplicate id '1'"):
+        read_test_file(path)
