@@ -18,18 +18,20 @@ LAUNCHER = "launch/slurm/arena_dist.sbatch"
 PROBE = "tests/cluster/jobs/probe_cluster.py"
 
 
-def sbatch_command(tmp_path: Path, args: list[str], extra: list[str] = ()) -> tuple[list[str], dict[str, str]]:
+def sbatch_command(tmp_path: Path, args: list[str], extra: list[str] = (),
+                   launcher: str = LAUNCHER) -> tuple[list[str], dict[str, str]]:
     env = {"ARENA_NODE_IFNAME": "eth0", "ARENA_LOG_DIR": str(tmp_path / "logs"), "ARENA_JOIN_TIMEOUT": "120",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = ["sbatch", "--wait", "--nodes=2", "--exclusive", f"--output={tmp_path / 'job.out'}", *extra, LAUNCHER,
+    command = ["sbatch", "--wait", "--nodes=2", "--exclusive", f"--output={tmp_path / 'job.out'}", *extra, launcher,
                *args]
     return command, env
 
 
-def sbatch(slurm, tmp_path: Path, args: list[str], extra: list[str] = (), timeout: float = 240):
+def sbatch(slurm, tmp_path: Path, args: list[str], extra: list[str] = (), timeout: float = 240,
+           launcher: str = LAUNCHER):
     """`sbatch --wait` the launcher from the repository root; returns (completed process, job output text)."""
     output = tmp_path / "job.out"
-    command, env = sbatch_command(tmp_path, args, extra)
+    command, env = sbatch_command(tmp_path, args, extra, launcher)
     result = slurm.run(command, timeout=timeout, env=env, cwd=REPO)
     text = output.read_text(errors="replace") if output.exists() else ""
     return result, text
@@ -114,7 +116,8 @@ def test_launcher_runs_the_tiny_zero3_teacher_across_both_nodes(slurm_cluster, t
 
 
 def test_launcher_runs_the_label_stage_across_both_nodes(slurm_cluster, tmp_path):
-    """`sbatch --nodes=2 arena_dist.sbatch label label.yaml`: one teacher actor per node, every id labelled once."""
+    """`sbatch --gpus-per-node=2 launch/slurm/label.sbatch label.yaml` (the per-stage wrapper, its 8-GPU default
+    overridden on the command line): one teacher actor per node, every id labelled exactly once."""
     from arena_dist.label.store import input_shards, load_store_manifest, read_input_ids, read_labels
     from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
 
@@ -128,7 +131,8 @@ def test_launcher_runs_the_label_stage_across_both_nodes(slurm_cluster, tmp_path
         "batching": {"max_tokens": 1024},
         "ray": {"num_actors": 2, "cpus_per_actor": 2, "threads_per_actor": 1},  # one actor per node
     }))
-    result, log = sbatch(slurm_cluster, tmp_path, ["label", str(label_yaml)], timeout=300)
+    result, log = sbatch(slurm_cluster, tmp_path, [str(label_yaml)], extra=["--gpus-per-node=2"], timeout=300,
+                         launcher="launch/slurm/label.sbatch")
     assert result.returncode == 0, (result.stderr, log[-5000:])
     store = tmp_path / "labels" / "tiny"
     ids = read_labels(store).column("id").to_pylist()
