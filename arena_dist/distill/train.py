@@ -43,11 +43,17 @@ class World:
         self.dist = dist if dist.is_available() and dist.is_initialized() else None
         self.rank = self.dist.get_rank() if self.dist else 0
         self.size = self.dist.get_world_size() if self.dist else 1
+        # One GPU per worker (Ray Train sets CUDA_VISIBLE_DEVICES); NCCL reduces CUDA tensors only.
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else \
+            torch.device("cpu")
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.dist:
             ops = {"sum": self.dist.ReduceOp.SUM, "min": self.dist.ReduceOp.MIN}
-            self.dist.all_reduce(tensor, op=ops[op])
+            on_device = tensor.to(self.device)
+            self.dist.all_reduce(on_device, op=ops[op])
+            if on_device is not tensor:
+                tensor.copy_(on_device.to(tensor.device))
         return tensor
 
     def barrier(self) -> None:
@@ -264,8 +270,13 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
     torch.manual_seed(training.seed)
     if model is None:
         model = build_student_model(cfg, num_labels, pad_id, world, run_dir)
+    if cfg.model.quantization == "none" and world.device.type == "cuda":
+        model.to(world.device)  # bitsandbytes models are placed on the GPU while loading
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    from arena_dist.label.scoring import input_device
+
+    device = input_device(model)
     n_trainable, n_total = count_parameters(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, total_steps, training.warmup_ratio)
@@ -318,7 +329,8 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
             picked = rows[micro * training.micro_batch:(micro + 1) * training.micro_batch]
             sequences, labels, softs = encode_examples([examples[i] for i in picked], swaps[picked], tokenizer,
                                                        cfg.format)
-            ids, mask, hard, soft, soft_mask = batch_tensors(sequences, labels, softs, pad_id, num_labels)
+            ids, mask, hard, soft, soft_mask = (t.to(device) for t in batch_tensors(sequences, labels, softs,
+                                                                                     pad_id, num_labels))
             logits = model(input_ids=ids, attention_mask=mask).logits
             loss, parts = distillation_loss(logits, hard, soft, soft_mask, weights)
             (loss / accumulation).backward()

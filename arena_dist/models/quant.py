@@ -35,8 +35,8 @@ def bnb_config(quantization: str, dtype: torch.dtype):
 def from_pretrained_kwargs(quantization: str, dtype: torch.dtype) -> dict:
     """Extra `from_pretrained` arguments for `quantization` in {"4bit", "8bit"}."""
     kwargs = {"quantization_config": bnb_config(quantization, dtype)}
-    if not torch.cuda.is_available():
-        kwargs["device_map"] = {"": "cpu"}
+    # bitsandbytes quantises while placing the weights: on this process's GPU (one per Ray worker), else the CPU.
+    kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     return kwargs
 
 

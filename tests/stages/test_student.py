@@ -178,3 +178,21 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(StudentConfig, None, base + ["ray.num_workers=9"])
     with pytest.raises(ConfigError, match="loss.temperature"):
         load_config(StudentConfig, None, base + ["loss.temperature=0"])
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from arena_dist.stages import evaluate, predict
+
+    configs = Path(__file__).resolve().parents[2] / "launch" / "configs"
+    real = {}
+    for name in ("student_gemma2_9b", "student_qwen25_14b", "student_tiny"):
+        real[name] = load_config(StudentConfig, configs / f"{name}.yaml")
+    for name in ("predict_lmsys", "predict_wsdm", "predict_tiny"):
+        load_config(predict.Config, configs / f"{name}.yaml")
+    load_config(evaluate.Config, configs / "evaluate_lmsys_synth.yaml")
+    for name in ("student_gemma2_9b", "student_qwen25_14b"):
+        cfg = real[name]
+        assert cfg.model.quantization == "4bit" and cfg.model.lora.r == 64
+        assert 2048 <= cfg.format.max_length <= 2500 and cfg.ray.num_workers == 8
