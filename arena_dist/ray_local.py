@@ -159,7 +159,7 @@ class LocalRayHead:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 6.0) -> None:
         """End this head's processes only: its process group, then anything still naming its temp dir."""
         if self.process is not None and self.process.poll() is None:
             try:
