@@ -34,6 +34,9 @@ from arena_dist.io import sha256_file
 MANIFEST = "manifest.json"
 QUARANTINE_DIR = "quarantine"
 PARQUET_COMPRESSION = "zstd"
+# Min/max statistics only for the small columns (filters on fold, label, source ...). For the long text columns they
+# are useless and the writer keeps them for every row group until the file closes: memory that grows with the rows.
+STATISTICS_COLUMNS = ["id", "source", "model_a", "model_b", "language", "label", "fold"]
 
 
 # ----------------------------------------------------------------------------------------------------------- naming
@@ -198,7 +201,9 @@ class ShardedSplitWriter:
         if self._writers[index] is None:
             path = self.root / self.relative_path(index)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._writers[index] = pq.ParquetWriter(path, RECORD_SCHEMA, compression=PARQUET_COMPRESSION)
+            self._writers[index] = pq.ParquetWriter(
+                path, RECORD_SCHEMA, compression=PARQUET_COMPRESSION, write_statistics=STATISTICS_COLUMNS
+            )
         return self._writers[index]  # type: ignore[return-value]
 
     def _flush(self, index: int) -> None:
