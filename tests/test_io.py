@@ -32,3 +32,12 @@ def test_atomic_directory(tmp_path):
             (tmp / "g").write_text("y")
             raise ValueError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and not (target / "g").exists()
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    import os
+
+    target = atomic_write_json(tmp_path / "p.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
