@@ -1,6 +1,6 @@
 """`arena-dist prepare`: merge sources into validated, deduplicated, folded parquet shards with a manifest.
 
-Config keys: output_dir, num_shards, num_folds, seed, batch_rows, sources[] (name, kind, path, split, columns,
+Config keys: output_dir, num_shards, num_folds, seed, batch_rows, force, sources[] (name, kind, path, split, columns,
 language). The library parts live in arena_dist.data (sources, normalize, folds, store).
 """
 
