@@ -92,22 +92,22 @@ def test_launcher_rejects_an_unknown_stage_before_allocating_ray(slurm_cluster, 
 
 
 def test_launcher_runs_the_tiny_zero3_teacher_across_both_nodes(slurm_cluster, tmp_path):
-    """`sbatch --nodes=2 arena_dist.sbatch teacher teacher.yaml`: one ZeRO-3 rank per Slurm node, export at the end."""
+    """`sbatch --nodes=2 arena_dist.sbatch teacher launch/configs/teacher_tiny.yaml --set ...`: one ZeRO-3 rank per
+    Slurm node, export at the end; the `--set` overrides travel through the launcher unchanged."""
     sys.path.insert(0, str(REPO / "tests" / "train"))
-    from teacher_fixtures import make_dataset, tiny_config
+    from teacher_fixtures import make_dataset
 
     make_dataset(tmp_path, rows=96)
-    # 2 CPUs per worker on nodes of 2 CPUs: one rank per node, the two talking gloo over eth0.
-    teacher = tiny_config(tmp_path / "dataset", tmp_path / "runs", "slurm-teacher",
-                          training={"max_steps": 4, "epochs": 1, "log_every": 1},
-                          ray={"num_workers": 2, "cpus_per_worker": 2, "storage_path": str(tmp_path / "runs"),
-                               "max_failures": 0})
-    teacher_yaml = tmp_path / "teacher.yaml"
-    teacher_yaml.write_text(yaml.safe_dump(teacher))
-    result, log = sbatch(slurm_cluster, tmp_path, ["teacher", str(teacher_yaml)], timeout=420)
+    runs = tmp_path / "runs"
+    overrides = [f"data.dataset_dir={tmp_path / 'dataset'}", "data.num_folds=4", f"ray.storage_path={runs}",
+                 "output.run_name=slurm-teacher", "training.max_steps=4", "training.log_every=1",
+                 # 2 CPUs per worker on nodes of 2 CPUs: one rank per node, the two talking gloo over eth0.
+                 "ray.cpus_per_worker=2", "ray.max_failures=0"]
+    args = ["teacher", "launch/configs/teacher_tiny.yaml", *[part for o in overrides for part in ("--set", o)]]
+    result, log = sbatch(slurm_cluster, tmp_path, args, timeout=420)
     assert result.returncode == 0, (result.stderr, log[-5000:])
-    summary = json.loads((tmp_path / "runs" / "slurm-teacher" / "summary.json").read_text())
-    assert summary["steps"] == 4
+    summary = json.loads((runs / "slurm-teacher" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["world_size"] == 2
     assert list(Path(summary["export_dir"]).glob("*.safetensors"))
     ranks = re.findall(r"ip=(10\.200\.0\.\d+).*?world_rank=(\d)", log)
     assert {ip for ip, _ in ranks} == {"10.200.0.1", "10.200.0.2"}, log[-5000:]
