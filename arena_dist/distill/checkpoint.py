@@ -14,20 +14,13 @@ import os
 import shutil
 from pathlib import Path
 
-COMPLETE = "COMPLETE"
-PREFIX = "step_"
-
-
-def checkpoint_root(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints"
+# The layout, tags and COMPLETE markers are the teacher stage's (arena_dist.train.checkpoint): one convention.
+from arena_dist.train.checkpoint import checkpoint_root, complete_checkpoints as _complete, tag_for, write_marker
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     root = checkpoint_root(run_dir)
-    if not root.exists():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / COMPLETE).exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return [root / tag for _, tag, _ in _complete(root)]
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -45,13 +38,13 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict
 
     from arena_dist.io import atomic_directory, atomic_write_json
 
-    target = checkpoint_root(run_dir) / f"{PREFIX}{step:07d}"
+    target = checkpoint_root(run_dir) / tag_for(step)
     with atomic_directory(target) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         atomic_write_json(tmp / "state.json", {"step": step, **extra})
-        atomic_write_json(tmp / COMPLETE, {"step": step, "world_size": extra.get("world_size")})
+        write_marker(tmp, {"step": step, "world_size": extra.get("world_size")})
     for old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
