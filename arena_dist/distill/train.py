@@ -284,7 +284,7 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
 
     step = 0
     resumed_from = None
-    from arena_dist.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from arena_dist.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, tag_for
 
     latest = latest_checkpoint(run_dir)
     if latest is not None:
@@ -378,11 +378,12 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
     if world.rank == 0:
         history.append({"step": step, **final})
         summary["eval_history"] = history
-        if not finished:  # a run cut short (preemption drill): leave a resumable checkpoint
+        # The last state is always checkpointed: a run cut short resumes here, a finished one is not redone.
+        if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != tag_for(step):
             save_checkpoint(run_dir, step, model, optimizer, scheduler,
                             {"world_size": world.size, "epoch": step // steps_per_epoch, "total_steps": total_steps},
                             keep=training.keep_checkpoints)
-        else:
+        if finished:
             summary.update(finish_export(model, tokenizer, cfg, encoded_eval[0]))
         writer.close()
         atomic_write_json(run_dir / SUMMARY_FILE, summary)

@@ -146,6 +146,9 @@ def test_stop_and_resume_matches_an_uninterrupted_run(fixture, tmp_path):
     second = train_student(cut.model_copy(update={"training": cut.training.model_copy(
         update={"stop_after_steps": None})}))
     assert second["finished"] and second["resumed_from"].endswith("step_0000006")
+    third = train_student(cut.model_copy(update={"training": cut.training.model_copy(
+        update={"stop_after_steps": None})}))  # a rerun of a finished run trains nothing
+    assert third["resumed_from"].endswith("step_0000008") and third["train_seconds"] < 5
     a = load_file(str(tmp_path / "full" / "export" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "export" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
