@@ -408,8 +408,14 @@ def write_pid(run_dir: Path, rank: int, attempt: str) -> None:
     """Which process is which rank (operators and the fault-injection test use it)."""
     from arena_dist.io import atomic_write_json
 
+    import torch
+
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MASTER_ADDR", "LOCAL_WORLD_SIZE", "LOCAL_SIZE",
+                                      "CUDA_VISIBLE_DEVICES") if k in os.environ}
     atomic_write_json(run_dir / "workers" / f"rank{rank}.json",
-                      {"pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt, "time": time.time()})
+                      {"pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt, "time": time.time(),
+                       "torch_threads": torch.get_num_threads(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
+                       "env": env})
 
 
 def train_worker(payload: dict) -> None:
