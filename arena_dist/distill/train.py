@@ -367,7 +367,8 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
                                 {"world_size": world.size, "epoch": epoch, "total_steps": total_steps},
                                 keep=training.keep_checkpoints)
             world.barrier()
-        report({"step": step, **parts_sum, **(metrics or {})}, in_ray)
+        if metrics is not None or step % training.log_every == 0:  # every rank reports together (Ray Train)
+            report({"step": step, **parts_sum, **(metrics or {})}, in_ray)
 
     finished = step >= total_steps
     final = evaluate(model, encoded_eval, world, training.eval_max_tokens)

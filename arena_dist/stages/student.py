@@ -49,8 +49,10 @@ def run_with_ray(config: Config):
         trainer = TorchTrainer(
             train_loop_per_worker=ray_worker,
             train_loop_config=config.model_dump(mode="json"),
+            # STRICT_PACK: every worker on one node (the student is a one-node job: NVLink/shm all-reduce).
             scaling_config=ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=ray_cfg.use_gpu,
-                                         resources_per_worker={"CPU": ray_cfg.cpus_per_worker}),
+                                         resources_per_worker={"CPU": ray_cfg.cpus_per_worker},
+                                         placement_strategy="STRICT_PACK"),
             torch_config=TorchConfig(backend="nccl" if ray_cfg.use_gpu else "gloo"),
             run_config=RunConfig(storage_path=str(Path(config.run_dir) / "ray"), name="student",
                                  failure_config=FailureConfig(max_failures=ray_cfg.max_failures)),
