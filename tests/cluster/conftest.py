@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from netns import NetnsHosts, RayOnHosts, netns_unavailable_reason  # noqa: E402
+from netns import NetnsHosts, NetnsUnavailable, RayOnHosts, netns_unavailable_reason  # noqa: E402
 from slurm_fixture import PrivateSlurm, slurm_unavailable_reason  # noqa: E402
 
 
@@ -24,11 +24,18 @@ def _skip_without_netns() -> None:
         pytest.skip(reason)
 
 
+def _start_hosts(count: int = 2) -> NetnsHosts:
+    _skip_without_netns()
+    try:
+        return NetnsHosts(count).start()
+    except NetnsUnavailable as err:
+        pytest.skip(str(err))
+
+
 @pytest.fixture
 def netns_hosts():
     """Two hosts h1, h2 (10.200.0.1, 10.200.0.2) joined by a private bridge."""
-    _skip_without_netns()
-    with NetnsHosts(2) as hosts:
+    with _start_hosts() as hosts:
         yield hosts
 
 
@@ -42,9 +49,8 @@ def ray_on_hosts(netns_hosts):
 @pytest.fixture
 def slurm_cluster():
     """slurmctld + slurmd n1 (in h1) + slurmd n2 (in h2), 2 CPUs and 2 pretend GPUs each, a private munged."""
-    _skip_without_netns()
     reason = slurm_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with NetnsHosts(2) as hosts, PrivateSlurm(hosts, gpus_per_node=2) as slurm:
+    with _start_hosts() as hosts, PrivateSlurm(hosts, gpus_per_node=2) as slurm:
         yield slurm

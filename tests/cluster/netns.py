@@ -39,6 +39,10 @@ FAST_HEALTH_CHECK = {
 }
 
 
+class NetnsUnavailable(RuntimeError):
+    """`ip` refused to build the hosts (e.g. root in a container without CAP_NET_ADMIN): tests skip with this."""
+
+
 def netns_unavailable_reason() -> str | None:
     """Why namespace hosts cannot be built here (None when they can)."""
     if os.geteuid() != 0:
@@ -93,6 +97,11 @@ class NetnsHosts:
     def start(self) -> "NetnsHosts":
         try:
             self._build()
+        except subprocess.CalledProcessError as err:
+            self.stop()
+            detail = (err.stderr or "").strip().splitlines()
+            raise NetnsUnavailable(f"cannot build network namespaces here: `{' '.join(err.cmd)}` failed"
+                                   f" ({detail[-1] if detail else err.returncode})") from None
         except BaseException:
             self.stop()
             raise
@@ -182,7 +191,7 @@ class NetnsHosts:
         _ip("link", "set", self.hosts[index].host_link, "up" if up else "down")
 
     def __enter__(self) -> "NetnsHosts":
-        return self.start()
+        return self if self.hosts else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

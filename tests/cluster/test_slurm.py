@@ -151,7 +151,7 @@ def test_preempted_teacher_is_requeued_and_resumes_from_its_last_complete_checkp
 
     make_dataset(tmp_path, rows=96)
     teacher = tiny_config(tmp_path / "dataset", tmp_path / "runs", "preempted",
-                          training={"max_steps": 12, "epochs": 2, "log_every": 1, "checkpoint_every": 6},
+                          training={"max_steps": 12, "epochs": 2, "log_every": 1, "checkpoint_every": 4},
                           ray={"num_workers": 2, "cpus_per_worker": 2, "storage_path": str(tmp_path / "runs"),
                                "max_failures": 0})
     teacher_yaml = tmp_path / "teacher.yaml"
