@@ -205,15 +205,6 @@ def _kill_pids(pids: list[int], sig: int) -> None:
             pass
 
 
-def stop_by_marker(marker: str, grace: float = 10.0) -> None:
-    """SIGTERM every process whose command line names `marker` (a unique temp dir), then SIGKILL what is left."""
-    _kill_pids(processes_mentioning(marker), signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and processes_mentioning(marker):
-        time.sleep(0.3)
-    _kill_pids(processes_mentioning(marker), signal.SIGKILL)
-
-
 class RayOnHosts:
     """A Ray head in host 1 and a worker in every other host. `address` is the GCS (10.200.0.1:6379)."""
 
@@ -221,7 +212,7 @@ class RayOnHosts:
     DASHBOARD_PORT = 8265
 
     def __init__(self, hosts: NetnsHosts, num_cpus: float = 1, dashboard: bool = False,
-                 env: dict[str, str] | None = None, head_resources_env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, head_env: dict[str, str] | None = None):
         self.hosts = hosts
         self.num_cpus = num_cpus
         self.dashboard = dashboard
@@ -233,7 +224,7 @@ class RayOnHosts:
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
             **(env or {}),
         }
-        self.head_env = {**FAST_HEALTH_CHECK, **(head_resources_env or {})}
+        self.head_env = {**FAST_HEALTH_CHECK, **(head_env or {})}  # the head only
         # Short private temp dirs (Unix socket paths must stay < 108 bytes), one per node: the filesystem is shared.
         self.root = Path(tempfile.mkdtemp(prefix=f"adr{hosts.token}-", dir="/tmp"))
         self.temp_dirs = [self.root / f"h{host.index}" for host in hosts.hosts]
@@ -345,20 +336,6 @@ class RayOnHosts:
             raise RuntimeError(f"no raylet found for h{index + 1}")
         _kill_pids(pids, signal.SIGKILL)
         return pids
-
-    def stop_node(self, index: int) -> None:
-        process = self.processes[index]
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
-        stop_by_marker(str(self.temp_dirs[index]))
 
     def stop(self, grace: float = 8.0) -> None:
         """SIGTERM every node's process group and everything naming our temp dirs at once, SIGKILL what is left."""

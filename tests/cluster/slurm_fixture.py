@@ -29,7 +29,8 @@ SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scan
 def slurm_unavailable_reason() -> str | None:
     missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
-        return f"real-Slurm tests need Debian's slurm-wlm + munge (missing: {', '.join(missing)}; run `make setup` as root)"
+        return (f"real-Slurm tests need Debian's slurm-wlm + munge (missing: {', '.join(missing)}; "
+                "run `make setup` as root)")
     if os.geteuid() != 0:
         return "real-Slurm tests need root (slurmd runs jobs as root here)"
     return None
