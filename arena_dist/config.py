@@ -42,17 +42,27 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Set each dotted key; a numeric part indexes an existing list (`teachers.0.export_path=...`)."""
     for item in overrides:
         path, value = parse_override(item)
         node = data
-        for part in path[:-1]:
-            child = node.get(part)
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {item!r}: {part!r} is not an index of a list of {len(node)}")
+                key = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise ConfigError(f"--set {item!r}: {path[depth - 1]!r} is not a section")
+            if last:
+                node[key] = value
+                break
+            child = node[key] if isinstance(node, list) else node.get(key)
             if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                child = node[key] = {}
             node = child
-        node[path[-1]] = value
     return data
 
 

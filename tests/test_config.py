@@ -65,3 +65,21 @@ def test_resolved_config_saved_and_hash_stable(tmp_path):
     assert again == config
     assert config_hash(again) == config_hash(config)
     assert config_hash(load_config(Outer, None, ["steps=4"])) != config_hash(config)
+
+
+class Item(StrictModel):
+    path: str = ""
+
+
+class WithList(StrictModel):
+    items: list[Item] = []
+
+
+def test_override_indexes_lists(tmp_path):
+    path = write(tmp_path, "items:\n  - {path: a}\n  - {path: b}\n")
+    config = load_config(WithList, path, ["items.1.path=z"])
+    assert [i.path for i in config.items] == ["a", "z"]
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(WithList, path, ["items.5.path=z"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(Outer, write(tmp_path, "name: run\n"), ["name.x=1"])
