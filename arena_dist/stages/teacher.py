@@ -6,7 +6,9 @@ Resumes from the latest complete checkpoint of the run by itself, also after a r
 
 from __future__ import annotations
 
-from arena_dist.config import save_resolved_config
+import json
+
+from arena_dist.config import config_hash, save_resolved_config
 from arena_dist.train.config import TrainJobConfig
 
 
@@ -24,10 +26,26 @@ def absolute_paths(config: Config) -> None:
             setattr(config.output, key, value.absolute())
 
 
+def finished_run(config: Config) -> dict | None:
+    """The summary of a run that already finished with this exact config (its export carries the config hash)."""
+    summary_path, meta_path = config.run_dir / "summary.json", config.export_dir / "arena_dist.json"
+    if not summary_path.exists() or not meta_path.exists():
+        return None
+    summary, meta = json.loads(summary_path.read_text()), json.loads(meta_path.read_text())
+    if meta.get("config_hash") != config_hash(config) or summary.get("steps") != summary.get("total_steps"):
+        return None
+    return summary
+
+
 def run(config: Config) -> dict:
     from arena_dist.train.launch import run_training
 
     absolute_paths(config)
+    done = finished_run(config)
+    if done is not None:
+        # A resubmitted finished job (e.g. a requeue after the last step) must not train again.
+        print(f"teacher: already finished with this config ({done['steps']} steps); export {done['export_dir']}")
+        return done
     config.run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved_config(config, config.run_dir)
     summary = run_training(config)

@@ -1,0 +1,33 @@
+"""A resubmitted teacher job whose run already finished with the same config does no training."""
+
+import json
+
+from arena_dist.config import config_hash, load_config
+from arena_dist.stages import teacher
+
+
+def finished_layout(tmp_path, config):
+    config.run_dir.mkdir(parents=True)
+    config.export_dir.mkdir(parents=True)
+    (config.run_dir / "summary.json").write_text(json.dumps(
+        {"steps": 8, "total_steps": 8, "export_dir": str(config.export_dir)}))
+    (config.export_dir / "arena_dist.json").write_text(json.dumps({"config_hash": config_hash(config)}))
+
+
+def test_finished_run_is_recognised_only_for_the_same_config(tmp_path):
+    sets = [f"data.dataset_dir={tmp_path / 'data'}", f"ray.storage_path={tmp_path / 'ray'}",
+            f"output.run_dir={tmp_path / 'run'}"]
+    config = load_config(teacher.Config, "launch/configs/teacher_tiny.yaml", sets)
+    teacher.absolute_paths(config)
+    assert teacher.finished_run(config) is None
+    finished_layout(tmp_path, config)
+    assert teacher.finished_run(config)["steps"] == 8
+    assert teacher.run(config)["steps"] == 8  # returns at once: no Ray, no training
+
+    changed = load_config(teacher.Config, "launch/configs/teacher_tiny.yaml", sets + ["training.lr=0.5"])
+    teacher.absolute_paths(changed)
+    assert teacher.finished_run(changed) is None
+
+    summary = json.loads((config.run_dir / "summary.json").read_text())
+    (config.run_dir / "summary.json").write_text(json.dumps({**summary, "steps": 4}))
+    assert teacher.finished_run(config) is None  # stopped early: resume, not skip
