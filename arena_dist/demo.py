@@ -29,7 +29,8 @@ class DemoConfig(StrictModel):
     run_dir: str = "runs/demo"
     configs_dir: str = Field("launch/configs/demo", description="one YAML per stage, relative to the repo")
     stages: list[str] = Field(
-        default_factory=lambda: ["synth", "prepare", "teacher", "label", "student", "predict", "evaluate", "report"]
+        default_factory=lambda: [step.name for step in pipeline()],
+        description="names from arena_dist.demo.pipeline(), run in pipeline order",
     )
     num_cpus: int = Field(2, ge=1)
     stage_timeout_s: int = Field(1800, ge=10)
@@ -38,7 +39,8 @@ class DemoConfig(StrictModel):
 
 @dataclass
 class Step:
-    """One stage of the pipeline: its entry script and the `--set` overrides that wire it to the run directory."""
+    """One stage run of the pipeline: its entry script, its config and the `--set` overrides that wire it to the
+    run directory. `config_name` defaults to the stage name (launch/configs/demo/<config_name>.yaml)."""
 
     name: str
     script: str
@@ -54,7 +56,26 @@ class Step:
         return path if path.exists() else None
 
 
+TEACHER_ID = "teacher"
+
+
+def predict_step(name: str, model: str, output: str, tta: str) -> Step:
+    return Step(name, "launch/predict.py", lambda run: [
+        f"test_file={run / 'synth' / 'lmsys' / 'test.csv'}", f"model.export_path={run / model / 'export'}",
+        f"output_dir={run / output}", f"tta.mode={tta}",
+    ], config_name="predict")
+
+
+def evaluate_step(name: str, predictions: str, output: str) -> Step:
+    return Step(name, "launch/evaluate.py", lambda run: [
+        f"predictions={run / predictions / 'probabilities.parquet'}",
+        f"answers={run / 'synth' / 'lmsys' / 'test_answers.csv'}", f"output_dir={run / output}",
+    ], config_name="evaluate")
+
+
 def pipeline() -> list[Step]:
+    """The demo's stages in order. The teacher and the student are both scored on the synthetic test set, and the
+    student with and without swap-TTA, so the summary shows each against the Bayes optimum."""
     return [
         Step("synth", "launch/synth.py", lambda run: [f"output_dir={run / 'synth'}"]),
         Step("prepare", "launch/prepare.py", lambda run: [f"output_dir={run / 'dataset'}"]),
@@ -64,20 +85,18 @@ def pipeline() -> list[Step]:
         ]),
         Step("label", "launch/pseudo_label.py", lambda run: [
             f"input.dataset_dir={run / 'dataset'}", f"teachers.0.export_path={run / 'teacher' / 'export'}",
-            f"output_dir={run / 'labels'}",
+            f"teachers.0.id={TEACHER_ID}", f"output_dir={run / 'labels'}",
         ]),
         Step("student", "launch/student.py", lambda run: [
-            f"data.dataset_dir={run / 'dataset'}", f"data.labels_dir={run / 'labels'}",
-            f"output.run_dir={run / 'student'}",
+            f"data.dataset_dir={run / 'dataset'}", f"data.soft_labels=[{run / 'labels' / TEACHER_ID}]",
+            f"run_dir={run / 'student'}",
         ]),
-        Step("predict", "launch/predict.py", lambda run: [
-            f"test_file={run / 'synth' / 'lmsys' / 'test.csv'}", f"model_path={run / 'student' / 'export'}",
-            f"output_dir={run / 'predict'}",
-        ]),
-        Step("evaluate", "launch/evaluate.py", lambda run: [
-            f"predictions={run / 'predict' / 'submission.csv'}",
-            f"answers={run / 'synth' / 'lmsys' / 'test_answers.csv'}", f"output_dir={run / 'evaluate'}",
-        ]),
+        predict_step("predict", "student", "predict", "all"),
+        evaluate_step("evaluate", "predict", "evaluate"),
+        predict_step("predict-no-tta", "student", "predict_no_tta", "none"),
+        evaluate_step("evaluate-no-tta", "predict_no_tta", "evaluate_no_tta"),
+        predict_step("predict-teacher", "teacher", "predict_teacher", "all"),
+        evaluate_step("evaluate-teacher", "predict_teacher", "evaluate_teacher"),
         Step("report", "launch/report.py", lambda run: [f"run_dir={run}"]),
     ]
 
@@ -108,21 +127,50 @@ def run_step(step: Step, config: DemoConfig, run: Path, head) -> None:
         step.summary = json.loads(summary_path.read_text())
 
 
+QUALITY_KEYS = ("log_loss", "eval_log_loss", "accuracy", "eval_accuracy", "share_of_achievable_gain",
+                "bayes_log_loss", "padding_ratio")
+
+
+def _flatten(summary: dict, prefix: str = "", depth: int = 0) -> dict:
+    flat = {}
+    for key, value in summary.items():
+        if isinstance(value, dict) and depth < 2:
+            flat.update(_flatten(value, f"{prefix}{key}.", depth + 1))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe(summary: dict) -> tuple[str, str]:
+    """(rows, quality) cells for one stage's summary: whatever rows count and quality metrics it reported."""
+    rows = summary.get("rows", summary.get("n", ""))
+    if isinstance(rows, dict):
+        rows = ", ".join(f"{k} {v:,}" for k, v in rows.items() if isinstance(v, int))
+    elif isinstance(rows, int):
+        rows = f"{rows:,}"
+    flat = _flatten(summary)
+    quality = []
+    for key in QUALITY_KEYS:
+        hits = [v for k, v in flat.items() if k.split(".")[-1] == key and isinstance(v, (int, float))]
+        if hits:
+            label = key.replace("share_of_achievable_gain", "share of gain").replace("_", " ")
+            quality.append(f"{label} {hits[0]:.4f}")
+    return str(rows), ", ".join(quality)
+
+
 def summary_table(steps: list[Step], run: Path) -> str:
     """Per stage: time, rows, and quality next to the Bayes optimum of the synthetic data."""
-    bayes = {}
-    bayes_path = run / "synth" / "bayes.json"
-    if bayes_path.exists():
-        bayes = json.loads(bayes_path.read_text())
     rows = [("stage", "time", "rows", "quality")]
     for step in steps:
-        rows.append((step.name, f"{step.seconds:6.1f} s", str(step.summary.get("rows", "")),
-                     str(step.summary.get("quality", ""))))
+        count, quality = describe(step.summary)
+        rows.append((step.name, f"{step.seconds:6.1f} s", count, quality))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    if bayes:
-        lines.append(f"Bayes optimum on the test set: {bayes_line(bayes)}")
+    lines.append(f"total {sum(step.seconds for step in steps):.0f} s")
+    bayes_path = run / "synth" / "bayes.json"
+    if bayes_path.exists():
+        lines.append(f"Bayes optimum on the test set: {bayes_line(json.loads(bayes_path.read_text()))}")
     return "\n".join(lines)
 
 
