@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"starting a local Ray head ({config.num_cpus} CPUs) ...", flush=True)
         head.start()
-        print(f"Ray head {head.address}, dashboard {head.dashboard_url} (127.0.0.1 only)", flush=True)
+        print(f"Ray head {head.address}, dashboard {head.dashboard_url} (127.0.0.1 only), temp dir {head.temp_dir}",
+              flush=True)
         for step in steps:
             run_step(step, config, run, head)
             finished.append(step)

@@ -1,0 +1,60 @@
+"""The demo orchestrator: stages as real `ray job submit` jobs on a private head that is always stopped."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from arena_dist.ray_local import processes_mentioning
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_command(run_dir, *sets):
+    command = [sys.executable, "-m", "arena_dist.demo", "--set", f"run_dir={run_dir}", "--set", "echo_logs=false"]
+    for item in sets:
+        command += ["--set", item]
+    return command
+
+
+def head_temp_dir(output: str) -> str:
+    match = re.search(r"temp dir (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_demo_prefix_runs_as_ray_jobs_and_stops_its_head(tmp_path):
+    run = tmp_path / "demo"
+    done = subprocess.run(demo_command(run, "stages=[synth,prepare]"), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Ray head stopped" in done.stdout
+    table = done.stdout.split("Ray head stopped", 1)[1]
+    assert re.search(r"^synth\s+\d", table, re.M) and re.search(r"^prepare\s+\d", table, re.M)
+    assert "Bayes optimum on the test set: log loss 0." in table
+    assert (run / "dataset" / "manifest.json").exists()
+    assert (run / "logs" / "prepare.log").read_text().count("kept") >= 1
+    assert processes_mentioning(head_temp_dir(done.stdout)) == []
+
+
+@pytest.mark.slow
+def test_demo_interrupted_still_stops_its_head(tmp_path):
+    process = subprocess.Popen(demo_command(tmp_path / "demo"), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 300
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("=== prepare") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert process.returncode != 0
+    assert "Ray head stopped" in output
+    assert processes_mentioning(head_temp_dir(output)) == []
