@@ -1,10 +1,14 @@
 """How learnable is the synthetic arena benchmark? Share of the achievable gain (ln 3 - Bayes) captured on lmsys/test by
 
 1. a bag-of-words Davidson model on the quality-word frequencies (the right model family: a ceiling for few rows),
-2. a tiny random-init transformer (the repo's tokenizer, ChatML layout, last-token classifier) trained for a fixed
+2. a bag-of-TOKENS Davidson model over every token of the tokenizer, told which tokens belong to A and to B (an
+   oracle a transformer lacks) but not which tokens matter: the statistical ceiling of a learner that starts from
+   nothing, for this many rows,
+3. a tiny random-init transformer (the repo's tokenizer, ChatML layout, last-token classifier) trained for a fixed
    wall-clock budget with plain AdamW on the prepared lmsys rows (+ their A/B swaps).
 
-    python -m bench.synth_learnability [--budget-s 420] [--hidden 64] [--layers 2] [--lr 3e-3] [--set key=value ...]
+    python -m bench.synth_learnability [--budget-s 420] [--hidden 64] [--layers 2] [--lr 3e-3] [--init-range 0.02]
+                                       [--set key=value ...]
 
 `--set` overrides go to the synth config (e.g. `--set text.quality_position_spread=3`). Writes
 bench/results/synth_learnability.json. Not a test: the numbers depend on the machine's load.
@@ -97,6 +101,50 @@ def bag_of_words(train: list[dict], test: list[dict], test_labels: np.ndarray) -
     return log_loss(probs(design(test)), test_labels)
 
 
+def token_bag_of_words(train: list[dict], test: list[dict], test_labels: np.ndarray, steps: int = 1500) -> float:
+    """Davidson model on (share of each token id in A) - (share in B), every vocabulary entry a feature (Adam)."""
+    import torch
+
+    from arena_dist.formatting.encode import encode_records
+    from arena_dist.formatting.templates import MODEL_A_MARKER, MODEL_B_MARKER, FormatConfig
+    from arena_dist.formatting.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("local")
+    fmt = FormatConfig(template="llama3", max_length=1024)
+    vocab = len(tokenizer)
+    markers = [tokenizer.encode(m, add_special_tokens=False, split_special_tokens=True)
+               for m in (MODEL_A_MARKER, MODEL_B_MARKER)]
+
+    def features(records):
+        out = np.zeros((len(records), vocab), dtype=np.float32)
+        for row, encoded in enumerate(encode_records(records, tokenizer, fmt)):
+            ids, segment, counts = encoded.input_ids, 0, np.zeros((3, vocab))
+            for i in range(len(ids)):
+                hit = [k + 1 for k, m in enumerate(markers) if ids[max(0, i - len(m) + 1):i + 1] == m]
+                if hit:
+                    segment = hit[0]
+                elif segment:
+                    counts[segment, ids[i]] += 1
+            out[row] = counts[1] / max(counts[1].sum(), 1) - counts[2] / max(counts[2].sum(), 1)
+        return torch.tensor(out)
+
+    x, y = features(train), torch.tensor([r["label"] for r in train])
+    w, b, log_nu = (torch.zeros(n, requires_grad=True) for n in (vocab, 1, 1))
+    optimizer = torch.optim.Adam([w, b, log_nu], lr=0.2)
+
+    def logits(x):
+        d = x @ w + b
+        return torch.stack([d / 2, -d / 2, log_nu.expand_as(d)], 1)
+
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(logits(x), y) + 1e-6 * (w ** 2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return log_loss(torch.softmax(logits(features(test)), -1).numpy(), test_labels)
+
+
 def transformer(train: list[dict], test: list[dict], test_labels: np.ndarray, args) -> dict:
     import torch
 
@@ -113,7 +161,20 @@ def transformer(train: list[dict], test: list[dict], test_labels: np.ndarray, ar
     test_rows, test_swapped = encode_records(test, tokenizer, fmt), encode_records(test, tokenizer, fmt, swap=True)
     cfg = tiny_model_config("llama", hidden_size=args.hidden, num_layers=args.layers, num_heads=4, num_kv_heads=2,
                             intermediate_size=2 * args.hidden, head_dropout=0.0)
-    model = build_model(cfg, 3, tokenizer.pad_token_id)
+    import arena_dist.models.build as build
+
+    plain_hf_config = build.hf_config
+
+    def hf_config_with_init(*a, **k):  # ModelConfig has no initializer_range (yet): set it on the HF config here
+        config = plain_hf_config(*a, **k)
+        config.initializer_range = args.init_range
+        return config
+
+    build.hf_config = hf_config_with_init
+    try:
+        model = build_model(cfg, 3, tokenizer.pad_token_id)
+    finally:
+        build.hf_config = plain_hf_config
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
     def batch(encoded):
@@ -168,6 +229,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--init-range", type=float, default=0.02, help="HF initializer_range of the random init")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     import torch
@@ -183,13 +245,16 @@ def main() -> None:
         gain = math.log(3) - log_loss(p_true, labels)
         share = lambda loss: (math.log(3) - loss) / gain  # noqa: E731
         bow = bag_of_words(train, test, labels)
+        token_bow = token_bag_of_words(train, test, labels)
         net = transformer(train, test, labels, args)
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
         "synth_overrides": args.overrides, "train_rows": len(train), "test_rows": len(test),
         "bayes_log_loss": bayes["bayes_log_loss"], "achievable_gain": gain,
         "bag_of_words": {"log_loss": bow, "share_of_gain": share(bow)},
+        "token_bag_of_words_segment_oracle": {"log_loss": token_bow, "share_of_gain": share(token_bow)},
         "tiny_transformer": {**net, "hidden": args.hidden, "layers": args.layers, "lr": args.lr,
+                             "init_range": args.init_range,
                              "share_of_gain": share(net["log_loss"]),
                              "share_of_gain_swap_tta": share(net["log_loss_swap_tta"])},
     }
@@ -197,7 +262,8 @@ def main() -> None:
     from arena_dist.io import atomic_write_json
 
     atomic_write_json(RESULTS, result)
-    print(json.dumps({k: result[k] for k in ("bayes_log_loss", "bag_of_words")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("bayes_log_loss", "bag_of_words", "token_bag_of_words_segment_oracle")},
+                     indent=1))
     print(f"tiny transformer: share of gain {result['tiny_transformer']['share_of_gain']:.3f} after "
           f"{net['steps']} steps; results: {RESULTS}")
 
