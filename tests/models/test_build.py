@@ -67,12 +67,3 @@ def test_config_errors():
         ModelConfig(arch="llama", hidden_size=64, num_heads=5)
     with pytest.raises(ValueError):
         ModelConfig(arch="mistral")
-
-
-def test_quantization_without_quant_module_is_a_config_error():
-    import importlib.util
-
-    if importlib.util.find_spec("arena_dist.models.quant") is not None:
-        pytest.skip("quant module present: covered by its own tests")
-    with pytest.raises(ConfigError, match="quantization"):
-        build_model(tiny_model_config("llama", vocab_size=128, quantization="4bit"), 2, PAD)
