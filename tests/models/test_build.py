@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from arena_dist.errors import ConfigError
 from arena_dist.models.build import build_model, count_parameters
 from arena_dist.models.config import ModelConfig
 from arena_dist.models.heads import MLPHead
