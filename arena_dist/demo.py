@@ -134,7 +134,7 @@ QUALITY_KEYS = ("log_loss", "eval_log_loss", "accuracy", "eval_accuracy", "share
 def _flatten(summary: dict, prefix: str = "", depth: int = 0) -> dict:
     flat = {}
     for key, value in summary.items():
-        if isinstance(value, dict) and depth < 2:
+        if isinstance(value, dict) and depth < 4:
             flat.update(_flatten(value, f"{prefix}{key}.", depth + 1))
         else:
             flat[f"{prefix}{key}"] = value
@@ -143,12 +143,14 @@ def _flatten(summary: dict, prefix: str = "", depth: int = 0) -> dict:
 
 def describe(summary: dict) -> tuple[str, str]:
     """(rows, quality) cells for one stage's summary: whatever rows count and quality metrics it reported."""
-    rows = summary.get("rows", summary.get("n", ""))
+    flat = _flatten(summary)
+    rows = summary.get("rows", summary.get("n"))
+    if rows is None:  # e.g. the label stage: rows per teacher store
+        rows = next((v for k, v in flat.items() if k.endswith(".rows_scored") and isinstance(v, int)), "")
     if isinstance(rows, dict):
         rows = ", ".join(f"{k} {v:,}" for k, v in rows.items() if isinstance(v, int))
     elif isinstance(rows, int):
         rows = f"{rows:,}"
-    flat = _flatten(summary)
     quality = []
     for key in QUALITY_KEYS:
         hits = [v for k, v in flat.items() if k.split(".")[-1] == key and isinstance(v, (int, float))]

@@ -21,10 +21,17 @@ def plot_training(stage: str, series: dict[str, list[tuple[int, float]]], target
     if not tags:
         return None
     figure, axis = plt.subplots(figsize=(7, 4))
-    for tag in tags:
+    # Eval curves last and bold: per-step train losses are noisy and would hide them.
+    for tag in sorted(tags, key=lambda t: "eval" in t.lower()):
         steps, values = zip(*series[tag])
-        style = "o-" if len(steps) < 30 else "-"
-        axis.plot(steps, values, style, markersize=3, label=tag)
+        if len(steps) >= 50:
+            window = max(5, len(steps) // 50)
+            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+            line, = axis.plot(steps, values, "-", alpha=0.2, linewidth=0.8)
+            axis.plot(steps, smooth, "-", color=line.get_color(), label=f"{tag} (moving mean of {window})")
+        else:
+            axis.plot(steps, values, "o-", markersize=4, linewidth=2, label=tag)
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     axis.set_title(f"{stage}: training and evaluation loss")
