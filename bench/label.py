@@ -96,7 +96,8 @@ def bench_batching(work: Path, rows: int, max_tokens: int, naive_batch: int) -> 
 def bench_scaling(work: Path, rows: int, shards: int, max_tokens: int) -> dict:
     import ray
 
-    from arena_dist.label.driver import ActorSettings, connect_ray, label_shards
+    from arena_dist.label.driver import ActorSettings, label_shards
+    from arena_dist.ray_local import connect_ray
     from arena_dist.label.store import LabelStore, input_shards
     from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
     from arena_dist.ray_local import LocalRayHead

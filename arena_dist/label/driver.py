@@ -25,14 +25,10 @@ How it runs:
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
-import tempfile
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 from arena_dist.errors import ArenaDistError
 from arena_dist.label.batching import PaddingStats
@@ -237,66 +233,3 @@ def _actor_failed(slot: _Slot, settings: ActorSettings, ready_refs: dict, summar
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return " ".join(line.strip() for line in text[:3])[:500] if text else type(exc).__name__
-
-
-@contextmanager
-def ray_session(address: str | None = None, local_num_cpus: int | None = None) -> Iterator[str]:
-    """Connect to Ray for the length of a run.
-
-    Already initialised (a test, a notebook): used as is and left running. `address` (or `$RAY_ADDRESS`, which
-    `ray job submit` sets): join that cluster. Neither, or "local": a private single-node Ray with its own temp dir
-    and no dashboard, shut down at the end — never `address="auto"`, which could join someone else's cluster.
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield "existing"
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    temp_dir = None
-    if address and address != "local":
-        connect_ray(address)
-        where = address
-    else:
-        _private_auth_token()
-        temp_dir = tempfile.mkdtemp(prefix="ad-label-", dir="/tmp")  # short: Ray's unix sockets live here
-        ray.init(num_cpus=local_num_cpus, include_dashboard=False, _temp_dir=temp_dir)
-        where = "local"
-    try:
-        yield where
-    finally:
-        ray.shutdown()
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _private_auth_token() -> None:
-    """Token auth for the private local Ray, with a token that lives in this process's environment only.
-
-    Left alone, a local `ray.init()` turns token auth on and writes a new token to ~/.ray/auth_token: a file shared
-    by everyone on the host, which then switches every later `ray start` there into token mode while their clients
-    lack the token. An explicit RAY_AUTH_MODE / token from the user is respected."""
-    if any(os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    _reload_auth_settings()
-
-
-def _reload_auth_settings() -> None:
-    """Ray caches the auth mode and token at import; re-read them from the environment (as Ray itself does when it
-    turns auth on), so a token exported after `import ray` is used."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-def connect_ray(address: str, env: dict[str, str] | None = None, **init_kwargs) -> None:
-    """`ray.init(address=...)` with the auth settings of the environment now (plus `env`, e.g. a LocalRayHead's
-    `client_env()`: RAY_AUTH_MODE / RAY_AUTH_TOKEN)."""
-    import ray
-
-    os.environ.update(env or {})
-    _reload_auth_settings()
-    ray.init(address=address, **init_kwargs)

@@ -104,7 +104,8 @@ def run(config: Config) -> dict:
     from arena_dist.config import save_resolved_config
     from arena_dist.data.store import load_manifest
     from arena_dist.io import atomic_write_json
-    from arena_dist.label.driver import ActorSettings, label_shards, ray_session
+    from arena_dist.label.driver import ActorSettings, label_shards
+    from arena_dist.ray_local import ray_session
     from arena_dist.label.ensemble import merge_label_stores
     from arena_dist.label.progress import Progress
     from arena_dist.label.store import LabelStore, input_shards, store_padding

@@ -38,7 +38,7 @@ def run_with_ray(config: Config):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from arena_dist.distill.train import ray_worker
-    from arena_dist.label.driver import ray_session
+    from arena_dist.ray_local import ray_session
 
     ray_cfg = config.ray
     # A private local Ray is started from this process, so its workers inherit this environment (offline hub,

@@ -38,7 +38,7 @@ def run_training(config: TrainJobConfig) -> dict:
 
     # Shared with the label stage: address / $RAY_ADDRESS (set by `ray job submit`), else a private local Ray with
     # its own auth token, shut down at the end.
-    from arena_dist.label.driver import ray_session
+    from arena_dist.ray_local import ray_session
     from arena_dist.train.loop import train_worker
 
     payload = make_payload(config)

@@ -19,7 +19,7 @@ SETTINGS = dict(num_actors=2, cpus_per_actor=0.5, threads_per_actor=1, max_resta
 def ray_cluster():
     import ray
 
-    from arena_dist.label.driver import connect_ray
+    from arena_dist.ray_local import connect_ray
     from arena_dist.ray_local import LocalRayHead
 
     saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
