@@ -12,12 +12,10 @@ margin over uniform that swap-averaged pool labels can carry (swap-TTA cancels p
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
+from stage_process import run_stage
 
 LN3 = math.log(3)
 MARGIN = 0.08  # nats below uniform that teacher and student must both reach on held-out rows
@@ -54,17 +52,7 @@ def train_teacher(root, dataset):
         "ray": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0, "storage_path": str(root / "ray")},
         "output": {"run_name": "teacher", "run_dir": str(root / "teacher")},
     })
-    # Through the CLI in a fresh process, as a Ray job runs it: a Ray Train run in a process that already ran
-    # another Ray session (earlier tests) can have its TrainController cancelled before it starts.
-    from arena_dist.config import save_resolved_config
-
-    config_file = save_resolved_config(config, root, "teacher.yaml")
-    summary_file = root / "teacher_summary.json"
-    done = subprocess.run([sys.executable, "-m", "arena_dist.cli", "teacher", "--config", str(config_file)],
-                          env={**os.environ, "ARENA_DIST_SUMMARY": str(summary_file)},
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(summary_file.read_text())
+    return run_stage("teacher", config, root)  # a fresh process, as a Ray job runs it
 
 
 def label_pool(root, dataset, export):

@@ -2,7 +2,6 @@
 pseudo-labels (scored by the label stage's code into real label stores), real Ray Train for the 2-worker run."""
 
 import json
-import os
 
 import numpy as np
 
@@ -162,20 +161,11 @@ def test_stop_and_resume_matches_an_uninterrupted_run(fixture, tmp_path):
 def test_two_ray_train_workers(fixture, tmp_path):
     """Through the CLI in a fresh process (as `ray job submit` runs it): Ray Train state from earlier in-process runs
     of this test session cannot leak in."""
-    import subprocess
-    import sys
-
-    from arena_dist.config import save_resolved_config
+    from stage_process import run_stage
 
     cfg = student_config(fixture, tmp_path / "run", "4bit", max_steps=6,
                          ray={"enabled": True, "num_workers": 2, "cpus_per_worker": 1})
-    config_file = save_resolved_config(cfg, tmp_path, "student.yaml")
-    summary_file = tmp_path / "summary.json"
-    done = subprocess.run([sys.executable, "-m", "arena_dist.cli", "student", "--config", str(config_file)],
-                          env={**os.environ, "ARENA_DIST_SUMMARY": str(summary_file)},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads(summary_file.read_text())
+    summary = run_stage("student", cfg, tmp_path, timeout=600)
     assert summary["world_size"] == 2 and summary["finished"]
     # both ranks' rows are counted: every train + pool row of the non-held-out folds
     assert summary["counts"]["used"] == summary["counts"]["train_rows"] + summary["counts"]["pool_rows"]
