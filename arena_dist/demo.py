@@ -141,6 +141,11 @@ def _flatten(summary: dict, prefix: str = "", depth: int = 0) -> dict:
     return flat
 
 
+def _recency(flat_key: str) -> int:
+    """Sort key: a stage's final metrics first, its initial ones (e.g. the student's eval before training) last."""
+    return 0 if "final" in flat_key else 2 if "initial" in flat_key else 1
+
+
 def describe(summary: dict) -> tuple[str, str]:
     """(rows, quality) cells for one stage's summary: whatever rows count and quality metrics it reported."""
     flat = _flatten(summary)
@@ -153,7 +158,8 @@ def describe(summary: dict) -> tuple[str, str]:
         rows = f"{rows:,}"
     quality = []
     for key in QUALITY_KEYS:
-        hits = [v for k, v in flat.items() if k.split(".")[-1] == key and isinstance(v, (int, float))]
+        hits = [v for k, v in sorted(flat.items(), key=lambda item: _recency(item[0]))
+                if k.split(".")[-1] == key and isinstance(v, (int, float))]
         if hits:
             label = key.replace("share_of_achievable_gain", "share of gain").replace("_", " ")
             quality.append(f"{label} {hits[0]:.4f}")

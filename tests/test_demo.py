@@ -58,3 +58,12 @@ def test_demo_interrupted_still_stops_its_head(tmp_path):
     assert process.returncode != 0
     assert "Ray head stopped" in output
     assert processes_mentioning(head_temp_dir(output)) == []
+
+
+def test_summary_row_shows_a_stages_final_metrics_not_its_initial_ones():
+    from arena_dist.demo import describe
+
+    student = {"initial_eval": {"eval_log_loss": 1.11, "eval_accuracy": 0.37},
+               "final_eval": {"eval_log_loss": 0.89, "eval_accuracy": 0.61}, "export_dir": "x"}
+    _, quality = describe(student)
+    assert quality == "eval log loss 0.8900, eval accuracy 0.6100"

@@ -20,6 +20,9 @@ from stage_process import run_stage
 LN3 = math.log(3)
 MARGIN = 0.08  # nats below uniform that teacher and student must both reach on held-out rows
 CLOSE = 0.03  # the student's held-out log loss may exceed the teacher's by at most this
+# The demo's recipe for random-init models (launch/configs/demo/*.yaml): segment embeddings go through ZeRO-3, the
+# export, the label scorer and the 4-bit student here.
+RANDOM_INIT_RECIPE = {"initializer_range": 0.125, "segment_embeddings": True, "segment_gate_std": 1.0}
 
 
 def make_dataset(root):
@@ -43,8 +46,8 @@ def train_teacher(root, dataset):
     from arena_dist.stages import teacher
 
     config = teacher.Config.model_validate({
-        "data": {"dataset_dir": str(dataset), "fold": 0, "num_folds": 4, "swap_augment": True},
-        "model": {"arch": "llama", "head": "mlp", "head_dropout": 0.0},
+        "data": {"dataset_dir": str(dataset), "fold": 0, "num_folds": 4, "swap_augment": "both"},
+        "model": {"arch": "llama", "head": "mlp", "head_dropout": 0.0, **RANDOM_INIT_RECIPE},
         "format": {"template": "llama3", "max_length": 128},
         "training": {"lr": 3e-3, "weight_decay": 0.01, "epochs": 2, "global_batch": 16, "micro_batch": 8,
                      "warmup_steps": 10, "log_every": 50,
@@ -76,8 +79,8 @@ def train_student(root, dataset, labels):
 
     config = StudentConfig.model_validate({
         "run_dir": str(root / "student"),
-        "model": {"arch": "llama", "head": "mlp", "head_dropout": 0.0, "quantization": "4bit",
-                  "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
+        "model": {"arch": "llama", "head": "mlp", "head_dropout": 0.0, "quantization": "4bit", **RANDOM_INIT_RECIPE,
+                  "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "modules_to_save": ["embed_tokens"]}},
         "format": {"template": "llama3", "max_length": 128},
         "data": {"dataset_dir": str(dataset), "soft_labels": str(labels), "use_train_split": False,
                  "use_pool": True, "eval_fold": 0},

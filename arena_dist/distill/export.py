@@ -33,11 +33,13 @@ def save_student_export(model, tokenizer, out_dir: str | os.PathLike, model_conf
     from arena_dist.io import atomic_directory, atomic_write_json
     from arena_dist.models.build import build_model
     from arena_dist.models.export import BASE_DIR, FORMAT_VERSION, META_FILE, _head_kind
+    from arena_dist.models.segments import recorded_markers
 
     base_model = model.get_base_model()
     num_labels = int(base_model.config.num_labels)
     pad_token_id = base_model.config.pad_token_id
     base_spec = model_config.base_spec()
+    markers = recorded_markers(base_model.config)
     full_meta = {
         **meta,
         "num_labels": num_labels,
@@ -48,6 +50,7 @@ def save_student_export(model, tokenizer, out_dir: str | os.PathLike, model_conf
         "model_config": model_config.model_dump(),
         "quantization": model_config.quantization,
         "teacher_extra_inputs": [],
+        "segment_markers": markers,
         "created_by": meta.get("created_by", "arena_dist.student"),
         "format_version": FORMAT_VERSION,
     }
@@ -63,7 +66,7 @@ def save_student_export(model, tokenizer, out_dir: str | os.PathLike, model_conf
             plain = model_config.model_copy(update={"quantization": "none", "lora": None,
                                                     "gradient_checkpointing": False})
             with torch.no_grad():
-                base = build_model(plain, num_labels, pad_token_id)
+                base = build_model(plain, num_labels, pad_token_id, segment_markers=markers)
             base.save_pretrained(tmp / BASE_DIR, safe_serialization=True)
             full_meta["base_dir"] = BASE_DIR
         if tokenizer is not None:

@@ -166,7 +166,8 @@ def evaluate(model, encoded_eval, world: World, max_tokens: int) -> dict:
             "eval_rows_soft": int(n_soft)}
 
 
-def build_student_model(cfg: StudentConfig, num_labels: int, pad_id: int, world: World, run_dir: Path):
+def build_student_model(cfg: StudentConfig, num_labels: int, pad_id: int, world: World, run_dir: Path,
+                        segment_markers: dict | None = None):
     """build_model, with one detour for several ranks: a random-init base is quantised by a round trip through a
     folder, but transformers' save_pretrained writes only on torch.distributed rank 0, so the other ranks would find
     an empty folder. Rank 0 writes the full-precision random-init base once; every rank loads and quantises it."""
@@ -179,13 +180,14 @@ def build_student_model(cfg: StudentConfig, num_labels: int, pad_id: int, world:
         base_dir = run_dir / "random_init_base"
         if world.rank == 0 and not (base_dir / "config.json").exists():
             plain = model_cfg.model_copy(update={"quantization": "none", "lora": None, "head": "linear",
+                                                 "segment_embeddings": False,
                                                  "gradient_checkpointing": False})
             with atomic_directory(base_dir) as tmp:
                 build_model(plain, num_labels, pad_id).save_pretrained(tmp)
         world.barrier()
         fields = {**model_cfg.model_dump(), "name_or_path": str(base_dir), "arch": None}
         model_cfg = ModelConfig(**fields)
-    return build_model(model_cfg, num_labels, pad_id)
+    return build_model(model_cfg, num_labels, pad_id, segment_markers=segment_markers)
 
 
 def make_optimizer(model, cfg: StudentConfig):
@@ -269,7 +271,10 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
 
     torch.manual_seed(training.seed)
     if model is None:
-        model = build_student_model(cfg, num_labels, pad_id, world, run_dir)
+        from arena_dist.formatting.encode import segment_markers
+
+        markers = segment_markers(tokenizer, cfg.format) if cfg.model.segment_embeddings else None
+        model = build_student_model(cfg, num_labels, pad_id, world, run_dir, markers)
     if cfg.model.quantization == "none" and world.device.type == "cuda":
         model.to(world.device)  # bitsandbytes models are placed on the GPU while loading
     model.train()

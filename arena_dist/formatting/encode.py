@@ -198,3 +198,18 @@ def render_text(record: Record, fmt: FormatConfig, tokenizer, swap: bool = False
     """The model input as text (decoded ids, special tokens shown): for humans and debugging."""
     row = encode_record(record, tokenizer, fmt, swap=swap, extra_text=extra_text)
     return tokenizer.decode(row.input_ids, skip_special_tokens=False)
+
+
+def segment_markers(tokenizer, fmt: FormatConfig) -> dict:
+    """Token sequences that open each part of the layout, for models with segment embeddings
+    (`arena_dist.models.segments`): "a" / "b" open the responses; "reset" (the prompt marker without its turn number,
+    the start of the closing question) opens everything else. Exactly the ids `encode_records` writes, because the
+    pieces are tokenised on their own and concatenated."""
+    pieces = _Pieces(tokenizer, fmt)
+    first, second = pieces.prompt_marker(1), pieces.prompt_marker(2)
+    prefix_length = next((i for i, (x, y) in enumerate(zip(first, second)) if x != y), min(len(first), len(second)))
+    prompt_prefix = first[:prefix_length]
+    if not prompt_prefix:
+        raise ConfigError(f"model.segment_embeddings: tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} merges "
+                          "the turn number into the first token of the prompt marker; turn off segment_embeddings")
+    return {"a": list(pieces.model_a), "b": list(pieces.model_b), "reset": [list(prompt_prefix), list(pieces.tail[:3])]}

@@ -39,7 +39,14 @@ def make_teacher_export(out_dir: str | os.PathLike, arch: str = "llama", label_m
 
     tokenizer = load_tokenizer("local")
     cfg = tiny_model_config(arch, init_seed=seed, **model_overrides)
-    model = build_model(cfg, num_labels(label_mode), tokenizer.pad_token_id)
+    markers = None
+    if cfg.segment_embeddings:
+        from arena_dist.formatting.encode import segment_markers
+        from arena_dist.formatting.templates import FormatConfig
+
+        fmt = FormatConfig(template=template, max_length=max_length, label_mode=label_mode)
+        markers = segment_markers(tokenizer, fmt)
+    model = build_model(cfg, num_labels(label_mode), tokenizer.pad_token_id, segment_markers=markers)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for param in model.score.parameters():

@@ -19,6 +19,8 @@ import torch
 from arena_dist.errors import ConfigError
 from arena_dist.models.config import FALLBACK_VOCAB_SIZE, ModelConfig
 from arena_dist.models.heads import install_mlp_head
+from arena_dist.models.segments import MODULE_NAME as SEGMENT_MODULE
+from arena_dist.models.segments import install_segment_embeddings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,6 +54,7 @@ def hf_config(cfg: ModelConfig, num_labels: int, pad_token_id: int):
         num_labels=num_labels,
         pad_token_id=pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=cfg.initializer_range,
     )
     if cfg.arch == "llama":
         config = LlamaConfig(head_dim=head_dim, **common)
@@ -119,7 +122,8 @@ def build_base(cfg: ModelConfig, num_labels: int, pad_token_id: int, **from_pret
 
 
 def apply_lora(model, cfg: ModelConfig):
-    """Wrap in PEFT LoRA (SEQ_CLS); the whole head (`score`) is trained in full through modules_to_save."""
+    """Wrap in PEFT LoRA (SEQ_CLS); the whole head (`score`), the segment embeddings, if any, and
+    `lora.modules_to_save` are trained in full through modules_to_save."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = cfg.lora
@@ -129,7 +133,8 @@ def apply_lora(model, cfg: ModelConfig):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
-        modules_to_save=["score"],
+        modules_to_save=["score"] + ([SEGMENT_MODULE] if hasattr(model, SEGMENT_MODULE) else [])
+        + list(lora.modules_to_save),
     )
     return get_peft_model(model, peft_config)
 
@@ -144,18 +149,24 @@ def seeded(seed: int):
         yield
 
 
-def build_model(cfg: ModelConfig, num_labels: int, pad_token_id: int):
-    """Sequence classifier per `cfg`: base -> (MLP head) -> (quantisation prep) -> (LoRA) -> (grad checkpointing)."""
+def build_model(cfg: ModelConfig, num_labels: int, pad_token_id: int, segment_markers: dict | None = None):
+    """Sequence classifier per `cfg`: base -> (MLP head) -> (segment embeddings) -> (quantisation prep) -> (LoRA) ->
+    (grad checkpointing). `segment_markers` (`arena_dist.formatting.encode.segment_markers`) is needed when
+    `cfg.segment_embeddings` is on."""
     if num_labels < 2:
         raise ConfigError(f"num_labels must be at least 2 (got {num_labels})")
+    if cfg.segment_embeddings and segment_markers is None:
+        raise ConfigError("model.segment_embeddings is on but no segment markers were given (a bug in the caller)")
     with seeded(cfg.init_seed):
-        return _build(cfg, num_labels, pad_token_id)
+        return _build(cfg, num_labels, pad_token_id, segment_markers if cfg.segment_embeddings else None)
 
 
-def _build(cfg: ModelConfig, num_labels: int, pad_token_id: int):
+def _build(cfg: ModelConfig, num_labels: int, pad_token_id: int, segment_markers: dict | None):
     model = build_base(cfg, num_labels, pad_token_id)
     if cfg.head == "mlp":
         install_mlp_head(model, num_labels, cfg.head_dropout)
+    if segment_markers is not None:
+        install_segment_embeddings(model, segment_markers, cfg.initializer_range, cfg.segment_gate_std)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     if cfg.quantization != "none" and hasattr(quant_module(), "prepare_model"):

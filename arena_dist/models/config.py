@@ -18,6 +18,10 @@ class LoraSettings(StrictModel):
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1)
+    # Modules trained in full next to the adapters (PEFT modules_to_save; the head and segment embeddings always are).
+    # Leave empty for pretrained students. A random-init student needs ["embed_tokens"]: its frozen random token
+    # embeddings cannot be read out by low-rank updates (bench/results/synth_learnability_findings.md).
+    modules_to_save: list[str] = Field(default_factory=list)
 
 
 class ModelConfig(StrictModel):
@@ -33,6 +37,15 @@ class ModelConfig(StrictModel):
     vocab_size: int | None = Field(None, gt=0)  # None: the local tokenizer's vocabulary
     max_position_embeddings: int = Field(4096, gt=0)
     init_seed: int = 0  # random init is seeded so every rank builds the same weights
+    # Std of the random init (transformers' initializer_range). 0.02 suits pretraining-scale models; a tiny random-init
+    # classifier learns the A/B comparison much sooner from ~1/sqrt(hidden_size) (synth_learnability_findings.md).
+    initializer_range: float = Field(0.02, gt=0)
+    # A learned vector per part of the input (other / response A / response B) added to the token embeddings
+    # (arena_dist.models.segments). For random-init models; pretrained LLMs read the template's markers.
+    segment_embeddings: bool = False
+    # Their gates start at 1 + N(0, segment_gate_std): 0 keeps (pretrained) token embeddings as they are; a random-init
+    # model learns the comparison reliably from 1.0 (synth_learnability_findings.md).
+    segment_gate_std: float = Field(0.0, ge=0)
 
     head: Literal["linear", "mlp"] = "linear"
     head_dropout: float = Field(0.1, ge=0, lt=1)
@@ -60,5 +73,5 @@ class ModelConfig(StrictModel):
             return {"name_or_path": self.name_or_path}
         return self.model_dump(
             include={"arch", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                     "vocab_size", "max_position_embeddings", "init_seed"}
+                     "vocab_size", "max_position_embeddings", "init_seed", "initializer_range"}
         )

@@ -46,6 +46,12 @@ def _head_kind(model) -> str:
     return "mlp" if isinstance(score, MLPHead) else "linear"
 
 
+def _segment_markers(model) -> dict | None:
+    from arena_dist.models.segments import recorded_markers
+
+    return recorded_markers((model.get_base_model() if _is_peft(model) else model).config)
+
+
 def base_state_dict_from_peft(state_dict: dict) -> dict:
     """Full PEFT state dict -> plain base-model keys (LoRA tensors dropped, the original head kept)."""
     base = {}
@@ -84,6 +90,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
         "base": base_spec,
         "model_config": model_config.model_dump() if model_config is not None else None,
         "teacher_extra_inputs": meta.get("teacher_extra_inputs", []),
+        "segment_markers": _segment_markers(model),
         "created_by": meta.get("created_by", "arena_dist"),
         "format_version": FORMAT_VERSION,
     }
@@ -125,25 +132,40 @@ def read_export_meta(path: str | os.PathLike) -> dict:
         raise InputError(f"{meta_path}: unreadable metadata ({exc.msg} at line {exc.lineno})") from None
 
 
-def _load_head_weights(model, directory: Path) -> None:
-    """Copy the saved `score.*` tensors (MLP head) into the model's freshly installed head."""
+def _saved_tensors(directory: Path, prefix: str) -> dict:
+    """The tensors under `prefix` (e.g. "score.") in the folder's safetensors files, prefix removed."""
     from safetensors import safe_open
 
-    head_state = {}
+    tensors = {}
     for file in sorted(directory.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():
-                if key.startswith("score."):
-                    head_state[key.removeprefix("score.")] = handle.get_tensor(key)
-    if not head_state:
-        raise InputError(f"{directory}: no score.* head weights in the safetensors files")
-    param = next(model.score.parameters())
-    head_state = {k: v.to(dtype=param.dtype, device=param.device) for k, v in head_state.items()}
-    model.score.load_state_dict(head_state, strict=True)
+                if key.startswith(prefix):
+                    tensors[key.removeprefix(prefix)] = handle.get_tensor(key)
+    return tensors
+
+
+def _load_module_weights(module, directory: Path, prefix: str, what: str) -> None:
+    """Copy the saved `prefix*` tensors into a module installed after from_pretrained (MLP head, segment
+    embeddings: transformers' loader does not know them)."""
+    state = _saved_tensors(directory, prefix)
+    if not state:
+        raise InputError(f"{directory}: no {prefix}* {what} weights in the safetensors files")
+    param = next(module.parameters())
+    module.load_state_dict({k: v.to(dtype=param.dtype, device=param.device) for k, v in state.items()}, strict=True)
+
+
+def _has_segment_embeddings(directory: Path) -> bool:
+    from arena_dist.models.segments import CONFIG_KEY
+
+    try:
+        return CONFIG_KEY in json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # a hub id or an unreadable folder: transformers reports it
 
 
 def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, quantization: str,
-                     head_weights: bool = True):
+                     own_weights: bool = True):
     import warnings
 
     from transformers import AutoModelForSequenceClassification
@@ -151,6 +173,7 @@ def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, 
 
     from arena_dist.models.build import quantization_kwargs
     from arena_dist.models.heads import install_mlp_head
+    from arena_dist.models.segments import MODULE_NAME, install_segment_embeddings, recorded_markers
 
     num_labels = meta["num_labels"]
     model_config = meta.get("model_config") or {}
@@ -164,8 +187,9 @@ def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, 
         kwargs["pad_token_id"] = meta["pad_token_id"]
     if device_map is not None:
         kwargs["device_map"] = device_map
-    if head == "mlp":
-        # The saved `score.*` keys do not fit the linear head transformers builds; they are loaded right after.
+    if head == "mlp" or _has_segment_embeddings(directory):
+        # The saved `score.*` keys of an MLP head do not fit the linear head transformers builds, and it does not
+        # know `segment_embedding.*`: both modules are installed and loaded right after (its warnings are moot).
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
@@ -174,11 +198,17 @@ def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, 
                 model = AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
-        install_mlp_head(model, num_labels)
-        if head_weights:
-            _load_head_weights(model, directory)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs)
+    if head == "mlp":
+        install_mlp_head(model, num_labels)
+        if own_weights:
+            _load_module_weights(model.score, directory, "score.", "head")
+    markers = recorded_markers(model.config) or meta.get("segment_markers")
+    if markers is not None:
+        install_segment_embeddings(model, markers, init_std=0.0)
+        if own_weights:
+            _load_module_weights(getattr(model, MODULE_NAME), directory, f"{MODULE_NAME}.", "segment embedding")
     return model
 
 
@@ -199,9 +229,10 @@ def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None
             base_path = path / meta["base_dir"]
         else:
             base_path = Path(meta["base"]["name_or_path"])
-        # The trained head comes back from the adapter (modules_to_save); the base only has to match its shape.
+        # The trained head and segment embeddings come back from the adapter (modules_to_save); the base only has
+        # to match their shapes.
         base = _load_classifier(base_path, meta["head"], meta, torch_type, device_map, quantization,
-                                head_weights=False)
+                                own_weights=False)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
     else:
         model = _load_classifier(path, meta["head"], meta, torch_type, device_map, quantization)

@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from arena_dist.config import StrictModel
 from arena_dist.formatting.templates import FormatConfig
 from arena_dist.models.config import ModelConfig
+
+SwapMode = Literal["none", "random", "both"]
+
+
+def swap_mode(value: SwapMode | bool) -> SwapMode:
+    """`swap_augment` as a mode; the booleans of older configs and checkpoints mean "random" / "none"."""
+    if isinstance(value, bool):
+        return "random" if value else "none"
+    return value
 
 
 class DataSettings(StrictModel):
@@ -17,10 +26,17 @@ class DataSettings(StrictModel):
     split: str = "train"
     fold: int | None = Field(0, ge=0)  # evaluate on this fold, train on the others; None: train on all, no eval
     num_folds: int = Field(5, gt=0)  # must match the dataset's manifest
-    swap_augment: bool = False  # each epoch, every training sample is shown with A/B swapped with probability 1/2
+    # "random": each epoch shows every sample once, A/B exchanged with probability 1/2; "both": twice, once in each
+    # order (an epoch is twice as long; a random-init model learns the comparison much sooner). true = "random".
+    swap_augment: SwapMode = "none"
     extra_inputs: Literal["none", "model_names"] = "none"  # teacher-only side information (students never see it)
     max_train_records: int | None = Field(None, gt=0)  # first N of the training records (smoke runs)
     max_eval_records: int | None = Field(None, gt=0)
+
+    @field_validator("swap_augment", mode="before")
+    @classmethod
+    def _swap_bool(cls, value):
+        return swap_mode(value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> "DataSettings":

@@ -17,25 +17,38 @@ import numpy as np
 from arena_dist.data.records import Record
 from arena_dist.data.store import rank_bounds
 from arena_dist.errors import ConfigError, InputError
+from arena_dist.train.config import SwapMode, swap_mode
 
 
 class GlobalOrder:
-    """Seeded per-epoch permutation of `num_samples`, cut into global batches (the last partial batch is dropped)."""
+    """Seeded per-epoch permutation of the training samples, cut into global batches (the last partial batch is
+    dropped). `swap_augment`: "none"; "random" (each sample once per epoch, A/B exchanged with probability 1/2); or
+    "both" (each sample twice per epoch, once in each order, so an epoch is 2x as many steps)."""
 
-    def __init__(self, num_samples: int, global_batch: int, seed: int, swap_augment: bool = False):
+    def __init__(self, num_samples: int, global_batch: int, seed: int, swap_augment: SwapMode | bool = "none"):
         if num_samples < global_batch:
             raise InputError(f"{num_samples} training records are fewer than one global batch of {global_batch}")
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
-        self.swap_augment = swap_augment
-        self.steps_per_epoch = num_samples // global_batch
+        self.swap_augment = swap_mode(swap_augment)
+        self.epoch_length = num_samples * (2 if self.swap_augment == "both" else 1)
+        self.steps_per_epoch = self.epoch_length // global_batch
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample index, swapped?) for every position of the epoch."""
         if epoch not in self._cache:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(self.num_samples)
-            swaps = rng.random(self.num_samples) < 0.5 if self.swap_augment else np.zeros(self.num_samples, bool)
-            self._cache = {epoch: (order, swaps)}  # one epoch at a time is all a run needs
+            order = rng.permutation(self.epoch_length)
+            if self.swap_augment == "both":
+                # Both orders of every sample in the same epoch: whatever the model learns from position alone
+                # cancels over an epoch, so the gradient goes to the A-vs-B content (a random-init teacher leaves
+                # the class prior much sooner this way: synth_learnability_findings.md).
+                samples, swaps = order % self.num_samples, order >= self.num_samples
+            else:
+                coins = rng.random(self.num_samples) < 0.5 if self.swap_augment == "random" else None
+                samples = order
+                swaps = coins[order] if coins is not None else np.zeros(self.num_samples, bool)
+            self._cache = {epoch: (samples, swaps)}  # one epoch at a time is all a run needs
         return self._cache[epoch]
 
     def position(self, step: int) -> dict:
@@ -54,6 +67,9 @@ class GlobalOrder:
     def check_position(self, position: dict) -> None:
         """A checkpoint's data position must describe this same order, or the resume would not be exact."""
         mine = self.position(int(position["global_step"]))
+        position = {**position}
+        if "swap_augment" in position:
+            position["swap_augment"] = swap_mode(position["swap_augment"])
         for key in ("num_samples", "global_batch", "seed", "swap_augment"):
             if key in position and position[key] != mine[key]:
                 raise ConfigError(
@@ -64,9 +80,9 @@ class GlobalOrder:
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, swap flags) of global step `step` (0-based)."""
         epoch, within = divmod(step, self.steps_per_epoch)
-        order, swaps = self._epoch(epoch)
-        indices = order[within * self.global_batch:(within + 1) * self.global_batch]
-        return indices, swaps[indices]
+        samples, swaps = self._epoch(epoch)
+        window = slice(within * self.global_batch, (within + 1) * self.global_batch)
+        return samples[window], swaps[window]
 
     def rank_share(self, step: int, rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
         indices, swaps = self.batch(step)

@@ -7,8 +7,8 @@ it), and we own the per-rank checkpoint files and their COMPLETE marker so Ray n
 (ray#33369). On CPU the Trainer also needs extra workarounds (gloo before TrainingArguments, use_cpu, no evaluate
 before train). The loop itself is short: forward, `engine.backward`, `engine.step` per micro-batch.
 
-Flow: build the model (partitioned while it is built under ZeRO-3 via HfDeepSpeedConfig, so a 70B model never exists
-whole on one rank) -> find the latest COMPLETE checkpoint (converting it to universal format when the world size
+Flow: build the model (a pretrained one is partitioned while it loads under ZeRO-3 via HfDeepSpeedConfig, so a 70B
+model never exists whole on one rank) -> find the latest COMPLETE checkpoint (converting it to universal format when the world size
 changed) -> `deepspeed.initialize` -> load -> train / evaluate / checkpoint -> gather and export on rank 0.
 """
 
@@ -128,16 +128,22 @@ class Worker:
     def build_engine(self) -> None:
         import deepspeed
 
+        from arena_dist.formatting.encode import segment_markers
         from arena_dist.formatting.templates import num_labels
         from arena_dist.models.build import build_model
 
         hf_ds_config = None
-        if self.zero3:
-            # Keeps zero.Init active while transformers builds the model: each rank only ever holds its partition.
+        if self.zero3 and self.config.model.name_or_path is not None:
+            # Keeps zero.Init active while transformers loads the weights: each rank only ever holds its partition.
+            # A random-init model (tests, demo: tiny) is built whole and partitioned by deepspeed.initialize instead,
+            # so its initial weights are the seeded ones of a plain build whatever the ZeRO stage (zero.Init draws
+            # other values, and how soon a random-init classifier learns depends on the draw).
             from transformers.integrations import HfDeepSpeedConfig
 
             hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 (must stay alive while building)
-        model = build_model(self.config.model, num_labels(self.config.format.label_mode), self.tokenizer.pad_token_id)
+        markers = segment_markers(self.tokenizer, self.config.format) if self.config.model.segment_embeddings else None
+        model = build_model(self.config.model, num_labels(self.config.format.label_mode), self.tokenizer.pad_token_id,
+                            segment_markers=markers)
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, model_parameters=params,
                                                                  config=self.ds_config)

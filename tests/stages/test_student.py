@@ -42,9 +42,12 @@ def pad_id():
 
 
 def build(cfg):
+    from arena_dist.formatting.encode import segment_markers
+    from arena_dist.formatting.tokenizer import load_tokenizer
     from arena_dist.models.build import build_model
 
-    return build_model(cfg.model, 3, pad_id())
+    markers = segment_markers(load_tokenizer("local"), cfg.format) if cfg.model.segment_embeddings else None
+    return build_model(cfg.model, 3, pad_id(), segment_markers=markers)
 
 
 def eval_sequences(cfg, n=24):
@@ -77,7 +80,8 @@ def test_qlora_student_trains_only_adapters_and_head(fixture, tmp_path, quantiza
 
 
 @pytest.mark.slow
-def test_distillation_kl_falls_well_below_start_and_export_round_trips(fixture, tmp_path):
+@pytest.mark.parametrize("random_init_recipe", [False, True], ids=["plain", "segments+embeddings"])
+def test_distillation_kl_falls_well_below_start_and_export_round_trips(fixture, tmp_path, random_init_recipe):
     from arena_dist.distill.export import logits_of
     from arena_dist.models.export import load_export
     from arena_dist.models.quant import keep_training_layout
@@ -86,6 +90,9 @@ def test_distillation_kl_falls_well_below_start_and_export_round_trips(fixture, 
     # reproduce the teacher's outputs through its own LoRA adapters and MLP head.
     cfg = student_config(fixture, tmp_path / "run", "4bit", loss={"w_ce": 0.0, "w_kl": 1.0},
                          init_seed=fixture["teacher_init_seed"], epochs=10, max_steps=90, eval_every=30)
+    if random_init_recipe:  # the demo student's recipe: segment embeddings and token embeddings trained in full
+        cfg.model.segment_embeddings = True
+        cfg.model.lora.modules_to_save = ["embed_tokens"]
     cfg.merge.enabled = True
     cfg.merge.check_rows = 24  # the same rows the test compares below
     model = build(cfg)

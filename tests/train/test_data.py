@@ -35,6 +35,30 @@ def test_swap_augment_is_seeded_and_balanced():
     assert not GlobalOrder(4000, 8, seed=2).batch(0)[1].any()
 
 
+def test_swap_both_shows_every_sample_once_in_each_order_per_epoch():
+    order = GlobalOrder(50, 8, seed=3, swap_augment="both")
+    assert order.steps_per_epoch == 12  # 100 (sample, order) pairs per epoch, drop_last
+    pairs = [(int(i), bool(s)) for step in range(12) for i, s in zip(*order.batch(step))]
+    assert len(set(pairs)) == len(pairs) == 96
+    full = GlobalOrder(48, 8, seed=3, swap_augment="both")
+    pairs = {(int(i), bool(s)) for step in range(full.steps_per_epoch) for i, s in zip(*full.batch(step))}
+    assert pairs == {(i, s) for i in range(48) for s in (False, True)}
+    for world in (1, 2, 4):  # rank shares stay world-size independent
+        parts = [full.rank_share(5, r, world) for r in range(world)]
+        assert np.array_equal(np.concatenate([p[0] for p in parts]), full.batch(5)[0])
+
+
+def test_swap_booleans_of_older_configs_and_checkpoints_still_work():
+    from arena_dist.train.config import DataSettings
+
+    assert DataSettings(dataset_dir="d", swap_augment=True).swap_augment == "random"
+    assert DataSettings(dataset_dir="d", swap_augment=False).swap_augment == "none"
+    order = GlobalOrder(64, 8, seed=0, swap_augment="random")
+    order.check_position({**order.position(3), "swap_augment": True})  # a checkpoint written before the modes
+    with pytest.raises(ConfigError, match="swap_augment"):
+        GlobalOrder(64, 8, seed=0, swap_augment="both").check_position(order.position(3))
+
+
 def test_position_roundtrip_and_mismatch():
     order = GlobalOrder(64, 8, seed=0)
     position = order.position(11)
