@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from arena_dist.config import StrictModel, load_config, save_resolved_config
 from arena_dist.errors import ArenaDistError
@@ -35,6 +35,15 @@ class DemoConfig(StrictModel):
     num_cpus: int = Field(2, ge=1)
     stage_timeout_s: int = Field(1800, ge=10)
     echo_logs: bool = True
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str]) -> list[str]:
+        known = [step.name for step in pipeline()]
+        unknown = [name for name in value if name not in known]
+        if unknown:  # a typo must not silently run nothing
+            raise ValueError(f"unknown stage {unknown[0]!r} (known: {', '.join(known)})")
+        return value
 
 
 @dataclass
@@ -88,7 +97,7 @@ def pipeline() -> list[Step]:
             f"teachers.0.id={TEACHER_ID}", f"output_dir={run / 'labels'}",
         ]),
         Step("student", "launch/student.py", lambda run: [
-            f"data.dataset_dir={run / 'dataset'}", f"data.soft_labels=[{run / 'labels' / TEACHER_ID}]",
+            f"data.dataset_dir={run / 'dataset'}", f"data.soft_labels={run / 'labels' / TEACHER_ID}",
             f"run_dir={run / 'student'}",
         ]),
         predict_step("predict", "student", "predict", "all"),

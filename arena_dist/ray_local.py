@@ -266,7 +266,7 @@ def ray_session(address: str | None = None, local_num_cpus: int | None = None) -
         where = address
     else:
         _private_auth_token()
-        temp_dir = tempfile.mkdtemp(prefix="ad-label-", dir="/tmp")  # short: Ray's unix sockets live here
+        temp_dir = tempfile.mkdtemp(prefix="ad-ray-", dir="/tmp")  # short: Ray's unix sockets live here
         ray.init(num_cpus=local_num_cpus, include_dashboard=False, _temp_dir=temp_dir)
         where = "local"
     try:

@@ -74,18 +74,22 @@ def rows_student(d: dict) -> list[tuple]:
     ]
 
 
-def table() -> str:
+def table(failed: tuple[str, ...] | list[str] = ()) -> str:
+    """`failed`: benchmarks whose last run failed; their (older) results are not shown as current."""
     rows: list[tuple] = []
     for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("label", rows_label),
                          ("student", rows_student)):
         data = load(name)
+        if name in failed:
+            rows.append((name, "the last `make bench` run of this benchmark failed (see its output)", "", ""))
+            continue
         if data is None:
             rows.append((name, "not run yet (`make bench`)", "", ""))
             continue
         try:
             rows += render(data)
-        except KeyError as missing:
-            rows.append((name, f"results file lacks {missing}", "", ""))
+        except (KeyError, TypeError, ValueError) as problem:
+            rows.append((name, f"results file unreadable here ({type(problem).__name__}: {problem})", "", ""))
     lines = ["| stage | measurement (anchor) | result | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines.append("")
@@ -95,15 +99,15 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path = REPO / "README.md") -> None:
+def update_readme(readme: Path = REPO / "README.md", failed: tuple[str, ...] | list[str] = ()) -> None:
     text = readme.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{readme}: markers {START} / {END} not found")
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        sys.exit(f"{readme}: markers {START} ... {END} not found in that order")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     from arena_dist.io import atomic_write_text
 
-    atomic_write_text(readme, f"{head}{START}\n{table()}\n{END}{tail}")
+    atomic_write_text(readme, f"{head}{START}\n{table(failed)}\n{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def main() -> int:
         print(f"=== bench.{name}: exit {done.returncode} after {time.monotonic() - started:.0f} s", flush=True)
         if done.returncode != 0:
             failed.append(name)
-    update_readme()
+    update_readme(failed=failed)
     print("README performance table rewritten from bench/results/*.json")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

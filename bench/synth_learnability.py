@@ -27,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from arena_dist.evaluate.metrics import log_loss
+
 RESULTS = Path(__file__).resolve().parent / "results" / "synth_learnability.json"
+TEMPLATE, MAX_LENGTH = "chatml", 384  # the same layout for the token oracle and the transformer
 
 
 def make_data(root: Path, overrides: list[str]) -> tuple[Path, Path]:
@@ -57,10 +60,6 @@ def read_test(synth_dir: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
                             model_a=None, model_b=None, language=answer["language"], label=label, fold=0))
     p_true = np.array([[float(a[k]) for k in ("p_a", "p_b", "p_tie")] for a in answers])
     return records, np.array(labels), p_true
-
-
-def log_loss(p: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1)).mean())
 
 
 def bag_of_words(train: list[dict], test: list[dict], test_labels: np.ndarray) -> float:
@@ -105,27 +104,23 @@ def token_bag_of_words(train: list[dict], test: list[dict], test_labels: np.ndar
     """Davidson model on (share of each token id in A) - (share in B), every vocabulary entry a feature (Adam)."""
     import torch
 
-    from arena_dist.formatting.encode import encode_records
-    from arena_dist.formatting.templates import MODEL_A_MARKER, MODEL_B_MARKER, FormatConfig
+    from arena_dist.formatting.encode import encode_records, segment_markers
+    from arena_dist.formatting.templates import FormatConfig
     from arena_dist.formatting.tokenizer import load_tokenizer
+    from arena_dist.models.segments import RESPONSE_A, RESPONSE_B, segment_ids
 
     tokenizer = load_tokenizer("local")
-    fmt = FormatConfig(template="llama3", max_length=1024)
+    fmt = FormatConfig(template=TEMPLATE, max_length=MAX_LENGTH)
     vocab = len(tokenizer)
-    markers = [tokenizer.encode(m, add_special_tokens=False, split_special_tokens=True)
-               for m in (MODEL_A_MARKER, MODEL_B_MARKER)]
+    markers = segment_markers(tokenizer, fmt)  # the parts the model's segment embeddings see
 
     def features(records):
         out = np.zeros((len(records), vocab), dtype=np.float32)
         for row, encoded in enumerate(encode_records(records, tokenizer, fmt)):
-            ids, segment, counts = encoded.input_ids, 0, np.zeros((3, vocab))
-            for i in range(len(ids)):
-                hit = [k + 1 for k, m in enumerate(markers) if ids[max(0, i - len(m) + 1):i + 1] == m]
-                if hit:
-                    segment = hit[0]
-                elif segment:
-                    counts[segment, ids[i]] += 1
-            out[row] = counts[1] / max(counts[1].sum(), 1) - counts[2] / max(counts[2].sum(), 1)
+            ids = np.asarray(encoded.input_ids)
+            parts = segment_ids(torch.tensor([encoded.input_ids]), markers)[0].numpy()
+            shares = [np.bincount(ids[parts == part], minlength=vocab) for part in (RESPONSE_A, RESPONSE_B)]
+            out[row] = shares[0] / max(shares[0].sum(), 1) - shares[1] / max(shares[1].sum(), 1)
         return torch.tensor(out)
 
     x, y = features(train), torch.tensor([r["label"] for r in train])
@@ -156,25 +151,12 @@ def transformer(train: list[dict], test: list[dict], test_labels: np.ndarray, ar
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("local")
-    fmt = FormatConfig(template="chatml", max_length=384)
+    fmt = FormatConfig(template=TEMPLATE, max_length=MAX_LENGTH)
     rows = encode_records(train, tokenizer, fmt) + encode_records(train, tokenizer, fmt, swap=True)
     test_rows, test_swapped = encode_records(test, tokenizer, fmt), encode_records(test, tokenizer, fmt, swap=True)
     cfg = tiny_model_config("llama", hidden_size=args.hidden, num_layers=args.layers, num_heads=4, num_kv_heads=2,
-                            intermediate_size=2 * args.hidden, head_dropout=0.0)
-    import arena_dist.models.build as build
-
-    plain_hf_config = build.hf_config
-
-    def hf_config_with_init(*a, **k):  # ModelConfig has no initializer_range (yet): set it on the HF config here
-        config = plain_hf_config(*a, **k)
-        config.initializer_range = args.init_range
-        return config
-
-    build.hf_config = hf_config_with_init
-    try:
-        model = build_model(cfg, 3, tokenizer.pad_token_id)
-    finally:
-        build.hf_config = plain_hf_config
+                            intermediate_size=2 * args.hidden, head_dropout=0.0, initializer_range=args.init_range)
+    model = build_model(cfg, 3, tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
     def batch(encoded):

@@ -67,3 +67,12 @@ def test_summary_row_shows_a_stages_final_metrics_not_its_initial_ones():
                "final_eval": {"eval_log_loss": 0.89, "eval_accuracy": 0.61}, "export_dir": "x"}
     _, quality = describe(student)
     assert quality == "eval log loss 0.8900, eval accuracy 0.6100"
+
+
+def test_unknown_stage_name_is_refused():
+    from arena_dist.config import load_config
+    from arena_dist.demo import DemoConfig
+    from arena_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="predict_no_tta"):
+        load_config(DemoConfig, None, ["stages=[synth,predict_no_tta]"])

@@ -78,12 +78,11 @@ def test_segment_embeddings_change_logits_and_survive_the_export(tmp_path, token
         for param in trained.parameters():  # "trained" values, away from the init
             param.copy_(torch.randn(param.shape, generator=generator))
         expected = model(input_ids=batch).logits
-        saved = [param.clone() for param in trained.parameters()]
-        for param in trained.parameters():
+        for param in trained.parameters():  # each one, alone, is on the forward path
+            saved = param.clone()
             param.zero_()
-            assert not torch.allclose(model(input_ids=batch).logits, expected)  # each is on the forward path
-        for param, value in zip(trained.parameters(), saved):
-            param.copy_(value)
+            assert not torch.allclose(model(input_ids=batch).logits, expected)
+            param.copy_(saved)
     out = save_export(model, tokenizer, tmp_path / "export", {"label_mode": "3class", "template": "llama3",
                                                                "max_length": 256})
     reloaded, _, meta = load_export(out)

@@ -46,6 +46,7 @@ def test_swap_both_shows_every_sample_once_in_each_order_per_epoch():
     for world in (1, 2, 4):  # rank shares stay world-size independent
         parts = [full.rank_share(5, r, world) for r in range(world)]
         assert np.array_equal(np.concatenate([p[0] for p in parts]), full.batch(5)[0])
+        assert np.array_equal(np.concatenate([p[1] for p in parts]), full.batch(5)[1])
 
 
 def test_swap_booleans_of_older_configs_and_checkpoints_still_work():
