@@ -74,12 +74,23 @@ def rows_student(d: dict) -> list[tuple]:
     ]
 
 
+def describe_machine(machine: dict) -> str:
+    """From a results file's `machine` block, e.g. "2 CPU cores, CPU-only torch"."""
+    text = f"{machine.get('cpus', '?')} CPU cores"
+    if "torch" in machine:  # benchmarks without torch (prepare) say nothing about accelerators
+        text += ", CPU-only torch" if machine["torch"].endswith("+cpu") else f", torch {machine['torch']}"
+    return text
+
+
 def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     """`failed`: benchmarks whose last run failed; their (older) results are not shown as current."""
     rows: list[tuple] = []
+    machines: set[str] = set()
     for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("label", rows_label),
                          ("student", rows_student)):
         data = load(name)
+        if data is not None and name not in failed:
+            machines.add(describe_machine(data.get("machine") or {}))
         if name in failed:
             rows.append((name, "the last `make bench` run of this benchmark failed (see its output)", "", ""))
             continue
@@ -93,9 +104,10 @@ def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     lines = ["| stage | measurement (anchor) | result | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines.append("")
-    lines.append("CPU-only machine (2 cores, no GPU): measured by `make bench` (`bench/*.py`), results in "
-                 "`bench/results/*.json` with the machine's load. The GPU figures (MFU on an H200) need a GPU and were "
-                 "not measured.")
+    machines = {m for m in machines if not any(o != m and o.startswith(m) for o in machines)}  # most specific
+    lines.append(f"Measured by `make bench` (`bench/*.py`) on: {'; '.join(sorted(machines)) or 'no results yet'}. "
+                 "Results in `bench/results/*.json` with the machine's load. The GPU figures (MFU on an H200) need a "
+                 "GPU and were not measured.")
     return "\n".join(lines)
 
 

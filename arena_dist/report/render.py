@@ -16,6 +16,7 @@ def plot_training(stage: str, series: dict[str, list[tuple[int, float]]], target
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     tags = [tag for tag in series if "loss" in tag.lower() or tag.lower().endswith("kl")]
     if not tags:
@@ -26,8 +27,10 @@ def plot_training(stage: str, series: dict[str, list[tuple[int, float]]], target
         steps, values = zip(*series[tag])
         if len(steps) >= 50:
             window = max(5, len(steps) // 50)
-            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                      for i in range(len(values))]
+            totals = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+            index = np.arange(1, len(values) + 1)
+            start = np.maximum(0, index - window)
+            smooth = (totals[index] - totals[start]) / (index - start)  # trailing mean, shorter at the start
             line, = axis.plot(steps, values, "-", alpha=0.2, linewidth=0.8)
             axis.plot(steps, smooth, "-", color=line.get_color(), label=f"{tag} (moving mean of {window})")
         else:
