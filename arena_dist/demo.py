@@ -209,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from arena_dist.ray_local import LocalRayHead
 
+    from arena_dist.io import claim_output_dir
+
     run = Path(config.run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        claim_output_dir(run, "run_dir")
+    except ArenaDistError as err:
+        print(err, file=sys.stderr)
+        return 2
     save_resolved_config(config, run, "demo_config.yaml")
     steps = [step for step in pipeline() if step.name in config.stages]
     # SIGTERM (e.g. from a job scheduler) unwinds like Ctrl-C, so the head is always stopped.

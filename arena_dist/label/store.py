@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from arena_dist.errors import ArenaDistError, InputError
-from arena_dist.io import atomic_path, atomic_write_json, sha256_file
+from arena_dist.io import atomic_path, atomic_write_json, claim_output_dir, sha256_file
 
 STORE_FORMAT_VERSION = 1
 
@@ -116,7 +116,8 @@ class LabelStore:
     """One teacher's (or one ensemble's) store directory."""
 
     def __init__(self, directory: str | os.PathLike, teacher_id: str, config_hash: str):
-        self.directory = Path(directory)
+        # A store rewrites its shards: the directory must be new, empty or a store of ours.
+        self.directory = claim_output_dir(directory, "label store")
         self.teacher_id = teacher_id
         self.config_hash = config_hash
 

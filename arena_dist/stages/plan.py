@@ -11,7 +11,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from arena_dist.config import StrictModel, save_resolved_config
-from arena_dist.io import atomic_write_json
+from arena_dist.io import atomic_write_json, claim_output_dir
 from arena_dist.planning.models import LINEAR_MODULES
 from arena_dist.planning.report import build_plan, format_plan
 
@@ -103,7 +103,7 @@ class Config(StrictModel):
 
 def run(config: Config) -> dict:
     plan = build_plan(config)
-    out_dir = Path(config.out_dir)
+    out_dir = claim_output_dir(config.out_dir, "out_dir")
     atomic_write_json(out_dir / "plan.json", plan)
     save_resolved_config(config, out_dir)
     print(format_plan(plan))

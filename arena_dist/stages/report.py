@@ -15,12 +15,14 @@ class Config(StrictModel):
 
 
 def run(config: Config) -> dict:
+    from arena_dist.io import claim_output_dir
     from arena_dist.report.render import render_report
 
     run_dir = Path(config.run_dir).resolve()
     if not run_dir.is_dir():
         raise InputError(f"report: run directory {run_dir} does not exist")
     output_dir = Path(config.output_dir).resolve() if config.output_dir else run_dir / "report"
+    claim_output_dir(output_dir, "output_dir")
     included = render_report(run_dir, output_dir)
     index = output_dir / "index.html"
     print(f"report: {index} ({', '.join(f'{k}={v}' for k, v in included.items())})")

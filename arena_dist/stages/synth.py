@@ -16,7 +16,7 @@ from pydantic import Field
 
 from arena_dist.config import StrictModel, config_dict, save_resolved_config
 from arena_dist.data import synth
-from arena_dist.io import atomic_write_json, atomic_write_text
+from arena_dist.io import atomic_write_json, atomic_write_text, claim_output_dir
 
 
 class PrepareHints(StrictModel):
@@ -71,8 +71,7 @@ def prepare_config(config: Config, out: Path) -> dict:
 
 def run(config: Config) -> dict:
     started = time.monotonic()
-    out = Path(config.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(Path(config.output_dir).resolve(), "output_dir")
     spec = _spec(config)
     world = synth.build_world(spec.preference)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from arena_dist.config import config_hash, save_resolved_config
+from arena_dist.io import claim_output_dir
 from arena_dist.train.config import TrainJobConfig
 
 
@@ -46,7 +47,9 @@ def run(config: Config) -> dict:
         # A resubmitted finished job (e.g. a requeue after the last step) must not train again.
         print(f"teacher: already finished with this config ({done['steps']} steps); export {done['export_dir']}")
         return done
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(config.run_dir, "run_dir")
+    if config.experiment_dir != config.run_dir:
+        claim_output_dir(config.experiment_dir, "ray.storage_path/run_name")
     save_resolved_config(config, config.run_dir)
     summary = run_training(config)
     final = summary.get("final") or {}
