@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from arena_dist.config import config_hash, save_resolved_config
-from arena_dist.io import claim_output_dir
+from arena_dist.io import check_replaceable, claim_output_dir
 from arena_dist.train.config import TrainJobConfig
 
 
@@ -48,6 +48,7 @@ def run(config: Config) -> dict:
         print(f"teacher: already finished with this config ({done['steps']} steps); export {done['export_dir']}")
         return done
     claim_output_dir(config.run_dir, "run_dir")
+    check_replaceable(config.export_dir, "output.export_dir")  # now, not after hours of training
     if config.experiment_dir != config.run_dir:
         claim_output_dir(config.experiment_dir, "ray.storage_path/run_name")
     save_resolved_config(config, config.run_dir)

@@ -140,3 +140,30 @@ def test_prepare_replaces_its_own_dataset_and_a_failed_rebuild_keeps_the_old_one
         "train"]["rows"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "prepare.yaml", "train.csv"]
     assert (dataset / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("stage,config,key", [("teacher", "teacher_tiny.yaml", "output.export_dir"),
+                                              ("student", "student_tiny.yaml", "export_dir")])
+def test_a_foreign_export_dir_is_refused_before_training(stage, config, key, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    directory = foreign_dir(tmp_path)
+    status = main([stage, "--config", str(CONFIGS / config), "--set", f"{key}={directory}"])
+    assert_refused(capsys, directory, status)
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o022])
+def test_prepare_outputs_follow_the_users_umask(mask, tmp_path, capsys):
+    import os
+
+    dataset = tmp_path / "dataset"
+    config = prepare_config(tmp_path, dataset)
+    previous = os.umask(mask)
+    try:
+        assert main(["prepare", "--config", str(config)]) == 0
+    finally:
+        os.umask(previous)
+    entries = [dataset, *dataset.rglob("*")]
+    assert len(entries) > 5
+    for path in entries:
+        expected = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert path.stat().st_mode & 0o777 == expected, path
