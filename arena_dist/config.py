@@ -2,28 +2,120 @@
 
 The pydantic model of a stage is the single source of truth for its settings. YAML files and `--set` only override
 fields; an unknown key, a wrong type or an out-of-range value is one `ConfigError` line naming the key and the file.
+Numbers, booleans and strings are never converted into one another (`seed: true`, `num_shards: 2.0` and
+`num_shards: "2"` are errors, not 1 and 2); the one widening kept is an integer for a float (`lr: 1`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
+import types
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Annotated, Any, Iterable, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from arena_dist.errors import ConfigError
 
 T = TypeVar("T", bound="StrictModel")
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, numbers.Integral):
+        return "an integer"
+    if isinstance(value, numbers.Real):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _scalar_problem(annotation: Any, value: Any) -> str | None:
+    """bool / int / float / integer Literal: the message when `value` is not already of that kind, else None."""
+    if annotation is bool and not isinstance(value, bool):
+        return f"Input should be true or false, not {_kind(value)}"
+    if annotation is int and not _is_int(value):
+        return f"Input should be an integer, not {_kind(value)}"
+    if annotation is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        hint = " (YAML 1.1 reads 1e-4 and 1.0e9 as text: write 1.0e-4, 1.0e+9)" if _yaml_text_number(value) else ""
+        return f"Input should be a number, not {_kind(value)}{hint}"
+    if get_origin(annotation) is Literal and all(type(v) is int for v in get_args(annotation)) and not _is_int(value):
+        return f"Input should be one of {', '.join(map(str, get_args(annotation)))}, not {_kind(value)}"
+    return None
+
+
+def _yaml_text_number(value: Any) -> bool:
+    """`1e-4` and `1.0e9` are strings to PyYAML (YAML 1.1 wants a dot and a signed exponent): the commonest way a
+    number arrives as text."""
+    if not isinstance(value, str) or "e" not in value.lower():
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def coercion_problem(annotation: Any, value: Any) -> str | None:
+    """Why `value` would only fit `annotation` by pydantic's lax conversions between bool, int, float and str
+    (True -> 1, 2.0 -> 2, "2" -> 2, 1 -> True, "yes" -> True), or None when it fits as it is or is not such a case.
+    Optional/Union, Annotated and list/tuple/set/dict element types are looked through; everything else (str, Path,
+    string Literals, nested sections) is left to pydantic, which already refuses numbers there."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        if value is None and len(members) < len(get_args(annotation)):
+            return None
+        problems = [coercion_problem(member, value) for member in members]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin in (list, tuple, set, frozenset) and isinstance(value, (list, tuple, set, frozenset)):
+        args = get_args(annotation)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            pairs = zip(args, value)  # fixed-length tuple; a length mismatch is pydantic's to report
+        else:
+            pairs = ((args[0] if args else Any, item) for item in value)
+        for index, (element, item) in enumerate(pairs):
+            problem = coercion_problem(element, item)
+            if problem:
+                return f"item {index}: {problem} (got {item!r})"
+        return None
+    if origin is dict and isinstance(value, dict):
+        key_type, value_type = get_args(annotation) or (Any, Any)
+        for key, item in value.items():
+            if coercion_problem(key_type, key):
+                return f"key {key!r}: {coercion_problem(key_type, key)}"
+            if coercion_problem(value_type, item):
+                return f"key {key!r}: {coercion_problem(value_type, item)} (got {item!r})"
+        return None
+    return _scalar_problem(annotation, value)
+
+
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated on assignment too."""
+    """Base of every config section: unknown keys are errors, values are validated on assignment too, and numbers,
+    booleans and strings are not converted into one another (a typo like `seed: true` must not become seed 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_lax_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = coercion_problem(cls.model_fields[info.field_name].annotation, value)
+        if problem:
+            raise PydanticCustomError("strict_type", "{problem}", {"problem": problem})
+        return value
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

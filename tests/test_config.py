@@ -1,10 +1,14 @@
+from pathlib import Path
 from typing import Literal
 
 import pytest
 from pydantic import Field
 
+from arena_dist.cli import STAGES, stage_module
 from arena_dist.config import StrictModel, config_hash, load_config, save_resolved_config
 from arena_dist.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Inner(StrictModel):
@@ -83,3 +87,91 @@ def test_override_indexes_lists(tmp_path):
         load_config(WithList, path, ["items.5.path=z"])
     with pytest.raises(ConfigError, match="not a section"):
         load_config(Outer, write(tmp_path, "name: run\n"), ["name.x=1"])
+
+
+class Kinds(StrictModel):
+    count: int = 1
+    maybe_count: int | None = Field(None, gt=0)
+    rate: float = 0.5
+    flag: bool = False
+    bits: Literal[4, 8] = 4
+    weights: dict[str, float] = {}
+    betas: tuple[float, float] = (0.9, 0.99)
+    sizes: list[int] | None = None
+    label: str = ""
+    where: Path = Path(".")
+
+
+@pytest.mark.parametrize("item, message", [
+    ("count=true", "count: Input should be an integer, not a boolean"),
+    ("count=2.0", "count: Input should be an integer, not a float"),
+    ("count='2'", "count: Input should be an integer, not a string"),
+    ("maybe_count=false", "maybe_count: Input should be an integer, not a boolean"),
+    ("rate=true", "rate: Input should be a number, not a boolean"),
+    ("rate='0.5'", "rate: Input should be a number, not a string"),
+    ("rate=1e-4", r"rate: .*not a string \(YAML 1\.1 reads 1e-4 and 1\.0e9 as text"),
+    ("flag=1", "flag: Input should be true or false, not an integer"),
+    ("flag=0.0", "flag: Input should be true or false, not a float"),
+    ("flag='yes'", "flag: Input should be true or false, not a string"),
+    ("bits=4.0", "bits: Input should be one of 4, 8, not a float"),
+    ("weights={en: true}", "weights: key 'en': Input should be a number, not a boolean"),
+    ("betas=[0.9, '0.99']", "betas: item 1: Input should be a number, not a string"),
+    ("sizes=[1, 2.0]", "sizes: item 1: Input should be an integer, not a float"),
+])
+def test_numbers_booleans_and_strings_are_not_coerced(item, message, tmp_path):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(Kinds, None, [item])
+    assert "\n" not in str(err.value)
+    key, value = item.split("=", 1)  # the same value from a file names the file
+    path = write(tmp_path, f"{key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"config error in {path}: {message}"):
+        load_config(Kinds, path)
+
+
+def test_values_of_the_right_kind_still_load():
+    config = load_config(Kinds, None, ["count=2", "maybe_count=null", "rate=1", "flag=true", "bits=8",
+                                       "weights={en: 1, ru: 0.5}", "betas=[1, 0.999]", "sizes=[1, 2]", "label=x",
+                                       "where=a/b", "rate=1.0e-4"])
+    assert (config.count, config.maybe_count, config.rate, config.flag, config.bits) == (2, None, 1.0e-4, True, 8)
+    assert isinstance(load_config(Kinds, None, ["rate=1"]).rate, float)  # YAML users write `lr: 1`
+    assert config.weights == {"en": 1.0, "ru": 0.5} and config.betas == (1.0, 0.999) and config.sizes == [1, 2]
+    assert (config.label, config.where) == ("x", Path("a/b"))
+
+
+def test_assignment_is_as_strict_as_loading():
+    config = Kinds()
+    with pytest.raises(ValueError, match="not a float"):
+        config.count = 3.0
+    config.rate = 2
+    assert config.rate == 2.0
+
+
+def test_nested_sections_are_strict(tmp_path):
+    with pytest.raises(ConfigError, match=r"inner\.lr: Input should be a number, not a boolean"):
+        load_config(Outer, write(tmp_path, "inner:\n  lr: true\n"))
+    with pytest.raises(ConfigError, match=r"steps: Input should be an integer, not a float"):
+        load_config(Outer, None, ["steps=10.0"])
+
+
+def shipped_configs() -> list[Path]:
+    return sorted((REPO / "launch" / "configs").rglob("*.yaml"))
+
+
+def stage_config_class(path: Path):
+    """launch/configs/demo.yaml is the demo's; demo/<stage>.yaml and <stage>_*.yaml are that stage's."""
+    if path.name == "demo.yaml":
+        from arena_dist.demo import DemoConfig
+
+        return DemoConfig
+    stage = path.stem if path.parent.name == "demo" else path.stem.split("_")[0]
+    assert stage in STAGES, f"{path}: no stage named {stage!r}"
+    return stage_module(stage).Config
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(REPO / "launch" / "configs")))
+def test_every_shipped_config_loads_into_its_stage_config(path):
+    load_config(stage_config_class(path), path)
+
+
+def test_shipped_configs_are_all_found():
+    assert len(shipped_configs()) >= 20
