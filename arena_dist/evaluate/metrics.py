@@ -2,7 +2,7 @@
 
 Log loss follows the LMSYS rule: each row is divided by its sum, then clipped to [1e-15, 1 − 1e-15]. For a 2-class
 task (WSDM) scored from 3-class probabilities the tie column is dropped and A/B renormalised; accuracy is the argmax
-over the task's classes.
+over the task's classes. A metric of no rows is None, never NaN, so every summary stays strict JSON.
 """
 
 from __future__ import annotations
@@ -13,25 +13,29 @@ EPS = 1e-15
 
 
 def restrict_to_classes(probs: np.ndarray, num_classes: int) -> np.ndarray:
-    """Keep the first `num_classes` columns (A, B[, tie]) and renormalise rows."""
+    """Keep the first `num_classes` columns (A, B[, tie]) and renormalise rows. A row with nothing on the kept
+    classes (all its mass on tie) has no 2-class reading: refused, where dividing would give NaN and argmax A."""
     probs = np.asarray(probs, dtype=np.float64)[:, :num_classes]
-    return probs / probs.sum(axis=1, keepdims=True)
+    sums = probs.sum(axis=1, keepdims=True)
+    if (sums <= 0).any():
+        raise ValueError(f"row {int(np.argmax(sums[:, 0] <= 0))} has no probability on the first {num_classes} classes")
+    return probs / sums
 
 
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float | None:
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
-        return float("nan")
+        return None
     probs = probs / probs.sum(axis=1, keepdims=True)
     picked = np.clip(probs[np.arange(len(labels)), labels], EPS, 1 - EPS)
     return float(-np.log(picked).mean())
 
 
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
-        return float("nan")
+        return None
     return float((np.asarray(probs).argmax(axis=1) == labels).mean())
 
 
@@ -63,10 +67,10 @@ def calibration_bins(confidence: np.ndarray, hit: np.ndarray, n_bins: int) -> li
     return bins
 
 
-def expected_calibration_error(bins: list[dict]) -> float:
+def expected_calibration_error(bins: list[dict]) -> float | None:
     total = sum(b["n"] for b in bins)
     if not total:
-        return float("nan")
+        return None
     return float(sum(b["n"] * abs(b["mean_predicted"] - b["observed"]) for b in bins if b["n"]) / total)
 
 

@@ -2,16 +2,19 @@
 
 Predictions: the LMSYS submission shape (`id, winner_model_a, winner_model_b, winner_tie`, csv or parquet; predict
 also writes this shape as `probabilities.parquet` for every competition), or a WSDM submission (`id, winner`: hard
-predictions, so accuracy only).
-Answers: one of `winner_model_a/winner_model_b/winner_tie` one-hot columns (LMSYS), `winner` in
-{model_a, model_b, tie} (WSDM), or `label` (0/1/2, a canonical record's label); optional `language`, `source`, and
-the true probabilities `p_a, p_b[, p_tie]` the synthetic generator writes (then the Bayes log loss of the same rows
-and the share of the achievable gain the predictions capture are reported too). The source of a row is its `source`
-column, else the prefix of a canonical id ("<source>/<id>"), else "all".
+predictions, so accuracy only). Probabilities are checked as the competition checks them (finite, in [0, 1], each
+row summing to 1 within 1e-6), never repaired: a broken prediction must be seen, not scored.
+Answers: one of `winner_model_a/winner_model_b/winner_tie` one-hot columns (LMSYS, each exactly 0 or 1, one 1 per
+row), `winner` in {model_a, model_b, tie} (WSDM), or `label` (0/1/2, a canonical record's label); optional `language`,
+`source`, and the true probabilities `p_a, p_b[, p_tie]` the synthetic generator writes (then the Bayes log loss of
+the same rows and the share of the achievable gain the predictions capture are reported too). The source of a row is
+its `source` column, else the prefix of a canonical id ("<source>/<id>"), else "all".
+Rows are counted from 1 after a csv header. Every refusal is one InputError naming the file, the column and the row.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -21,79 +24,156 @@ import pandas as pd
 
 from arena_dist.errors import InputError
 from arena_dist.evaluate import metrics
-from arena_dist.predict.submission import LMSYS_COLUMNS, read_table
+from arena_dist.predict.submission import LMSYS_COLUMNS, SUM_TOLERANCE, read_table
 
 WINNER_TO_LABEL = {"model_a": 0, "model_b": 1, "tie": 2}
+WINNER_COLUMNS = LMSYS_COLUMNS[1:]
+TIE = 2
+
+
+def read_rows(path: str | os.PathLike) -> pd.DataFrame:
+    """read_table plus what every evaluate input needs: an `id` column and at least one row."""
+    frame = read_table(path)
+    if "id" not in frame.columns:
+        raise InputError(f"{path}: column 'id' is missing (columns: {', '.join(map(str, frame.columns[:8]))})")
+    if frame.empty:
+        raise InputError(f"{path}: no rows")
+    return frame.reset_index(drop=True)
+
+
+def row_ref(frame: pd.DataFrame, index: int) -> str:
+    return f"row {index + 1} (id {frame['id'].iloc[index]!r})"
+
+
+def numbers(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
+    """The columns as float64 [N, len(columns)]; an empty or non-numeric cell is refused, naming column and row."""
+    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, column in enumerate(columns):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna().to_numpy()
+        if bad.any():
+            i = int(np.argmax(bad))
+            cell = frame[column].iloc[i]
+            what = "is empty" if pd.isna(cell) else f"is not a number (got {cell!r})"
+            raise InputError(f"{path}: column {column!r} {row_ref(frame, i)} {what}")
+        out[:, j] = values.to_numpy(dtype=np.float64)
+    return out
+
+
+def check_probabilities(probs: np.ndarray, frame: pd.DataFrame, path, columns: list[str]) -> None:
+    """The competition's rules for a row of probabilities: finite, each in [0, 1], summing to 1 within 1e-6."""
+    rules = [(~np.isfinite(probs).all(axis=1), "are not all finite"),
+             (((probs < 0) | (probs > 1)).any(axis=1), "must each lie in [0, 1]"),
+             (np.abs(probs.sum(axis=1) - 1.0) > SUM_TOLERANCE, f"must sum to 1 (within {SUM_TOLERANCE:g})")]
+    for bad, rule in rules:
+        if bad.any():
+            i = int(np.argmax(bad))
+            shown = ", ".join(f"{c}={v:.6g}" for c, v in zip(columns, probs[i]))
+            raise InputError(f"{path}: {row_ref(frame, i)}: probabilities {rule}, got {shown}")
 
 
 def load_predictions(path: str | os.PathLike) -> tuple[pd.Series, np.ndarray | None, np.ndarray | None]:
     """-> (ids, probs [N, 3] or None, hard labels [N] or None)."""
-    frame = read_table(path)
-    if "id" not in frame.columns:
-        raise InputError(f"{path}: column 'id' is missing")
-    if set(LMSYS_COLUMNS[1:]) <= set(frame.columns):
-        probs = frame[LMSYS_COLUMNS[1:]].to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(probs).all(axis=1) | (probs.sum(axis=1) <= 0)
-        if bad.any():
-            raise InputError(f"{path}: row {int(np.argmax(bad))} (id {frame['id'].iloc[int(np.argmax(bad))]!r}) "
-                             "has NaN or no positive probability")
+    frame = read_rows(path)
+    if set(WINNER_COLUMNS) <= set(frame.columns):
+        probs = numbers(frame, WINNER_COLUMNS, path)
+        check_probabilities(probs, frame, path, WINNER_COLUMNS)
         return frame["id"], probs, None
     if "winner" in frame.columns:
-        return frame["id"], None, winners_to_labels(frame["winner"], path)
-    raise InputError(f"{path}: need columns {LMSYS_COLUMNS[1:]} (probabilities) or 'winner'")
+        return frame["id"], None, winners_to_labels(frame, path)
+    raise InputError(f"{path}: need columns {WINNER_COLUMNS} (probabilities) or 'winner' "
+                     f"(columns: {', '.join(map(str, frame.columns[:8]))})")
 
 
-def winners_to_labels(winners: pd.Series, path) -> np.ndarray:
-    unknown = ~winners.isin(WINNER_TO_LABEL.keys())
+def winners_to_labels(frame: pd.DataFrame, path) -> np.ndarray:
+    winners = frame["winner"]
+    unknown = ~winners.isin(WINNER_TO_LABEL.keys()).to_numpy()
     if unknown.any():
-        raise InputError(f"{path}: column 'winner' row {int(np.argmax(unknown.to_numpy()))} has unknown value "
-                         f"{winners[unknown].iloc[0]!r}")
+        i = int(np.argmax(unknown))
+        raise InputError(f"{path}: column 'winner' {row_ref(frame, i)} is {winners.iloc[i]!r}, not one of "
+                         f"{', '.join(WINNER_TO_LABEL)}")
     return winners.map(WINNER_TO_LABEL).to_numpy(dtype=np.int64)
+
+
+def answer_labels(frame: pd.DataFrame, path) -> np.ndarray:
+    """0/1/2 per row from the one-hot winner columns, `winner` or `label`, each checked exactly: a half-filled
+    one-hot row or a label 3 has no single answer, and argmax would quietly pick one."""
+    if set(WINNER_COLUMNS) <= set(frame.columns):
+        onehot = numbers(frame, WINNER_COLUMNS, path)
+        bad = ~np.isin(onehot, (0.0, 1.0)).all(axis=1) | (onehot.sum(axis=1) != 1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{path}: {row_ref(frame, i)}: winner columns must be one-hot (each 0 or 1, one 1), "
+                             f"got {', '.join(f'{v:g}' for v in onehot[i])}")
+        return onehot.argmax(axis=1)
+    if "winner" in frame.columns:
+        return winners_to_labels(frame, path)
+    if "label" in frame.columns:
+        labels = numbers(frame, ["label"], path)[:, 0]
+        bad = ~np.isin(labels, (0.0, 1.0, 2.0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{path}: column 'label' {row_ref(frame, i)} is {labels[i]:g}, not 0, 1 or 2")
+        return labels.astype(np.int64)
+    raise InputError(f"{path}: need the answer in {WINNER_COLUMNS}, 'winner' or 'label' "
+                     f"(columns: {', '.join(map(str, frame.columns[:8]))})")
+
+
+def true_probabilities(frame: pd.DataFrame, path) -> pd.DataFrame | None:
+    """p_a, p_b, p_tie when the answers carry them (p_a alone: WSDM, P(B) = 1 - P(A)), checked like predictions."""
+    if {"p_a", "p_b"} <= set(frame.columns):
+        columns = ["p_a", "p_b", "p_tie"] if "p_tie" in frame.columns else ["p_a", "p_b"]
+        probs = numbers(frame, columns, path)
+        check_probabilities(probs, frame, path, columns)
+        if len(columns) == 2:
+            probs = np.hstack([probs, np.zeros((len(frame), 1))])
+    elif "p_a" in frame.columns:  # WSDM answers carry P(A) alone
+        p_a = numbers(frame, ["p_a"], path)
+        check_probabilities(np.hstack([p_a, 1.0 - p_a]), frame, path, ["p_a", "1 - p_a"])
+        probs = np.hstack([p_a, 1.0 - p_a, np.zeros_like(p_a)])
+    else:
+        return None
+    return pd.DataFrame(probs, columns=["p_a", "p_b", "p_tie"])
 
 
 def load_answers(path: str | os.PathLike) -> pd.DataFrame:
     """-> frame with id, label, language, source and (when present) p_true [p_a, p_b, p_tie] columns."""
-    frame = read_table(path)
-    if "id" not in frame.columns:
-        raise InputError(f"{path}: column 'id' is missing")
-    if set(LMSYS_COLUMNS[1:]) <= set(frame.columns):
-        onehot = frame[LMSYS_COLUMNS[1:]].to_numpy(dtype=np.float64)
-        bad = onehot.sum(axis=1) != 1
-        if bad.any():
-            raise InputError(f"{path}: row {int(np.argmax(bad))}: winner columns are not one-hot")
-        labels = onehot.argmax(axis=1)
-    elif "winner" in frame.columns:
-        labels = winners_to_labels(frame["winner"], path)
-    elif "label" in frame.columns:
-        if frame["label"].isna().any():
-            raise InputError(f"{path}: column 'label' row {int(np.argmax(frame['label'].isna().to_numpy()))} is empty")
-        labels = frame["label"].to_numpy(dtype=np.int64)
-    else:
-        raise InputError(f"{path}: need the answer in {LMSYS_COLUMNS[1:]}, 'winner' or 'label'")
-    out = pd.DataFrame({"id": frame["id"].astype(str), "label": labels})
+    frame = read_rows(path)
+    out = pd.DataFrame({"id": frame["id"].astype(str), "label": answer_labels(frame, path)})
     if out["id"].duplicated().any():
         raise InputError(f"{path}: duplicate id {out['id'][out['id'].duplicated()].iloc[0]!r}")
     out["language"] = frame["language"].fillna("unknown").astype(str) if "language" in frame.columns else "unknown"
     if "source" in frame.columns:
-        out["source"] = frame["source"].astype(str)
+        out["source"] = frame["source"].fillna("unknown").astype(str)
     else:
         out["source"] = [i.split("/", 1)[0] if "/" in i else "all" for i in out["id"]]
-    if {"p_a", "p_b"} <= set(frame.columns):
-        out["p_a"] = frame["p_a"].astype(float)
-        out["p_b"] = frame["p_b"].astype(float)
-        out["p_tie"] = frame["p_tie"].astype(float) if "p_tie" in frame.columns else 0.0
-    elif "p_a" in frame.columns:  # WSDM answers carry P(A) alone
-        out["p_a"] = frame["p_a"].astype(float)
-        out["p_b"] = 1.0 - out["p_a"]
-        out["p_tie"] = 0.0
-    return out
+    true = true_probabilities(frame, path)
+    return out if true is None else pd.concat([out, true], axis=1)
 
 
-def evaluate_files(predictions: str | os.PathLike, answers: str | os.PathLike, n_bins: int = 10,
-                   num_classes: int | None = None) -> dict:
-    """Join and score. `num_classes` None = 3 when any answer is a tie or predictions have a tie mass, else 2."""
-    ids, probs, hard = load_predictions(predictions)
-    truth = load_answers(answers)
+def choose_num_classes(num_classes: int | None, labels: np.ndarray, probs: np.ndarray | None,
+                       hard: np.ndarray | None, truth: pd.DataFrame, ids: np.ndarray, predictions, answers) -> int:
+    """None (auto): 3 when any answer is a tie or any prediction puts mass on tie, else 2. An explicit 2 with ties
+    on either side is refused: dropping the tie mass and renormalising scores something the predictions never said
+    (and a row all on tie has no A/B reading at all)."""
+    tie_answers = labels == TIE
+    tie_predictions = probs[:, TIE] > SUM_TOLERANCE if probs is not None else hard == TIE
+    if num_classes is None:
+        return 3 if tie_answers.any() or tie_predictions.any() else 2
+    if num_classes == 2 and tie_answers.any():
+        raise InputError(f"{answers}: label_mode 2class, but {int(tie_answers.sum())} answer(s) are ties, e.g. id "
+                         f"{truth['id'].iloc[int(np.argmax(tie_answers))]!r} (use label_mode 3class or auto)")
+    if num_classes == 2 and tie_predictions.any():
+        i = int(np.argmax(tie_predictions))
+        what = f"winner_tie {probs[i, TIE]:.6g}" if probs is not None else "winner 'tie'"
+        raise InputError(f"{predictions}: label_mode 2class, but {int(tie_predictions.sum())} prediction(s) put "
+                         f"mass on tie, e.g. id {ids[i]!r} ({what}); 2-class predictions need winner_tie 0 "
+                         "(use label_mode 3class or auto)")
+    return num_classes
+
+
+def align(ids: pd.Series, truth: pd.DataFrame, predictions) -> tuple[np.ndarray, int]:
+    """-> (row of each answer in the predictions, number of predictions with no answer)."""
     pred_index = pd.Series(np.arange(len(ids)), index=ids.astype(str))
     if pred_index.index.duplicated().any():
         raise InputError(f"{predictions}: duplicate id {pred_index.index[pred_index.index.duplicated()][0]!r}")
@@ -102,15 +182,25 @@ def evaluate_files(predictions: str | os.PathLike, answers: str | os.PathLike, n
         raise InputError(f"{predictions}: {int(missing.sum())} answer id(s) have no prediction, e.g. "
                          f"{truth['id'][missing].iloc[0]!r}")
     extra = int((~pred_index.index.isin(truth["id"])).sum())
-    order = pred_index.loc[truth["id"]].to_numpy()
+    return pred_index.loc[truth["id"]].to_numpy(), extra
+
+
+def evaluate_files(predictions: str | os.PathLike, answers: str | os.PathLike, n_bins: int = 10,
+                   num_classes: int | None = None) -> dict:
+    """Join and score. `num_classes` None = 3 when any answer is a tie or predictions have a tie mass, else 2."""
+    ids, probs, hard = load_predictions(predictions)
+    truth = load_answers(answers)
+    order, extra = align(ids, truth, predictions)
     labels = truth["label"].to_numpy()
-    if num_classes is None:
-        num_classes = 3 if (labels == 2).any() else 2
+    probs = None if probs is None else probs[order]
+    hard = None if hard is None else hard[order]
+    num_classes = choose_num_classes(num_classes, labels, probs, hard, truth, truth["id"].to_numpy(),
+                                     predictions, answers)
     summary: dict = {"predictions": str(predictions), "answers": str(answers), "n": int(len(truth)),
                      "extra_predictions_ignored": extra, "num_classes": num_classes,
                      "label_counts": {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}}
     if probs is None:
-        correct = (hard[order] == labels)
+        correct = (hard == labels)
         summary.update(log_loss=None, accuracy=float(correct.mean()))
         frame = truth.assign(correct=correct)
         for column in ("language", "source"):
@@ -119,12 +209,17 @@ def evaluate_files(predictions: str | os.PathLike, answers: str | os.PathLike, n
                 for g, part in sorted(frame.groupby(column), key=lambda kv: (-len(kv[1]), kv[0]))]
         summary["calibration"] = None
         return summary
-    task_probs = metrics.restrict_to_classes(probs[order], num_classes)
+    task_probs = metrics.restrict_to_classes(probs, num_classes)
     summary["log_loss"] = metrics.log_loss(task_probs, labels)
     summary["accuracy"] = metrics.accuracy(task_probs, labels)
     summary["uniform_log_loss"] = math.log(num_classes)
     if "p_a" in truth.columns:
-        true_probs = metrics.restrict_to_classes(truth[["p_a", "p_b", "p_tie"]].to_numpy(), num_classes)
+        true_probs = truth[["p_a", "p_b", "p_tie"]].to_numpy()
+        no_mass = true_probs[:, :num_classes].sum(axis=1) <= 0
+        if no_mass.any():
+            raise InputError(f"{answers}: {row_ref(truth, int(np.argmax(no_mass)))}: true probabilities are all on "
+                             f"tie, which a {num_classes}-class evaluation cannot score")
+        true_probs = metrics.restrict_to_classes(true_probs, num_classes)
         bayes = metrics.log_loss(true_probs, labels)
         summary["bayes_log_loss"] = bayes
         summary["bayes_accuracy"] = metrics.accuracy(true_probs, labels)
@@ -173,12 +268,21 @@ def plot_calibration(summary: dict, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def write_metrics_json(path: Path, summary: dict) -> Path:
+    """Strict JSON: a metric that cannot be computed is None (null); a NaN or Infinity that slips through is a bug
+    and raises here (allow_nan=False) instead of writing bare `NaN`, which no JSON reader accepts."""
+    from arena_dist.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return path
+
+
 def write_report(summary: dict, output_dir: str | os.PathLike) -> dict[str, Path]:
     """metrics.json, by_language.csv, by_source.csv and calibration.png (when probabilities exist)."""
-    from arena_dist.io import atomic_path, atomic_write_json
+    from arena_dist.io import atomic_path
 
     output_dir = Path(output_dir)
-    written = {"metrics": atomic_write_json(output_dir / "metrics.json", summary)}
+    written = {"metrics": write_metrics_json(output_dir / "metrics.json", summary)}
     for column in ("language", "source"):
         target = output_dir / f"by_{column}.csv"
         with atomic_path(target) as tmp:

@@ -114,13 +114,51 @@ def write_submission(path: str | os.PathLike, frame: pd.DataFrame, test_ids: Seq
 
 
 def read_table(path: str | os.PathLike, dtype_id_str: bool = True) -> pd.DataFrame:
-    """A csv or parquet file as a DataFrame with `id` as strings (LMSYS ids are ints in csv, WSDM ids strings)."""
+    """A csv or parquet file as a DataFrame with `id` as strings (LMSYS ids are ints in csv, WSDM ids strings).
+
+    Every way a file can fail to read (missing, a directory, zero bytes, random bytes, truncated, the other format
+    under the extension) is an InputError naming the file: these files come from users and other tools, and a
+    pandas or pyarrow traceback says nothing about which one was wrong. An empty `id` is refused here too, before
+    the conversion to strings would turn it into the id "nan".
+    """
+    from arena_dist.errors import InputError
+
     path = Path(path)
     if not path.exists():
-        from arena_dist.errors import InputError
-
         raise InputError(f"{path}: file not found")
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"id": str} if dtype_id_str else None)
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    frame = _read_parquet(path) if path.suffix == ".parquet" else _read_csv(path, dtype_id_str)
     if dtype_id_str and "id" in frame.columns:
+        empty = frame["id"].isna().to_numpy()
+        if empty.any():
+            raise InputError(f"{path}: row {int(np.argmax(empty)) + 1}: empty id")
         frame["id"] = frame["id"].astype(str)
     return frame
+
+
+def _unreadable(path: Path, kind: str, exc: BaseException):
+    from arena_dist.errors import InputError
+
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return InputError(f"{path}: cannot read as {kind} ({reason})")
+
+
+def _read_csv(path: Path, dtype_id_str: bool) -> pd.DataFrame:
+    from arena_dist.errors import InputError
+
+    try:
+        return pd.read_csv(path, dtype={"id": str} if dtype_id_str else None)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file (no header row)") from None
+    except (ValueError, OSError, MemoryError) as exc:  # ParserError and UnicodeDecodeError are ValueErrors
+        raise _unreadable(path, "csv", exc) from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, ValueError, OSError, TypeError, MemoryError) as exc:
+        raise _unreadable(path, "parquet", exc) from None

@@ -49,3 +49,15 @@ def test_calibration_bins_and_ece():
     assert bins[9]["observed"] == pytest.approx(2 / 3)
     expected = (1 * 0.05 + 1 * 0.85 + 3 * abs((0.95 + 0.91 + 1.0) / 3 - 2 / 3)) / 5
     assert metrics.expected_calibration_error(bins) == pytest.approx(expected)
+
+
+def test_two_class_restriction_refuses_a_row_all_on_tie():
+    with pytest.raises(ValueError, match="row 1 has no probability on the first 2 classes"):
+        metrics.restrict_to_classes(np.array([[0.3, 0.1, 0.6], [0.0, 0.0, 1.0]]), 2)
+
+
+def test_metrics_of_no_rows_are_none_not_nan():
+    empty = np.zeros((0, 3))
+    labels = np.zeros(0, dtype=int)
+    assert metrics.log_loss(empty, labels) is None and metrics.accuracy(empty, labels) is None
+    assert metrics.expected_calibration_error(metrics.top_label_calibration(empty, labels, 5)) is None

@@ -80,3 +80,34 @@ def test_wsdm_submission(tmp_path):
     frame.loc[0, "winner"] = "tie"
     with pytest.raises(SubmissionError, match="winner must be one of"):
         check_submission(frame, IDS, "wsdm")
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("zero.csv", b"", "empty file"),
+    ("zero.parquet", b"", "cannot read as parquet"),
+    ("noise.csv", bytes(range(128, 256)) * 8, "cannot read as csv"),
+    ("noise.parquet", bytes(range(256)) * 8, "cannot read as parquet"),
+    ("quote.csv", b'id,winner\n"1,model_a\n', "cannot read as csv"),
+    ("empty_id.csv", b"id,winner\n1,model_a\n,model_b\n", "row 2: empty id"),
+])
+def test_read_table_turns_unreadable_files_into_one_line(name, data, message, tmp_path):
+    from arena_dist.errors import InputError
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(InputError) as err:
+        read_table(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_read_table_truncated_parquet_and_directory(tmp_path):
+    from arena_dist.errors import InputError
+
+    good = write_submission(tmp_path / "s.parquet", good_lmsys(), IDS, "lmsys").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(good[: len(good) - 20])
+    with pytest.raises(InputError, match="cut.parquet: cannot read as parquet"):
+        read_table(tmp_path / "cut.parquet")
+    (tmp_path / "dir.parquet").mkdir()
+    with pytest.raises(InputError, match="dir.parquet: not a file"):
+        read_table(tmp_path / "dir.parquet")
+    assert list(read_table(tmp_path / "s.parquet")["id"]) == IDS
