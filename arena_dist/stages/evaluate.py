@@ -17,7 +17,8 @@ class Config(StrictModel):
     predictions: str  # submission (LMSYS shape or WSDM `id, winner`) or predict's probabilities.parquet
     answers: str  # csv / parquet with the truth (synth's test_answers, or any file with id + label columns)
     output_dir: str
-    label_mode: Literal["auto", "3class", "2class"] = "auto"  # auto: 3 classes when any answer is a tie
+    # auto: 3 classes when any answer is a tie or any prediction puts mass on tie; 2class refuses both
+    label_mode: Literal["auto", "3class", "2class"] = "auto"
     n_bins: int = Field(10, ge=2, le=100)
 
 
