@@ -12,6 +12,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, TypeVar, Union, get_args, get_origin
@@ -48,23 +49,25 @@ def _scalar_problem(annotation: Any, value: Any) -> str | None:
     if annotation is int and not _is_int(value):
         return f"Input should be an integer, not {_kind(value)}"
     if annotation is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-        hint = " (YAML 1.1 reads 1e-4 and 1.0e9 as text: write 1.0e-4, 1.0e+9)" if _yaml_text_number(value) else ""
-        return f"Input should be a number, not {_kind(value)}{hint}"
+        return f"Input should be a number, not {_kind(value)}"
     if get_origin(annotation) is Literal and all(type(v) is int for v in get_args(annotation)) and not _is_int(value):
         return f"Input should be one of {', '.join(map(str, get_args(annotation)))}, not {_kind(value)}"
     return None
 
 
-def _yaml_text_number(value: Any) -> bool:
-    """`1e-4` and `1.0e9` are strings to PyYAML (YAML 1.1 wants a dot and a signed exponent): the commonest way a
-    number arrives as text."""
-    if not isinstance(value, str) or "e" not in value.lower():
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus the YAML 1.2 spelling of floats with an exponent and no dot or sign (`1e-4`,
+    `3e9`): YAML 1.1 reads them as text, and configs must not depend on that quirk (numbers are never converted
+    from text afterwards)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 def coercion_problem(annotation: Any, value: Any) -> str | None:
@@ -127,7 +130,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -185,7 +188,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         except OSError as exc:
             raise ConfigError(f"config error in {origin}: cannot read file ({exc.strerror})") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config error in {origin}: not valid YAML ({exc})".replace("\n", " ")) from None
         if not isinstance(data, dict):
