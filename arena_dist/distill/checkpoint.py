@@ -2,6 +2,7 @@
 safetensors, optimizer + scheduler + RNG state (torch.save; read back with weights_only=True), and a `COMPLETE`
 marker written last. The folder appears under its final name only when complete (atomic rename); resume takes the
 newest folder holding a COMPLETE marker and ignores any other (same convention as the teacher stage's checkpoints).
+After each save only the newest `training.keep_checkpoints` complete ones stay (the teacher's `prune_checkpoints`).
 
 QLoRA students keep every rank's trainable state identical (gradients are all-reduced before each step), so rank 0
 writes the checkpoint alone; the frozen, quantised base is never checkpointed: it is rebuilt from its spec.
@@ -11,11 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 # The layout, tags and COMPLETE markers are the teacher stage's (arena_dist.train.checkpoint): one convention.
-from arena_dist.train.checkpoint import checkpoint_root, complete_checkpoints as _complete, tag_for, write_marker
+from arena_dist.train.checkpoint import (
+    checkpoint_root,
+    complete_checkpoints as _complete,
+    prune_checkpoints,
+    tag_for,
+    write_marker,
+)
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -45,8 +51,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict
                     "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         atomic_write_json(tmp / "state.json", {"step": step, **extra})
         write_marker(tmp, {"step": step, "world_size": extra.get("world_size")})
-    for old in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(checkpoint_root(run_dir), keep)
     return target
 
 

@@ -5,7 +5,8 @@
                                                  world size and data position
     <run dir>/checkpoints/step_0000040_universal/  ds_to_universal output, made once when the world size changes
 
-A directory without COMPLETE (a crash mid-save) is never resumed from. Pure file logic: no torch.distributed here.
+A directory without COMPLETE (a crash mid-save) is never resumed from. After each complete save rank 0 keeps only
+the newest `training.keep_checkpoints` (`prune_checkpoints`). Pure file logic: no torch.distributed here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ CHECKPOINT_DIR = "checkpoints"
 MARKER = "COMPLETE"
 TAG_PATTERN = re.compile(r"^step_(\d{7})$")
 UNIVERSAL_SUFFIX = "_universal"
+PRUNING_SUFFIX = ".pruning"  # hidden name of a checkpoint being deleted
+PRUNING_PATTERN = re.compile(r"^\.step_\d{7}(_universal)?\.pruning$")
 
 
 def checkpoint_root(run_dir: str | os.PathLike) -> Path:
@@ -100,3 +103,49 @@ def ensure_universal(root: str | os.PathLike, tag: str, timeout: float = 3600) -
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return universal
+
+
+def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> list[str]:
+    """Keep the newest `keep_last` complete checkpoints (with their universal conversions); returns the removed tags.
+
+    A 70B ZeRO-3 checkpoint is over 1 TB, so old ones must go, but only ever ones this project wrote: `step_XXXXXXX`
+    folders with a COMPLETE marker, and a `_universal` folder whose marker names that source. Anything else (unknown
+    files, folders without a marker) is left alone. Called by one process (rank 0) after a new checkpoint is
+    complete. The checkpoint a run resumed from is safe until then: it was the newest complete one, and the newest is
+    always kept (keep_last >= 1); a newer save counts only once its marker exists.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    root = Path(root)
+    remove_pruning_leftovers(root)
+    removed = []
+    for _, tag, _ in complete_checkpoints(root)[:-keep_last]:
+        universal = universal_of(root, tag)
+        if universal is not None:  # first: a crash in between leaves the source, pruned again next time
+            removed.append(_remove(universal))
+        removed.append(_remove(root / tag))
+    return removed
+
+
+def universal_of(root: Path, tag: str) -> Path | None:
+    """`tag`'s universal conversion, when ensure_universal wrote it (its marker names `tag`)."""
+    universal = root / (tag + UNIVERSAL_SUFFIX)
+    marker = read_marker(universal) if universal.is_dir() else None
+    return universal if marker is not None and marker.get("universal_of") == tag else None
+
+
+def _remove(directory: Path) -> str:
+    """Rename to a hidden name first (atomic: from then on it matches no tag, so it is never resumed from, even if
+    the deletion below is cut short), then delete."""
+    hidden = directory.with_name(f".{directory.name}{PRUNING_SUFFIX}")
+    os.replace(directory, hidden)
+    shutil.rmtree(hidden)
+    return directory.name
+
+
+def remove_pruning_leftovers(root: Path) -> None:
+    """Hidden folders of a deletion a crash cut short (only prune_checkpoints makes these names)."""
+    if root.is_dir():
+        for entry in root.iterdir():
+            if PRUNING_PATTERN.match(entry.name) and entry.is_dir():
+                shutil.rmtree(entry)

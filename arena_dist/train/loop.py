@@ -25,6 +25,7 @@ from arena_dist.train.checkpoint import (
     checkpoint_root,
     ensure_universal,
     latest_complete,
+    prune_checkpoints,
     remove_incomplete,
     tag_for,
     write_marker,
@@ -227,6 +228,9 @@ class Worker:
         if self.rank == 0:
             write_marker(self.root / tag, {"step": step, "world_size": self.world_size, "data_position": position,
                                            "metrics": metrics, "time": time.time()})
+            removed = prune_checkpoints(self.root, self.config.training.keep_checkpoints)
+            if removed:
+                self.log(f"removed old checkpoints {', '.join(removed)}")
         dist.barrier()
         self.log(f"checkpoint {tag} complete")
         return self.root / tag

@@ -142,7 +142,7 @@ def test_merge_refused_above_the_limit(fixture, tmp_path):
 def test_stop_and_resume_matches_an_uninterrupted_run(fixture, tmp_path):
     from safetensors.torch import load_file
 
-    from arena_dist.distill.checkpoint import latest_checkpoint
+    from arena_dist.distill.checkpoint import complete_checkpoints, latest_checkpoint
 
     full = student_config(fixture, tmp_path / "full", "8bit", max_steps=8, checkpoint_every=4)
     train_student(full)
@@ -157,6 +157,12 @@ def test_stop_and_resume_matches_an_uninterrupted_run(fixture, tmp_path):
     third = train_student(cut.model_copy(update={"training": cut.training.model_copy(
         update={"stop_after_steps": None})}))  # a rerun of a finished run trains nothing
     assert third["resumed_from"].endswith("step_0000008") and third["train_seconds"] < 5
+    # training.keep_checkpoints (default 2): of 4 and 6 (first run) and 8 (resumed run), 6 and 8 remain; the
+    # folder without a marker is not the project's to remove
+    assert [p.name for p in complete_checkpoints(tmp_path / "cut")] == ["step_0000006", "step_0000008"]
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == [
+        "step_0000006", "step_0000007", "step_0000008"]
+    assert [p.name for p in complete_checkpoints(tmp_path / "full")] == ["step_0000004", "step_0000008"]
     a = load_file(str(tmp_path / "full" / "export" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "export" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
