@@ -1,15 +1,17 @@
 """Input sources -> canonical records, one streaming reader per format.
 
-Each reader checks the file and its required columns when it is opened (an unreadable file or a missing column is
-one `InputError` naming both) and then yields one `Outcome` per row: a record, or a quarantine reason. Nothing is
-dropped here: dedup and duplicate ids are decided by the pipeline (`arena_dist.data.store.build_dataset`).
+Each reader first sniffs its file (`arena_dist.data.sniff`: gzip, Git LFS pointers, binary data, byte order marks,
+the encoding of every byte), then checks its required columns (an unusable file or a missing column is one
+`InputError` naming both) and then yields one `Outcome` per row: a record, or a quarantine reason. Nothing is dropped
+here: dedup, duplicate ids and the per-source limits are decided by the pipeline (`arena_dist.data.store`).
 
-Formats (see DESIGN.md): LMSYS csv (JSON-list cells), WSDM parquet, pairwise chosen/rejected JSONL (transcripts or
-explicit prompt), and the unlabelled prompt pool (parquet or JSONL).
+Formats: LMSYS csv (JSON-list cells), WSDM parquet, pairwise chosen/rejected JSONL (transcripts, explicit prompt, or
+message lists), and the unlabelled prompt pool (parquet or JSONL). csv and JSONL may be gzip-compressed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from arena_dist.config import StrictModel
 from arena_dist.data.normalize import hash64, repair_text
@@ -32,6 +34,7 @@ from arena_dist.data.records import (
     Record,
     swap_record,
 )
+from arena_dist.data.sniff import cannot_read, check_parquet, check_text, codec_name, one_line
 from arena_dist.errors import InputError
 
 SourceKind = Literal["lmsys_csv", "wsdm_parquet", "pairwise_jsonl", "pool"]
@@ -67,6 +70,23 @@ class SourceConfig(StrictModel):
     split: Literal["train", "pool"] | None = None  # default: pool for kind pool, train otherwise
     columns: dict[str, str] = Field(default_factory=dict)  # canonical column -> its name in the file
     language: str = UNKNOWN_LANGUAGE  # used when the file has no language column (or the cell is empty)
+    # Text encoding of a csv / JSONL source (any codec Python knows: cp1252, latin-1, utf-16, ...). Every byte is
+    # checked before rows are read: a file that is not valid in it stops with the byte offset. Parquet is UTF-8.
+    encoding: str = "utf-8"
+    # The run stops when more than this share of the rows read is quarantined (1.0: any share is accepted).
+    max_quarantine_share: float = Field(0.5, ge=0.0, le=1.0)
+    # The run stops when the source gives no rows to the dataset (an empty file, or every row a duplicate or
+    # quarantined) unless this is true.
+    allow_empty: bool = False
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codec_name(encoding)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {encoding!r} (e.g. utf-8, cp1252, latin-1, utf-16)") from None
+        return encoding
 
     @model_validator(mode="after")
     def _defaults(self) -> "SourceConfig":
@@ -75,7 +95,13 @@ class SourceConfig(StrictModel):
         unknown = sorted(set(self.columns) - set(CANONICAL_COLUMNS))
         if unknown:
             raise ValueError(f"columns: unknown canonical column {unknown[0]!r} (known: {', '.join(CANONICAL_COLUMNS)})")
+        if codec_name(self.encoding) != "utf-8" and self.is_parquet:
+            raise ValueError(f"encoding: {self.encoding!r} is for csv / JSONL sources; parquet text is always UTF-8")
         return self
+
+    @property
+    def is_parquet(self) -> bool:
+        return self.kind == "wsdm_parquet" or (self.kind == "pool" and data_suffix(self.path) == ".parquet")
 
 
 class Quarantined(Exception):
@@ -99,6 +125,7 @@ class SourceReader:
 
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
+    label_columns: tuple[str, ...] = ()  # required when the split is train
 
     def __init__(self, config: SourceConfig):
         self.config = config
@@ -115,7 +142,16 @@ class SourceReader:
             name = self.file_column(canonical)
             if name not in present:
                 renamed = f" (mapped from {canonical!r})" if name != canonical else ""
-                raise InputError(f"{self.path}: missing required column {name!r}{renamed}")
+                raise InputError(
+                    f"{self.path}: missing required column {name!r}{renamed}{self.unlabelled_hint(name, present)}"
+                )
+
+    def unlabelled_hint(self, missing: str, present: list[str]) -> str:
+        """A labelled source without any label column is most likely a test file: say how to read it unlabelled."""
+        labels = [self.file_column(c) for c in self.label_columns]
+        if missing not in labels or any(name in present for name in labels):
+            return ""
+        return " (no winner columns: to read the file as unlabelled, e.g. a test.csv, set split: pool for this source)"
 
     def canonical_row(self, row: dict) -> dict:
         """Keep only known columns, under canonical names."""
@@ -148,8 +184,8 @@ class SourceReader:
             raise Quarantined(BAD_JSON, f"{field}: empty cell")
         try:
             value = json.loads(cell)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise Quarantined(BAD_JSON, f"{field}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an int of > 4300 digits
+            raise Quarantined(BAD_JSON, f"{field}: {_json_error(exc)}") from None
         if not isinstance(value, list):
             raise Quarantined(BAD_JSON, f"{field}: JSON {type(value).__name__}, expected a list of strings")
         for i, item in enumerate(value):
@@ -165,6 +201,8 @@ class SourceReader:
         """Shared validation, then the canonical record (fold is set by the pipeline)."""
         if source_id is None or (isinstance(source_id, str) and not source_id.strip()):
             raise Quarantined(MISSING_ID, "id is empty")
+        if isinstance(source_id, bool) or not isinstance(source_id, (str, int, float)) or source_id != source_id:
+            raise Quarantined(BAD_VALUE, f"id: expected text or a number, got {source_id!r:.40}")
         source_id = str(source_id).strip()
         if not (len(prompt) == len(response_a) == len(response_b)):
             raise Quarantined(
@@ -210,11 +248,6 @@ class SourceReader:
         return self.config.split == SPLIT_TRAIN
 
 
-def _cannot_read(path: Path, exc: BaseException) -> InputError:
-    reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-    return InputError(f"{path}: cannot read ({reason})")
-
-
 # ------------------------------------------------------------------------------------------------------- LMSYS csv
 LMSYS_LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
 
@@ -224,32 +257,36 @@ class LmsysCsvReader(SourceReader):
 
     required = ("id", "prompt", "response_a", "response_b")
     optional = ("model_a", "model_b", "language", *LMSYS_LABEL_COLUMNS)
+    label_columns = LMSYS_LABEL_COLUMNS
 
     def __init__(self, config: SourceConfig):
         super().__init__(config)
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # responses can be far above the 128 KiB default
-        try:
-            # surrogateescape: undecodable bytes become lone surrogates, repaired to U+FFFD and counted.
-            with open(self.path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-                self.header = next(csv.reader(handle), None)
-        except OSError as exc:
-            raise _cannot_read(self.path, exc) from None
+        self.text_file = check_text(self.path, config.encoding, "csv")
+        with contextlib.closing(self.text_file.lines(newline="")) as lines:
+            self.header = self.next_row(csv.reader(lines))
         if not self.header:
             raise InputError(f"{self.path}: empty file (no header row)")
         self.check_columns(self.header, self.required + (LMSYS_LABEL_COLUMNS if self.labelled else ()))
 
+    def next_row(self, reader) -> list[str] | None:
+        """The next csv row (None at the end); a line the csv module cannot parse stops the run, naming it."""
+        try:
+            return next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            raise InputError(f"{self.path}: line {reader.line_num}: unreadable CSV ({one_line(exc)})") from None
+
     def rows(self) -> Iterator[tuple[int, Any]]:
-        with open(self.path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            reader = csv.reader(handle)
+        with contextlib.closing(self.text_file.lines(newline="")) as lines:
+            reader = csv.reader(lines)
             next(reader)
             row_number = 0
             while True:
-                try:
-                    values = next(reader)
-                except StopIteration:
+                values = self.next_row(reader)
+                if values is None:
                     return
-                except csv.Error as exc:
-                    raise InputError(f"{self.path}: line {reader.line_num}: unreadable CSV ({exc})") from None
                 row_number += 1
                 if len(values) != len(self.header):
                     yield row_number, {"_fields": values}
@@ -278,6 +315,11 @@ class LmsysCsvReader(SourceReader):
 
 
 # ---------------------------------------------------------------------------------------------- parquet row streams
+# What pyarrow raises besides ArrowException on a damaged file (bad lengths, UnicodeDecodeError for undecodable
+# strings, huge allocations).
+PARQUET_ERRORS = (OSError, ValueError, EOFError, IndexError, OverflowError, MemoryError)
+
+
 class ParquetRows:
     """Mixin: stream a parquet file's rows (canonical names) with `iter_batches`."""
 
@@ -287,62 +329,82 @@ class ParquetRows:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        check_parquet(self.path)
         try:
             # No pre-buffering and a buffered stream: pages are read as needed. With the defaults the reader keeps
             # the coalesced column chunks of every row group it has read, and memory grows with the file size.
             self.parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
-        except (OSError, pa.ArrowException) as exc:
-            raise _cannot_read(self.path, exc) from None
-        names = self.parquet.schema_arrow.names
+            names = self.parquet.schema_arrow.names
+            self.total_rows = self.parquet.metadata.num_rows
+        except PARQUET_ERRORS + (pa.ArrowException,) as exc:
+            raise cannot_read(self.path, exc) from None
         self.check_columns(names, required)
-        self.total_rows = self.parquet.metadata.num_rows
         wanted = {self.file_column(c) for c in (*self.required, *self.optional)}
         self.read_columns = [name for name in names if name in wanted]
+        self.check_not_binary()
 
-    def rows(self) -> Iterator[tuple[int, Any]]:
+    def check_not_binary(self) -> None:
+        """Text stored as parquet BINARY (bytes, no string annotation) would be quarantined row by row: say so once."""
         import pyarrow as pa
 
+        for name in self.read_columns:
+            value_type = self.parquet.schema_arrow.field(name).type
+            while pa.types.is_list(value_type) or pa.types.is_large_list(value_type):
+                value_type = value_type.value_type
+            if pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type) or (
+                pa.types.is_fixed_size_binary(value_type)
+            ):
+                raise InputError(f"{self.path}: column {name!r} holds bytes ({value_type}), not text: write it as a "
+                                 "string column")
+
+    def rows(self) -> Iterator[tuple[int, Any]]:
         row_number = 0
         batches = self.parquet.iter_batches(batch_size=self.batch_size, columns=self.read_columns)
         while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
+            rows = self.next_rows(batches, row_number)
+            if rows is None:
                 return
-            except (OSError, pa.ArrowException) as exc:
-                raise InputError(f"{self.path}: cannot read after row {row_number} ({exc})") from None
-            for row in batch.to_pylist():
+            for row in rows:
                 row_number += 1
                 yield row_number, self.canonical_row(row)
 
+    def next_rows(self, batches, row_number: int) -> list[dict] | None:
+        """The next batch as Python rows (None at the end). Damaged pages, undecodable values and the like fail
+        inside pyarrow with many exception types: each is one InputError naming the file and where it stopped."""
+        import pyarrow as pa
+
+        try:
+            return next(batches).to_pylist()
+        except StopIteration:
+            return None
+        except PARQUET_ERRORS + (pa.ArrowException,) as exc:
+            raise InputError(f"{self.path}: cannot read after row {row_number} ({one_line(exc)})") from None
+
 
 class JsonlRows:
-    """Mixin: stream JSONL objects (canonical names); the first object must carry the required keys."""
+    """Mixin: stream JSONL objects (canonical names); the first object must carry the required keys.
+
+    Lines end at "\\n" only (a "\\r" is JSON whitespace, not a line break)."""
 
     def open_jsonl(self, required: tuple[str, ...]) -> None:
-        try:
-            with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
-                for line in handle:
-                    if line.strip():
-                        try:
-                            first = json.loads(line)
-                        except json.JSONDecodeError:
-                            first = None
-                        if isinstance(first, dict):
-                            self.check_columns(list(first), required)
-                        break
-        except OSError as exc:
-            raise _cannot_read(self.path, exc) from None
+        self.text_file = check_text(self.path, self.config.encoding, "JSONL")
+        with contextlib.closing(self.text_file.lines(newline="\n")) as lines:
+            for line in lines:
+                if line.strip():
+                    first = _json_or_none(line)
+                    if isinstance(first, dict):
+                        self.check_columns(list(first), required)
+                    break
 
     def rows(self) -> Iterator[tuple[int, Any]]:
-        with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
-            for line_number, line in enumerate(handle, start=1):
+        with contextlib.closing(self.text_file.lines(newline="\n")) as lines:
+            for line_number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue  # blank lines are not rows
                 try:
                     value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield line_number, {"_line": line.rstrip("\n"), "_error": f"not JSON ({exc.msg})"}
+                except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an int of > 4300 digits
+                    yield line_number, {"_line": line.rstrip("\n"), "_error": f"not JSON ({_json_error(exc)})"}
                     continue
                 if not isinstance(value, dict):
                     yield line_number, {"_line": line.rstrip("\n"), "_error": "not a JSON object"}
@@ -352,6 +414,17 @@ class JsonlRows:
                     yield line_number, {"_line": line.rstrip("\n"), "_error": f"missing key {missing[0]!r}"}
                     continue
                 yield line_number, self.canonical_row(value)
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _json_error(exc: Exception) -> str:
+    return getattr(exc, "msg", None) or one_line(exc)
 
 
 def _reject_bad_line(row: dict) -> None:
@@ -366,6 +439,7 @@ WSDM_WINNERS = {"model_a": LABEL_A, "model_b": LABEL_B}
 class WsdmParquetReader(ParquetRows, SourceReader):
     required = ("id", "prompt", "response_a", "response_b")
     optional = ("model_a", "model_b", "language", "winner")
+    label_columns = ("winner",)
 
     def __init__(self, config: SourceConfig):
         super().__init__(config)
@@ -417,7 +491,10 @@ _ROLE_NAMES = {"human": "user", "user": "user", "assistant": "assistant", "gpt":
 
 def parse_messages(value: Any, field: str) -> list[tuple[str, str]]:
     """A conversation as [(role, text)]: from a "\\n\\nHuman: …\\n\\nAssistant: …" transcript, a list of
-    {role, content} messages, or a plain string (one assistant message without markers is returned as ("text", s))."""
+    {role, content} messages, or a plain string (one message without markers is returned as ("text", s)).
+
+    Every text is stripped, whatever the style, so the same comparison written as transcripts, as prompt + response
+    strings (" answer" after "Assistant:") or as message lists gives the same turns."""
     if isinstance(value, list):
         messages = []
         for i, item in enumerate(value):
@@ -425,17 +502,31 @@ def parse_messages(value: Any, field: str) -> list[tuple[str, str]]:
                 raise Quarantined(BAD_TRANSCRIPT, f"{field}[{i}]: expected {{role, content}}")
             role = _ROLE_NAMES.get(str(item.get("role", "")).lower())
             if role is None:
-                raise Quarantined(BAD_TRANSCRIPT, f"{field}[{i}]: unsupported role {item.get('role')!r}")
-            messages.append((role, item["content"]))
+                raise Quarantined(BAD_TRANSCRIPT, f"{field}[{i}]: unsupported role {str(item.get('role'))[:40]!r}")
+            messages.append((role, item["content"].strip()))
         return messages
     if not isinstance(value, str):
         raise Quarantined(BAD_VALUE, f"{field}: expected text or a list of messages, got {type(value).__name__}")
     parts = _ROLE_MARKER.split(value)
     if len(parts) == 1:
-        return [("text", value)]
+        return [("text", value.strip())]
     if parts[0].strip():
         raise Quarantined(BAD_TRANSCRIPT, f"{field}: text before the first Human:/Assistant: marker")
     return [("user" if role == "Human" else "assistant", text.strip()) for role, text in zip(parts[1::2], parts[2::2])]
+
+
+def merge_turns(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Consecutive messages of the same speaker become one turn, their non-empty texts joined by "\\n\\n".
+
+    Two Assistant: (or Human:) turns in a row are one turn split in two (common in scraped transcripts), not a broken
+    conversation; merging them keeps the row, and every style of pairwise input merges the same way."""
+    merged: list[tuple[str, str]] = []
+    for role, text in messages:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, "\n\n".join(part for part in (merged[-1][1], text) if part))
+        else:
+            merged.append((role, text))
+    return merged
 
 
 class PairwiseJsonlReader(JsonlRows, SourceReader):
@@ -451,18 +542,20 @@ class PairwiseJsonlReader(JsonlRows, SourceReader):
         self.open_jsonl(self.required)
 
     def conversation(self, row: dict, field: str) -> list[tuple[str, str]]:
-        messages = parse_messages(row[field], field)
+        """chosen or rejected as the whole conversation, same-speaker turns merged. With a `prompt` field the
+        response is either the whole conversation (it starts with the prompt's turns) or what follows the prompt."""
+        messages = merge_turns(parse_messages(row[field], field))
         if "prompt" not in row:
             if messages and messages[0][0] == "text":
                 raise Quarantined(BAD_TRANSCRIPT, f"{field}: no Human:/Assistant: turns and no prompt field")
             return messages
         prompt = parse_messages(row["prompt"], "prompt")
-        prompt = [("user", text) if role == "text" else (role, text) for role, text in prompt]
+        prompt = merge_turns([("user", text) if role == "text" else (role, text) for role, text in prompt])
         if prompt and prompt[-1] == ("assistant", ""):
             prompt = prompt[:-1]  # "…\n\nAssistant:" prompts end with an open assistant turn
         if messages and messages[0][0] == "text":
-            return prompt + [("assistant", messages[0][1])]
-        return messages if messages[: len(prompt)] == prompt else prompt + messages
+            return merge_turns(prompt + [("assistant", messages[0][1])])
+        return messages if messages[: len(prompt)] == prompt else merge_turns(prompt + messages)
 
     def convert(self, row_number: int, row: Any) -> Record:
         _reject_bad_line(row)
@@ -473,9 +566,8 @@ class PairwiseJsonlReader(JsonlRows, SourceReader):
         if chosen[:-1] != rejected[:-1]:
             raise Quarantined(BAD_TRANSCRIPT, "chosen and rejected differ before their last assistant turn")
         history = chosen[:-1]
-        roles = [role for role, _ in history]
-        if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
-            raise Quarantined(BAD_TRANSCRIPT, "turns do not alternate Human/Assistant starting with Human")
+        if not history or history[0][0] != "user":  # merged turns alternate: only the first speaker can be wrong
+            raise Quarantined(BAD_TRANSCRIPT, "the conversation does not start with a Human turn")
         chosen_last, rejected_last = chosen[-1][1], rejected[-1][1]
         if not chosen_last.strip() or not rejected_last.strip():
             which = "chosen" if not chosen_last.strip() else "rejected"
@@ -523,12 +615,20 @@ def open_source(config: SourceConfig) -> SourceReader:
         return WsdmParquetReader(config)
     if config.kind == "pairwise_jsonl":
         return PairwiseJsonlReader(config)
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix == ".parquet":
         return PoolParquetReader(config)
     if suffix in (".jsonl", ".json", ".ndjson"):
         return PoolJsonlReader(config)
-    raise InputError(f"{path}: a pool must be .parquet or .jsonl (source {config.name!r})")
+    raise InputError(f"{path}: a pool must be .parquet or .jsonl (or .jsonl.gz) (source {config.name!r})")
+
+
+def data_suffix(path: str | Path) -> str:
+    """The suffix naming the format, under a compression suffix: pool.jsonl.gz -> .jsonl."""
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
 
 
 def raw_as_strings(raw: Any) -> Any:

@@ -285,12 +285,44 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
                 counts["duplicates"] += 1
     if counts["read"] != counts["kept"] + counts["duplicates"] + counts["quarantined"]:  # never silently lose a row
         raise AssertionError(f"{reader.config.name}: counts do not add up: {counts}")
-    return {
+    result = {
         **counts,
         "reasons": dict(sorted(reasons.items())),
         "repaired_surrogates": reader.repaired_surrogates,
         "quarantine_file": quarantine_name,
     }
+    check_source_counts(reader.config, result)
+    return result
+
+
+def check_source_counts(config, counts: dict) -> None:
+    """Stop on a source that is almost certainly the wrong file or a wrong column mapping: no rows at all, none kept,
+    or more than `max_quarantine_share` of them quarantined. One InputError naming the source, its file, the counts
+    and the option that accepts it."""
+    where = f"source {config.name!r} ({config.path})"
+    if counts["quarantined"] > config.max_quarantine_share * counts["read"]:
+        share = counts["quarantined"] / counts["read"]
+        raise InputError(
+            f"{where}: {counts['quarantined']:,} of {counts['read']:,} rows quarantined ({share:.0%}"
+            f"{_top_reasons(counts['reasons'])}), above max_quarantine_share {config.max_quarantine_share:g}; "
+            "fix the file or its columns mapping, or raise max_quarantine_share for this source"
+        )
+    if counts["kept"] == 0 and not config.allow_empty:
+        reasons = _top_reasons(counts["reasons"])
+        what = "no rows" if counts["read"] == 0 else f"no row kept ({_count_line(counts)}{reasons})"
+        raise InputError(f"{where}: {what}; set allow_empty: true for this source if that is expected")
+
+
+def _top_reasons(reasons: dict, top: int = 3) -> str:
+    common = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return "".join(f", {reason}={n:,}" for reason, n in common)
+
+
+def _count_line(counts: dict) -> str:
+    return (
+        f"read={counts['read']:,} = kept {counts['kept']:,} + duplicates {counts['duplicates']:,}"
+        f" + quarantined {counts['quarantined']:,}"
+    )
 
 
 def build_dataset(
@@ -405,10 +437,7 @@ def current_manifest(output_dir: str | os.PathLike, expected_config_hash: str, s
 
 def format_source_counts(name: str, counts: dict) -> str:
     reasons = ", ".join(f"{reason}={n}" for reason, n in counts["reasons"].items())
-    line = (
-        f"{name}: read={counts['read']:,} = kept {counts['kept']:,} + duplicates {counts['duplicates']:,}"
-        f" + quarantined {counts['quarantined']:,}"
-    )
+    line = f"{name}: {_count_line(counts)}"
     if reasons:
         line += f" ({reasons})"
     if counts["repaired_surrogates"]:

@@ -1,7 +1,8 @@
 """`arena-dist prepare`: merge sources into validated, deduplicated, folded parquet shards with a manifest.
 
 Config keys: output_dir, num_shards, num_folds, seed, batch_rows, force, sources[] (name, kind, path, split, columns,
-language). The library parts live in arena_dist.data (sources, normalize, folds, store).
+language, encoding, max_quarantine_share, allow_empty). The library parts live in arena_dist.data (sniff, sources,
+normalize, folds, store).
 """
 
 from __future__ import annotations

@@ -57,3 +57,27 @@ def pool_rows(n: int, start: int = 0) -> list[dict]:
 def quarantine_entries(dataset_dir: Path, source: str) -> list[dict]:
     path = Path(dataset_dir) / "quarantine" / f"{source}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+PAIRWISE_STYLES = ("transcript", "prompt", "messages", "messages_with_prompt")
+
+
+def pairwise_row(style: str, history: list[tuple[str, str]], chosen: str, rejected: str, **extra) -> dict:
+    """One chosen/rejected row for the conversation `history` ([(speaker, text)], speaker "Human" or "Assistant",
+    ending with a Human turn) in one of the pairwise styles: full transcripts in chosen/rejected; an explicit
+    transcript prompt ending in "Assistant:" with " response" strings; message lists without or with a prompt list."""
+    role = {"Human": "user", "Assistant": "assistant"}
+    transcript = "".join(f"\n\n{speaker}: {text}" for speaker, text in history)
+    messages = [{"role": role[speaker], "content": text} for speaker, text in history]
+    if style == "transcript":
+        row = {"chosen": f"{transcript}\n\nAssistant: {chosen}", "rejected": f"{transcript}\n\nAssistant: {rejected}"}
+    elif style == "prompt":
+        row = {"prompt": f"{transcript}\n\nAssistant:", "chosen": f" {chosen}", "rejected": f" {rejected}"}
+    elif style in ("messages", "messages_with_prompt"):
+        row = {"chosen": messages + [{"role": "assistant", "content": chosen}],
+               "rejected": messages + [{"role": "assistant", "content": rejected}]}
+        if style == "messages_with_prompt":
+            row["prompt"] = messages
+    else:
+        raise ValueError(f"unknown pairwise style {style!r}")
+    return {**extra, **row}

@@ -221,3 +221,70 @@ def test_seen_hashes_matches_a_python_set():
 def test_manifest_is_plain_json_without_timestamps(dataset):
     text = (dataset / "manifest.json").read_text()
     assert "time" not in text and json.loads(text)["config_hash"] is None  # no config given to build_dataset
+
+
+# ------------------------------------------------------------------------------------------ per-source limits
+def _build(tmp_path, *sources):
+    return build_dataset(list(sources), tmp_path / "out", num_shards=1, num_folds=2)
+
+
+def _stops(tmp_path, *sources) -> str:
+    with pytest.raises(InputError) as err:
+        build_dataset(list(sources), tmp_path / "failed", num_shards=1, num_folds=2)
+    assert not (tmp_path / "failed").exists()
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_source_with_no_rows_or_none_kept_stops_unless_allowed(tmp_path):
+    empty = write_csv(tmp_path / "empty.csv", [])  # a header and nothing else
+    good = write_jsonl(tmp_path / "pool.jsonl", pool_rows(6))
+    assert _stops(tmp_path, SourceConfig(name="lm", kind="lmsys_csv", path=empty)) == (
+        f"source 'lm' ({empty}): no rows; set allow_empty: true for this source if that is expected"
+    )
+    manifest = _build(tmp_path, SourceConfig(name="lm", kind="lmsys_csv", path=empty, allow_empty=True),
+                      SourceConfig(name="p", kind="pool", path=good))
+    assert manifest["sources"]["lm"]["read"] == 0 and manifest["sources"]["p"]["kept"] == 6
+    again = write_jsonl(tmp_path / "again.jsonl", [{**row, "id": f"x{i}"} for i, row in enumerate(pool_rows(6))])
+    message = _stops(tmp_path, SourceConfig(name="p", kind="pool", path=good),
+                     SourceConfig(name="copy", kind="pool", path=again))  # every row a duplicate of `p`
+    assert message == (
+        f"source 'copy' ({again}): no row kept (read=6 = kept 0 + duplicates 6 + quarantined 0); "
+        "set allow_empty: true for this source if that is expected"
+    )
+
+
+def test_a_source_mostly_quarantined_stops_above_max_quarantine_share(tmp_path):
+    rows = good_lmsys_rows(4) + [lmsys_row(10 + i, "broken", ["a"], ["b"]) for i in range(5)]
+    path = write_csv(tmp_path / "train.csv", rows)  # 5 of 9 rows quarantined: 56 %
+    message = _stops(tmp_path, SourceConfig(name="lm", kind="lmsys_csv", path=path))
+    assert message == (
+        f"source 'lm' ({path}): 5 of 9 rows quarantined (56%, bad_json=5), above max_quarantine_share 0.5; "
+        "fix the file or its columns mapping, or raise max_quarantine_share for this source"
+    )
+    counts = _build(tmp_path, SourceConfig(name="lm", kind="lmsys_csv", path=path, max_quarantine_share=0.6))
+    assert counts["sources"]["lm"]["kept"] == 4 and counts["sources"]["lm"]["quarantined"] == 5
+    half = write_csv(tmp_path / "half.csv", good_lmsys_rows(5) + rows[4:])  # exactly 50 %: not above
+    assert _build(tmp_path, SourceConfig(name="lm", kind="lmsys_csv", path=half))["sources"]["lm"]["kept"] == 5
+    everything = write_csv(tmp_path / "bad.csv", rows[4:])
+    strict = SourceConfig(name="lm", kind="lmsys_csv", path=everything, max_quarantine_share=1.0)
+    assert "no row kept (read=5 = kept 0 + duplicates 0 + quarantined 5, bad_json=5)" in _stops(tmp_path, strict)
+    lenient = strict.model_copy(update={"allow_empty": True})
+    assert _build(tmp_path, lenient)["sources"]["lm"]["quarantined"] == 5
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        SourceConfig(name="lm", kind="lmsys_csv", path=path, max_quarantine_share=1.5)
+
+
+def test_limit_errors_reach_the_cli_as_one_line(tmp_path, capsys):
+    from arena_dist.cli import main
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"chosen": "no", "rejected": "markers"}] * 3)
+    config = tmp_path / "prepare.yaml"
+    source = f"{{name: hh, kind: pairwise_jsonl, path: {path}}}"
+    config.write_text(f"output_dir: {tmp_path / 'ds'}\nsources:\n  - {source}\n")
+    assert main(["prepare", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"arena-dist prepare: source 'hh' ({path}): 3 of 3 rows quarantined (100%, bad_transcript=3), "
+                   "above max_quarantine_share 0.5; fix the file or its columns mapping, or raise "
+                   "max_quarantine_share for this source\n")

@@ -6,8 +6,10 @@ import json
 
 import pytest
 from prepare_fixtures import (
+    PAIRWISE_STYLES,
     good_lmsys_rows,
     lmsys_row,
+    pairwise_row,
     quarantine_entries,
     write_csv,
     write_jsonl,
@@ -78,9 +80,8 @@ def test_lmsys_every_quarantine_reason(tmp_path):
         lmsys_row(13, [], [], []),  # missing_prompt: zero turns
     ]
     path = write_csv(tmp_path / "train.csv", rows)
-    manifest = build_dataset(
-        [SourceConfig(name="lm", kind="lmsys_csv", path=path)], tmp_path / "ds", num_shards=2, num_folds=2
-    )
+    lm = SourceConfig(name="lm", kind="lmsys_csv", path=path, max_quarantine_share=1.0)  # 14 of 15 on purpose
+    manifest = build_dataset([lm], tmp_path / "ds", num_shards=2, num_folds=2)
     counts = manifest["sources"]["lm"]
     assert counts["read"] == len(rows) == counts["kept"] + counts["duplicates"] + counts["quarantined"]
     assert counts["kept"] == 1
@@ -100,7 +101,8 @@ def test_lmsys_test_csv_without_winners_is_an_unlabelled_pool(tmp_path):
     path = write_csv(tmp_path / "test.csv", [[5, '["q"]', '["a"]', '["b"]']], header=header)
     reader, rows = outcomes("lmsys_csv", path, split="pool")
     assert rows[0].record["label"] is None and rows[0].record["model_a"] is None
-    with pytest.raises(InputError, match=r"test\.csv: missing required column 'winner_model_a'"):
+    with pytest.raises(InputError, match=r"test\.csv: missing required column 'winner_model_a' \(no winner columns: "
+                       r"to read the file as unlabelled, e\.g\. a test\.csv, set split: pool for this source\)$"):
         open_source(SourceConfig(name="t", kind="lmsys_csv", path=path))  # split train needs the label columns
 
 
@@ -139,7 +141,7 @@ def test_wsdm_parquet_labels_language_and_bad_rows(tmp_path):
     with pytest.raises(InputError, match=r"bad\.parquet: missing required column 'winner'"):
         open_source(SourceConfig(name="w", kind="wsdm_parquet", path=tmp_path / "bad.parquet"))
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(InputError, match=r"junk\.parquet: cannot read"):
+    with pytest.raises(InputError, match=r"junk\.parquet: not a parquet file \(no PAR1 magic; it looks like text"):
         open_source(SourceConfig(name="w", kind="wsdm_parquet", path=tmp_path / "junk.parquet"))
 
 
@@ -194,10 +196,41 @@ def test_pairwise_malformed_rows(tmp_path):
     assert [o.row for o in rows] == list(range(1, 9))
 
 
+def test_pairwise_styles_give_identical_records_with_same_speaker_turns_merged(tmp_path):
+    """One multi-turn comparison, with two Assistant turns and two Human turns in a row and untidy whitespace, in
+    every pairwise style: the records are identical apart from their ids."""
+    history = [("Human", "  first question "), ("Assistant", "first answer"), ("Assistant", " and more\n"),
+               ("Human", "second question"), ("Human", "one detail  ")]
+    rows = [pairwise_row(style, history, " good answer ", "bad answer", id=style, language="en")
+            for style in PAIRWISE_STYLES]
+    _, outcomes_ = outcomes("pairwise_jsonl", write_jsonl(tmp_path / "styles.jsonl", rows))
+    assert [o.reason for o in outcomes_] == [None] * len(PAIRWISE_STYLES)
+    records = [{**o.record, "id": None} for o in outcomes_]
+    assert records[0] == {
+        "id": None, "source": "src", "prompt": ["first question", "second question\n\none detail"],
+        "response_a": ["first answer\n\nand more", "good answer"],
+        "response_b": ["first answer\n\nand more", "bad answer"],
+        "model_a": None, "model_b": None, "language": "en", "label": LABEL_A, "fold": 0,
+    }
+    assert all(json.dumps(r, sort_keys=True) == json.dumps(records[0], sort_keys=True) for r in records)
+
+
+def test_pairwise_merge_keeps_rows_that_used_to_be_bad_transcripts(tmp_path):
+    path = write_jsonl(tmp_path / "hh.jsonl", [
+        {"chosen": "\n\nHuman: q\n\nAssistant: part one\n\nAssistant: part two",
+         "rejected": "\n\nHuman: q\n\nAssistant: other"},
+        {"chosen": "\n\nAssistant: no human turn", "rejected": "\n\nAssistant: at all"},  # still bad_transcript
+    ])
+    _, rows = outcomes("pairwise_jsonl", path)
+    assert rows[0].record["response_a"] == ["part one\n\npart two"] and rows[0].record["response_b"] == ["other"]
+    assert rows[1].reason == "bad_transcript"
+
+
 def test_parse_messages_roles():
     assert parse_messages("\n\nHuman: hi\n\nAssistant: yo", "c") == [("user", "hi"), ("assistant", "yo")]
     assert parse_messages("Human: hi\n\nAssistant: yo", "c") == [("user", "hi"), ("assistant", "yo")]
     assert parse_messages("plain", "c") == [("text", "plain")]
+    assert parse_messages([{"role": "user", "content": " hi "}], "c") == [("user", "hi")]  # every style strips
 
 
 def test_balanced_assignment_is_exact_and_labels_follow_chosen(tmp_path):
@@ -248,7 +281,8 @@ def test_source_config_validation(tmp_path):
 
 def test_quarantined_raw_rows_are_json_safe_with_surrogates(tmp_path):
     path = write_csv(tmp_path / "train.csv", [lmsys_row(1, r'["q\ud83d', ["a"], ["b"])])  # unterminated JSON
-    build_dataset([SourceConfig(name="lm", kind="lmsys_csv", path=path)], tmp_path / "ds", num_shards=1)
+    lm = SourceConfig(name="lm", kind="lmsys_csv", path=path, max_quarantine_share=1.0, allow_empty=True)
+    build_dataset([lm], tmp_path / "ds", num_shards=1)
     (entry,) = quarantine_entries(tmp_path / "ds", "lm")
     assert entry["reason"] == "bad_json" and entry["raw"]["prompt"] == r'["q\ud83d'
     json.dumps(entry).encode("utf-8")
