@@ -338,7 +338,8 @@ def build_dataset(
     """Sources (list of SourceConfig) -> a dataset directory; returns the manifest.
 
     Every source is opened (and its columns checked) before any row is read; the dataset is built in a temporary
-    directory beside `output_dir` and renamed onto it at the end, so an error leaves no partial output.
+    directory beside `output_dir` and swapped in at the end (`arena_dist.io.atomic_directory`), so an error leaves
+    no partial output, and an existing `output_dir` is replaced only when it is a dataset (or other output) of ours.
     Dedup is global and in source order: the first occurrence of a comparison wins, later ones count as duplicates
     of the source they come from. Chosen/rejected sources are balanced A/B after dedup, over the kept rows.
     """
@@ -346,11 +347,13 @@ def build_dataset(
     from arena_dist.data.folds import fold_of_key
     from arena_dist.data.normalize import SeenHashes, comparison_hash, prompt_key
     from arena_dist.data.sources import BalancedAssigner, open_source
-    from arena_dist.io import atomic_directory, atomic_write_json
+    from arena_dist.io import atomic_directory, atomic_write_json, check_replaceable
 
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
         raise InputError(f"source names must be unique, got {names}")
+    _check_sources_outside(sources, Path(output_dir))
+    check_replaceable(output_dir, "output_dir")
     readers = [open_source(source) for source in sources]
     seen_content = SeenHashes()
     manifest_sources: dict[str, dict] = {}
@@ -400,15 +403,17 @@ def build_dataset(
         if resolved_config is not None:
             save_resolved_config(resolved_config, tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
-        _make_readable(tmp)
     return manifest
 
 
-def _make_readable(root: Path) -> None:
-    """mkdtemp/mkstemp create owner-only entries; a dataset is shared (Ray workers, other users): 755/644."""
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+def _check_sources_outside(sources: list, output_dir: Path) -> None:
+    """A source inside the output directory would be replaced by the dataset built from it."""
+    root = output_dir.resolve()
+    for source in sources:
+        path = Path(source.path).resolve()
+        if path == root or root in path.parents:
+            raise InputError(f"{output_dir}: output_dir contains the source {source.name!r} ({source.path}); "
+                             "write the dataset somewhere else")
 
 
 def input_fingerprint(path: str | os.PathLike) -> dict:
