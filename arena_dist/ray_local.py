@@ -206,8 +206,15 @@ def submit_job(
     """`ray job submit` to a dashboard and wait for the job; its exit status is the job's.
 
     The job's log is captured (returned as stdout), appended to `log_path` if given, and echoed line by line when
-    `echo` is set (the demo streams it).
+    `echo` is set (the demo streams it). `env` goes on the command line (visible to `ps`): never a secret there; the
+    job inherits the head's environment, and arena_dist.worker_env hands the hub token on to its workers.
     """
+    from arena_dist.worker_env import SECRET_ENV
+
+    secrets = sorted(set(env or {}) & set(SECRET_ENV))
+    if secrets:
+        raise ValueError(f"submit_job: {secrets[0]} would be visible on the command line; set it in the "
+                         "environment of the Ray head instead")
     dashboard_url = head.dashboard_url if isinstance(head, LocalRayHead) else head
     client_env = {**os.environ, **(head.client_env() if isinstance(head, LocalRayHead) else {})}
     cmd = [ray_executable(), "job", "submit", f"--address={dashboard_url}", "--log-style=record"]

@@ -1,7 +1,11 @@
-"""Session-wide test settings: offline hub, CPU DeepSpeed, no Ray telemetry, one thread per process."""
+"""Session-wide test settings: offline hub, CPU DeepSpeed, no Ray telemetry, one thread per process; shared
+fixtures."""
 
+import json
 import os
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,3 +20,62 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))
+
+
+SHIPPED_MODULE = '''"""A model class shipped inside an export (tests): importing this module leaves a marker file."""
+from pathlib import Path
+
+from transformers import LlamaForSequenceClassification
+
+Path({marker!r}).write_text("imported")
+
+
+class ShippedLlamaForSequenceClassification(LlamaForSequenceClassification):
+    pass
+'''
+SHIPPED_MAPS = {
+    "config.json": {"AutoModelForSequenceClassification": "shipped_model.ShippedLlamaForSequenceClassification"},
+    "tokenizer_config.json": {"AutoTokenizer": ["shipped_model.ShippedTokenizer", None]},
+}
+
+
+def _ship_code(directory, marker, config_file="config.json"):
+    """Make a (tiny Llama) export folder declare Python code of its own, as a downloaded export could: `auto_map` in
+    `config_file` -> `shipped_model.py` inside the folder, whose import writes `marker`; and the export's metadata
+    (when the folder has one) claims trust_remote_code for itself."""
+    directory = Path(directory)
+    (directory / "shipped_model.py").write_text(SHIPPED_MODULE.format(marker=str(marker)))
+    config = json.loads((directory / config_file).read_text())
+    config["auto_map"] = SHIPPED_MAPS[config_file]
+    (directory / config_file).write_text(json.dumps(config))
+    meta_file = directory / "arena_dist.json"
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        meta["model_config"]["trust_remote_code"] = True
+        meta_file.write_text(json.dumps(meta))
+    return directory
+
+
+@pytest.fixture
+def ship_code():
+    """`ship_code(export_dir, marker, config_file="config.json")`: see _ship_code."""
+    return _ship_code
+
+
+def _files_containing(root, needle: str) -> list[str]:
+    """Every regular file under `root` whose bytes contain `needle` (binary-safe; sockets and links skipped)."""
+    data = needle.encode()
+    found = []
+    for path in Path(root).rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and data in path.read_bytes():
+                found.append(str(path))
+        except OSError:  # gone meanwhile (a live Ray session's files come and go)
+            continue
+    return found
+
+
+@pytest.fixture
+def files_containing():
+    """`files_containing(root, text)`: see _files_containing."""
+    return _files_containing

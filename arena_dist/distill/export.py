@@ -97,9 +97,10 @@ def logits_of(model, sequences: Sequence[Sequence[int]], pad_id: int, max_tokens
 
 
 def merge_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, check_sequences: Sequence[Sequence[int]],
-                 max_logit_diff: float | None = None, dtype: str = "float32") -> dict:
+                 max_logit_diff: float | None = None, dtype: str = "float32", trust_remote_code: bool = False) -> dict:
     """Merge the adapter into a full-precision base, check logits against the unmerged model as trained (quantised
-    base + adapter) and against the unmerged full-precision model, and write a plain classifier export."""
+    base + adapter) and against the unmerged full-precision model, and write a plain classifier export.
+    `trust_remote_code`: the student config's own (`model.trust_remote_code`), as for its training."""
     import numpy as np
 
     from arena_dist.models.export import load_export, read_export_meta, save_export
@@ -107,7 +108,8 @@ def merge_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, chec
 
     meta = read_export_meta(export_dir)
     quantization = meta.get("quantization", "none")
-    as_trained, tokenizer, _ = load_export(export_dir, dtype=dtype, quantization=quantization)
+    as_trained, tokenizer, _ = load_export(export_dir, dtype=dtype, quantization=quantization,
+                                           trust_remote_code=trust_remote_code)
     if quantization != "none":
         from arena_dist.models.quant import keep_training_layout
 
@@ -115,7 +117,7 @@ def merge_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, chec
     pad_id = int(meta["pad_token_id"])
     reference = logits_of(as_trained, check_sequences, pad_id)
     del as_trained
-    unmerged_fp, _, _ = load_export(export_dir, dtype=dtype, quantization="none")
+    unmerged_fp, _, _ = load_export(export_dir, dtype=dtype, quantization="none", trust_remote_code=trust_remote_code)
     unmerged_fp_logits = logits_of(unmerged_fp, check_sequences, pad_id)
     merged = unmerged_fp.merge_and_unload()
     merged_logits = logits_of(merged, check_sequences, pad_id)

@@ -420,12 +420,18 @@ def finish_export(model, tokenizer, cfg: StudentConfig, eval_sequences) -> dict:
         if not check:
             raise ValueError("merge.enabled needs held-out rows (data.eval_fold) to check the merge on")
         merged_dir = export_dir.with_name(export_dir.name + "_merged")
-        out["merge"] = merge_export(export_dir, merged_dir, check, cfg.merge.max_logit_diff, cfg.merge.dtype)
+        out["merge"] = merge_export(export_dir, merged_dir, check, cfg.merge.max_logit_diff, cfg.merge.dtype,
+                                    trust_remote_code=cfg.model.trust_remote_code)
         out["merged_export_dir"] = str(merged_dir)
     return out
 
 
 def ray_worker(config: dict) -> None:
-    """Ray Train's train_loop_per_worker: CPU threads per worker, then the shared loop."""
+    """Ray Train's train_loop_per_worker: the driver's hub token (`arena_dist.worker_env.with_secrets`), CPU threads
+    per worker, then the shared loop."""
+    from arena_dist.worker_env import SECRETS_KEY, apply_secrets
+
+    config = dict(config)
+    apply_secrets(config.pop(SECRETS_KEY, None))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     train_student(config, in_ray=True)

@@ -12,6 +12,8 @@ How it runs:
 - `num_actors` actors, each loads the teacher export once (`TeacherScorer`) with `num_cpus=cpus_per_actor`
   (fractional is fine: on a 2-CPU box two 1-CPU actors would leave nothing for the driver's other work) and
   `num_gpus=gpus_per_actor` (more than one GPU: accelerate `device_map="auto"` spreads the teacher over them).
+  They get the driver's `arena_dist.worker_env` variables (hub cache and offline flags in their runtime env, the hub
+  token as an argument) and the label config's `trust_remote_code` as an argument.
 - The driver keeps a queue of uncommitted shards and up to `inflight_per_actor` shards queued at each actor, so an
   actor never idles while the driver commits. Results come back to the driver, which is the ONLY writer: it checks
   that the actor read the input the manifest describes (sha256), writes the parquet atomically and then its commit
@@ -24,7 +26,6 @@ How it runs:
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,9 +35,6 @@ from arena_dist.errors import ArenaDistError
 from arena_dist.label.batching import PaddingStats
 from arena_dist.label.progress import Progress
 from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore
-
-PASS_THROUGH_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
-                    "TOKENIZERS_PARALLELISM", "DS_ACCELERATOR")
 
 
 class LabelRunError(ArenaDistError):
@@ -75,8 +73,9 @@ def _actor_class(settings: ActorSettings):
     import ray
 
     from arena_dist.label.scoring import TeacherScorer
+    from arena_dist.worker_env import plain_env
 
-    env = {key: os.environ[key] for key in PASS_THROUGH_ENV if key in os.environ}
+    env = plain_env()  # secrets stay out: Ray's runtime-env agent logs every runtime env it sets up
     env["OMP_NUM_THREADS"] = str(settings.threads)
     return ray.remote(TeacherScorer).options(
         num_cpus=settings.cpus_per_actor,
@@ -85,6 +84,14 @@ def _actor_class(settings: ActorSettings):
         max_task_retries=0,  # the driver requeues shards itself (and knows which shard was lost)
         runtime_env={"env_vars": env},
     )
+
+
+def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bool = False):
+    """One scorer actor for `export_path`; the hub token goes along as an argument (`SecretEnv`)."""
+    from arena_dist.worker_env import SecretEnv
+
+    return _actor_class(settings).remote(export_path, settings.dtype, settings.quantization, settings.gpus_per_actor,
+                                         settings.threads, trust_remote_code, SecretEnv.from_environ())
 
 
 def label_shards(
@@ -98,8 +105,10 @@ def label_shards(
     swap_tta: bool = True,
     progress: Progress | None = None,
     on_dispatch: Callable[[_Slot, InputShard], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
-    """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised."""
+    """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised.
+    `trust_remote_code`: the label config's for this teacher (never the export's)."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -120,12 +129,8 @@ def label_shards(
         progress.update("done", force=True)
         return {**summary, "padding": padding.as_dict(), "seconds": round(time.monotonic() - started, 3)}
 
-    actor_cls = _actor_class(settings)
-    slots = [
-        _Slot(i, actor_cls.remote(export_path, settings.dtype, settings.quantization, settings.gpus_per_actor,
-                                  settings.threads))
-        for i in range(min(settings.num_actors, len(pending)))
-    ]
+    slots = [_Slot(i, start_actor(settings, export_path, trust_remote_code))
+             for i in range(min(settings.num_actors, len(pending)))]
     ready_refs = {slot.handle.info.remote(): slot for slot in slots}
     attempts: dict[int, int] = {}
     last_error = ""

@@ -125,9 +125,14 @@ class TeacherScorer:
     """One teacher export loaded once; scores whole input shards. Wrapped by the Ray actor in `driver`."""
 
     def __init__(self, export_path: str, dtype: str = "float32", quantization: str = "none",
-                 gpus: float = 0, threads: int | None = None):
+                 gpus: float = 0, threads: int | None = None, trust_remote_code: bool = False,
+                 secrets=None):
+        """`trust_remote_code`: the label config's, handed over by the driver. `secrets`: the driver's hub token
+        (`arena_dist.worker_env.SecretEnv`), set in this process before anything is loaded."""
         from arena_dist.models.export import load_export
+        from arena_dist.worker_env import apply_secrets
 
+        apply_secrets(secrets)
         if threads:
             torch.set_num_threads(threads)
         started = time.perf_counter()
@@ -135,7 +140,8 @@ class TeacherScorer:
         # Ray has already narrowed CUDA_VISIBLE_DEVICES to this actor's GPUs.
         device_map = "auto" if gpus > 1 else ("cuda:0" if gpus > 0 and torch.cuda.is_available() else None)
         self.model, self.tokenizer, self.meta = load_export(export_path, dtype=dtype, device_map=device_map,
-                                                            quantization=quantization)
+                                                            quantization=quantization,
+                                                            trust_remote_code=trust_remote_code)
         if self.tokenizer is None:
             raise ValueError(f"{export_path}: the export carries no tokenizer")
         self.format = format_from_meta(self.meta)

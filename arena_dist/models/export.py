@@ -11,6 +11,11 @@ A folder with
 
 An MLP head is saved in the same safetensors under `score.*` (transformers' own loader only understands the linear
 head; `load_export` restores either). Under ZeRO-3 the caller gathers the full state dict and passes `state_dict=`.
+
+Loading never runs Python code shipped inside an export: `trust_remote_code` is the caller's (the config of the stage
+the user runs), never the export's metadata, and an export whose configs map classes to its own code (`auto_map`) is
+refused up front unless the caller set it. An export may come from anywhere (downloaded, shared), and transformers
+imports such code while it loads.
 """
 
 from __future__ import annotations
@@ -164,8 +169,57 @@ def _has_segment_embeddings(directory: Path) -> bool:
         return False  # a hub id or an unreadable folder: transformers reports it
 
 
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+ATTENTION_KERNELS = ("eager", "sdpa")  # what training uses; a hub kernel id would fetch and run code
+
+
+def _base_path(path: Path, meta: dict) -> Path | None:
+    """Where a LoRA export's base lives: its `base/` folder or the hub id / dir recorded at training time."""
+    if not meta.get("lora"):
+        return None
+    if meta.get("base_dir"):
+        return path / meta["base_dir"]
+    return Path(meta["base"]["name_or_path"])
+
+
+def declared_remote_code(directory: Path) -> str | None:
+    """The first config in `directory` whose `auto_map` points transformers at Python code, else None. A hub id
+    (no such folder) is left to transformers, which refuses remote code when trust_remote_code is False."""
+    for name in REMOTE_CODE_FILES:
+        try:
+            data = json.loads((directory / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # missing or unreadable: transformers reports it, without running anything
+        if isinstance(data, dict) and data.get("auto_map"):
+            return str(directory / name)
+    return None
+
+
+def check_remote_code(path: str | os.PathLike, trust_remote_code: bool,
+                      setting: str = "trust_remote_code") -> None:
+    """Refuse an export that ships its own code (in its folder, its base or its tokenizer) unless the user turned
+    `setting` on in the config of the stage they run; called before any transformers call could import that code."""
+    if trust_remote_code:
+        return
+    path = Path(path)
+    meta = read_export_meta(path)
+    for directory in (path, _base_path(path, meta)):
+        found = directory is not None and declared_remote_code(directory)
+        if found:
+            raise InputError(f"{path}: the export ships Python code (auto_map in {found}); it runs only if you set "
+                             f"{setting}: true in the stage config, after checking the code")
+
+
+def _attention(model_config: dict, directory: Path) -> str:
+    attention = model_config.get("attn_implementation", "sdpa")
+    if attention not in ATTENTION_KERNELS:
+        raise InputError(f"{directory}: model_config.attn_implementation {attention!r} in the export metadata is not "
+                         f"one of {', '.join(ATTENTION_KERNELS)}")
+    return attention
+
+
 def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, quantization: str,
-                     own_weights: bool = True):
+                     own_weights: bool = True, trust_remote_code: bool = False):
     import warnings
 
     from transformers import AutoModelForSequenceClassification
@@ -176,11 +230,10 @@ def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, 
     from arena_dist.models.segments import MODULE_NAME, install_segment_embeddings, recorded_markers
 
     num_labels = meta["num_labels"]
-    model_config = meta.get("model_config") or {}
-    trust = bool(model_config.get("trust_remote_code", False))
-    # Same attention kernel as in training, so logits reproduce exactly.
-    attention = model_config.get("attn_implementation", "sdpa")
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust, num_labels=num_labels,
+    # Same attention kernel as in training, so logits reproduce exactly. trust_remote_code is the caller's: the
+    # export's own metadata records the training run's, which must not decide what runs here.
+    attention = _attention(meta.get("model_config") or {}, directory)
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, num_labels=num_labels,
                   attn_implementation=attention,
                   **quantization_kwargs(quantization, dtype))
     if meta.get("pad_token_id") is not None:
@@ -212,30 +265,32 @@ def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, 
     return model
 
 
-def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None, quantization: str = "none"):
+def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None, quantization: str = "none",
+                trust_remote_code: bool = False):
     """-> (model in eval mode, tokenizer, meta). LoRA exports are rebuilt as base + adapter (not merged), so a
-    quantised base can carry the full-precision adapter."""
+    quantised base can carry the full-precision adapter. `trust_remote_code`: from the config of the stage the user
+    runs (never the export's); an export that ships code is refused without it (`check_remote_code`)."""
+    path = Path(path)
+    meta = read_export_meta(path)
+    check_remote_code(path, trust_remote_code)  # before transformers is even imported
     from transformers import AutoTokenizer
 
     from arena_dist.models.build import torch_dtype
 
-    path = Path(path)
-    meta = read_export_meta(path)
     torch_type = torch_dtype(dtype)
     if meta["lora"]:
         from peft import PeftModel
 
-        if meta.get("base_dir"):
-            base_path = path / meta["base_dir"]
-        else:
-            base_path = Path(meta["base"]["name_or_path"])
         # The trained head and segment embeddings come back from the adapter (modules_to_save); the base only has
         # to match their shapes.
-        base = _load_classifier(base_path, meta["head"], meta, torch_type, device_map, quantization,
-                                own_weights=False)
+        base = _load_classifier(_base_path(path, meta), meta["head"], meta, torch_type, device_map, quantization,
+                                own_weights=False, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
     else:
-        model = _load_classifier(path, meta["head"], meta, torch_type, device_map, quantization)
+        model = _load_classifier(path, meta["head"], meta, torch_type, device_map, quantization,
+                                 trust_remote_code=trust_remote_code)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(path)) if (path / "tokenizer_config.json").exists() else None
+    tokenizer = None
+    if (path / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     return model, tokenizer, meta

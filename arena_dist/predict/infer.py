@@ -34,7 +34,9 @@ class Prediction:
     stats: dict = field(default_factory=dict)
 
 
-def load_model(export_path: str, dtype: str = "float32", quantization: str = "auto", threads: int | None = None):
+def load_model(export_path: str, dtype: str = "float32", quantization: str = "auto", threads: int | None = None,
+               trust_remote_code: bool = False):
+    """`trust_remote_code`: the predict config's (an export that ships code is refused without it)."""
     import torch
 
     from arena_dist.label.scoring import format_from_meta
@@ -45,7 +47,8 @@ def load_model(export_path: str, dtype: str = "float32", quantization: str = "au
     meta = read_export_meta(export_path)
     if quantization == "auto":
         quantization = meta.get("quantization", "none")
-    model, tokenizer, meta = load_export(export_path, dtype=dtype, quantization=quantization)
+    model, tokenizer, meta = load_export(export_path, dtype=dtype, quantization=quantization,
+                                         trust_remote_code=trust_remote_code)
     if quantization != "none":
         from arena_dist.models.quant import keep_training_layout
 

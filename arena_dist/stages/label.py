@@ -32,6 +32,9 @@ class InputSection(StrictModel):
 class TeacherSpec(StrictModel):
     id: str = Field(pattern=ID_PATTERN, max_length=64)  # the store's directory name and the `teacher_id` column
     export_path: Path
+    # Run Python code shipped inside the export (transformers `auto_map`). Only this setting turns it on, never the
+    # export itself: an export that ships code is refused while it is False.
+    trust_remote_code: bool = False
 
 
 class BatchingSection(StrictModel):
@@ -109,13 +112,15 @@ def run(config: Config) -> dict:
     from arena_dist.label.ensemble import merge_label_stores
     from arena_dist.label.progress import Progress
     from arena_dist.label.store import LabelStore, input_shards, store_padding
-    from arena_dist.models.export import read_export_meta
+    from arena_dist.models.export import check_remote_code, read_export_meta
 
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_resolved_config(config, output_dir)
     summary: dict = {"output_dir": str(output_dir), "teachers": {}}
     if config.teachers:
+        for index, teacher in enumerate(config.teachers):  # before Ray starts: one clear line, no actor restarts
+            check_remote_code(teacher.export_path, teacher.trust_remote_code, f"teachers[{index}].trust_remote_code")
         dataset_dir = Path(config.input.dataset_dir)
         shards = input_shards(dataset_dir, config.input.split)
         dataset_hash = load_manifest(dataset_dir).get("config_hash")
@@ -134,6 +139,7 @@ def run(config: Config) -> dict:
                 run_summary = label_shards(
                     teacher.id, str(teacher.export_path), shards, store, settings,
                     config.batching.max_tokens, config.batching.max_rows, config.swap_tta, progress,
+                    trust_remote_code=teacher.trust_remote_code,
                 )
                 manifest = store.finalize(shards, {
                     "dataset_dir": str(dataset_dir), "split": config.input.split, "dataset_config_hash": dataset_hash,

@@ -25,6 +25,9 @@ class ModelSpec(StrictModel):
     export_path: str
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantization: Quantization = "auto"  # auto: as the export was trained (its metadata)
+    # Run Python code shipped inside the export (transformers `auto_map`). Only this setting turns it on, never the
+    # export itself: an export that ships code is refused while it is False.
+    trust_remote_code: bool = False
 
 
 class TTA(StrictModel):
@@ -55,6 +58,16 @@ class Config(StrictModel):
     threads: int | None = Field(None, gt=0)
 
 
+def check_models(config: Config) -> None:
+    """Both exports are checked for shipped code before either is loaded, naming the setting to turn on."""
+    from arena_dist.models.export import check_remote_code
+
+    check_remote_code(config.model.export_path, config.model.trust_remote_code, "model.trust_remote_code")
+    if config.second_model is not None:
+        check_remote_code(config.second_model.export_path, config.second_model.trust_remote_code,
+                          "second_model.trust_remote_code")
+
+
 def run(config: Config) -> dict:
     import numpy as np
     import pandas as pd
@@ -69,14 +82,16 @@ def run(config: Config) -> dict:
     out = Path(config.output_dir)
     ids, records, counts = read_test_file(config.test_file, config.competition)
     competition = counts["competition"]
-    first = load_model(config.model.export_path, config.model.dtype, config.model.quantization, config.threads)
+    check_models(config)
+    first = load_model(config.model.export_path, config.model.dtype, config.model.quantization, config.threads,
+                       config.model.trust_remote_code)
     if competition == "lmsys" and first.num_labels != 3:
         raise ConfigError(f"model.export_path: a {first.num_labels}-class model cannot predict LMSYS ties "
                           f"({config.model.export_path})")
     second = None
     if config.second_model is not None:
         s = config.second_model
-        second = load_model(s.export_path, s.dtype, s.quantization, config.threads)
+        second = load_model(s.export_path, s.dtype, s.quantization, config.threads, s.trust_remote_code)
     num_classes = 3 if competition == "lmsys" else 2
     print(f"predict: {len(ids)} test rows ({counts['lenient_rows']} kept leniently), competition {competition}, "
           f"tta {config.tta.mode}" + (f", second model on {config.second_model.fraction:.0%}" if second else ""),

@@ -33,28 +33,37 @@ def run(config: Config) -> dict:
     return summary
 
 
+def loop_config(config: Config) -> dict:
+    """What every Ray Train worker gets: the config and the driver's hub token (a SecretEnv, never written)."""
+    from arena_dist.worker_env import with_secrets
+
+    return with_secrets(config.model_dump(mode="json"))
+
+
 def run_with_ray(config: Config):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from arena_dist.distill.train import ray_worker
     from arena_dist.ray_local import ray_session
+    from arena_dist.worker_env import plain_env
 
     ray_cfg = config.ray
-    # A private local Ray is started from this process, so its workers inherit this environment (offline hub,
-    # CPU DeepSpeed...). On a cluster the job's runtime env carries it (`ray job submit --runtime-env-json`).
+    # Workers started by a cluster's raylets do not inherit this process's environment: the forwarded variables go
+    # in their runtime env, the hub token as a SecretEnv in train_loop_config (arena_dist.worker_env says why).
     local_cpus = None if ray_cfg.address not in (None, "local") else max(
         1, int(round(ray_cfg.num_workers * ray_cfg.cpus_per_worker + 0.49)))
     with ray_session(ray_cfg.address, local_num_cpus=local_cpus):
         trainer = TorchTrainer(
             train_loop_per_worker=ray_worker,
-            train_loop_config=config.model_dump(mode="json"),
+            train_loop_config=loop_config(config),
             # STRICT_PACK: every worker on one node (the student is a one-node job: NVLink/shm all-reduce).
             scaling_config=ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=ray_cfg.use_gpu,
                                          resources_per_worker={"CPU": ray_cfg.cpus_per_worker},
                                          placement_strategy="STRICT_PACK"),
             torch_config=TorchConfig(backend="nccl" if ray_cfg.use_gpu else "gloo"),
             run_config=RunConfig(storage_path=str(Path(config.run_dir) / "ray"), name="student",
-                                 failure_config=FailureConfig(max_failures=ray_cfg.max_failures)),
+                                 failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+                                 worker_runtime_env={"env_vars": plain_env()}),
         )
         return trainer.fit()

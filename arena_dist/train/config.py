@@ -83,6 +83,18 @@ class RaySettings(StrictModel):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     worker_env: dict[str, str] = Field(default_factory=dict)  # extra environment for the workers
 
+    @field_validator("worker_env")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        """The config is saved beside the run: a token here would be written to disk."""
+        from arena_dist.worker_env import SECRET_ENV
+
+        secrets = sorted(set(value) & set(SECRET_ENV))
+        if secrets:
+            raise ValueError(f"{secrets[0]} would be saved with the config; set it in the driver's environment "
+                             "instead (it reaches every worker without being written anywhere)")
+        return value
+
 
 class OutputSettings(StrictModel):
     # Ray Train run name: training state (checkpoints, TensorBoard, metrics.jsonl) lives in ray.storage_path/run_name,

@@ -10,14 +10,14 @@ import time
 from arena_dist.config import config_dict
 from arena_dist.train.config import TrainJobConfig
 from arena_dist.train.ds_config import load_zero_knobs
-
-# Forwarded to every worker when set here (offline hub, CPU DeepSpeed, extension cache).
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR",
-                 "TOKENIZERS_PARALLELISM", "HF_HOME")
+from arena_dist.worker_env import plain_env, with_secrets
 
 
 def worker_env(config: TrainJobConfig) -> dict[str, str]:
-    env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+    """The plain variables every rank sets before importing DeepSpeed (`arena_dist.worker_env.FORWARDED_ENV`
+    without the secrets: this goes into the payload, which Ray Train shows in its state API and the bench writes to
+    a file)."""
+    env = plain_env()
     env["DS_ACCELERATOR"] = "cuda" if config.ray.use_gpu else "cpu"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(config.ray.worker_env)
@@ -31,6 +31,12 @@ def make_payload(config: TrainJobConfig) -> dict:
             "attempt_id": str(int(time.time()))}
 
 
+def ray_payload(config: TrainJobConfig) -> dict:
+    """The payload plus the driver's hub token (`arena_dist.worker_env.SecretEnv`), as Ray Train hands it to
+    every worker; never written anywhere (`make_payload` alone is what may go to a file)."""
+    return with_secrets(make_payload(config))
+
+
 def run_training(config: TrainJobConfig) -> dict:
     """Fit on Ray; returns the run summary written by rank 0 (summary.json in the run dir)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -41,7 +47,7 @@ def run_training(config: TrainJobConfig) -> dict:
     from arena_dist.ray_local import ray_session
     from arena_dist.train.loop import train_worker
 
-    payload = make_payload(config)
+    payload = ray_payload(config)
     backend = config.ray.backend if config.ray.backend != "auto" else ("nccl" if config.ray.use_gpu else "gloo")
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:

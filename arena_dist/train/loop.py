@@ -436,11 +436,20 @@ def train_worker(payload: dict) -> None:
     run_rank(payload, context.get_world_rank(), context.get_world_size(), under_ray=True)
 
 
+def apply_payload_env(payload: dict) -> None:
+    """The driver's forwarded variables, then its secrets (`launch.ray_payload`; only under Ray, a bare torchrun
+    inherits them), before deepspeed is imported: DS_ACCELERATOR decides its accelerator at import."""
+    from arena_dist.worker_env import SECRETS_KEY, apply_secrets
+
+    for key, value in payload.get("env", {}).items():
+        os.environ[key] = value
+    apply_secrets(payload.get(SECRETS_KEY))
+
+
 def run_rank(payload: dict, rank: int, world_size: int, under_ray: bool) -> dict:
     """One rank of a run, inside Ray Train (process group set up by Ray) or under torchrun (env:// rendezvous)."""
     config = TrainJobConfig.model_validate(payload["config"])
-    for key, value in payload.get("env", {}).items():
-        os.environ[key] = value  # before deepspeed is imported: DS_ACCELERATOR decides its accelerator at import
+    apply_payload_env(payload)
     import torch
     import torch.distributed as dist
 

@@ -42,3 +42,29 @@ def test_teacher_extra_texts_follow_the_swap():
     plain = teacher_extra_texts(records, ["model_names"], swapped=False)[0]
     swapped = teacher_extra_texts(records, ["model_names"], swapped=True)[0]
     assert plain.index("alpha") < plain.index("beta") and swapped.index("beta") < swapped.index("alpha")
+
+
+def test_scorer_runs_shipped_code_only_when_the_label_config_trusts_it(tmp_path, ship_code):
+    """What a label actor does with an export that ships code: refuse it (its own metadata's claim does not count);
+    run it when the label config's `teachers[].trust_remote_code` (handed to the actor by the driver) is on."""
+    import os
+    import subprocess
+    import sys
+
+    from arena_dist.errors import InputError
+    from arena_dist.label.scoring import TeacherScorer
+    from arena_dist.label.tiny import make_teacher_export
+
+    marker = tmp_path / "imported.txt"
+    export = ship_code(make_teacher_export(tmp_path / "shipping-teacher", max_length=64), marker)
+    with pytest.raises(InputError, match=r"shipping-teacher: the export ships Python code .*trust_remote_code: true"):
+        TeacherScorer(str(export))
+    assert not marker.exists()
+    # A fresh process with its own modules cache: transformers copies the shipped code there before importing it.
+    code = ("import sys; from arena_dist.label.scoring import TeacherScorer; "
+            "print(type(TeacherScorer(sys.argv[1], trust_remote_code=True).model).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(export)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "ShippedLlamaForSequenceClassification"
+    assert marker.read_text() == "imported"

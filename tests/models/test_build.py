@@ -66,3 +66,16 @@ def test_config_errors():
         ModelConfig(arch="llama", hidden_size=64, num_heads=5)
     with pytest.raises(ValueError):
         ModelConfig(arch="mistral")
+
+
+def test_pretrained_base_code_runs_only_with_the_stage_configs_flag(tmp_path, ship_code):
+    """The teacher / student builders take trust_remote_code from their own model config, nothing else: a base
+    folder that ships code (auto_map) is built with transformers' own class while the flag is off."""
+    from transformers import LlamaForSequenceClassification
+
+    base = tmp_path / "base"
+    build_model(tiny_model_config("llama", vocab_size=128), 3, PAD).save_pretrained(base)
+    marker = tmp_path / "imported.txt"
+    ship_code(base, marker)
+    model = build_model(ModelConfig(name_or_path=str(base)), num_labels=3, pad_token_id=PAD)
+    assert type(model) is LlamaForSequenceClassification and not marker.exists()

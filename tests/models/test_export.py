@@ -1,6 +1,7 @@
 """Export -> reload (plain transformers for linear heads, load_export for all) gives identical logits."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +84,49 @@ def test_not_an_export(tmp_path):
     (tmp_path / "arena_dist.json").write_text("{bad")
     with pytest.raises(InputError, match="unreadable"):
         read_export_meta(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory):
+    """A plain and a LoRA tiny teacher export, copied per test (ship_code edits them)."""
+    from arena_dist.label.tiny import make_teacher_export
+
+    root = tmp_path_factory.mktemp("exports")
+    return {"plain": make_teacher_export(root / "plain", max_length=64),
+            "lora": make_teacher_export(root / "lora", max_length=64, lora=True)}
+
+
+def copy_export(tiny_exports, kind, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_exports[kind], tmp_path / f"{kind}-export"))
+
+
+@pytest.mark.parametrize("kind, folder, config_file", [("plain", ".", "config.json"),
+                                                       ("plain", ".", "tokenizer_config.json"),
+                                                       ("lora", "base", "config.json")])
+def test_export_that_ships_code_is_refused_before_it_runs(tiny_exports, tmp_path, ship_code, kind, folder,
+                                                          config_file):
+    # The export's own metadata claims trust_remote_code (ship_code sets it): only the caller's setting counts.
+    export = copy_export(tiny_exports, kind, tmp_path)
+    marker = tmp_path / "imported.txt"
+    ship_code(export / folder, marker, config_file)
+    meta = json.loads((export / "arena_dist.json").read_text())
+    meta["model_config"]["trust_remote_code"] = True
+    (export / "arena_dist.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError) as caught:
+        load_export(export)
+    message = str(caught.value)
+    assert str(export) in message and "trust_remote_code: true" in message and "\n" not in message
+    assert str(export / folder / config_file) in message
+    assert not marker.exists()
+
+
+def test_attention_kernel_comes_from_a_fixed_list(tiny_exports, tmp_path):
+    """transformers also accepts a hub kernel id as attn_implementation (fetched and run): not from an export."""
+    export = copy_export(tiny_exports, "plain", tmp_path)
+    meta = json.loads((export / "arena_dist.json").read_text())
+    meta["model_config"]["attn_implementation"] = "kernels-community/some-kernel"
+    (export / "arena_dist.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="attn_implementation 'kernels-community/some-kernel'"):
+        load_export(export)

@@ -110,3 +110,44 @@ def test_test_file_rows_are_never_dropped_and_duplicates_refused(tmp_path):
                   "response_b": ['["b"]'] * 2}).to_csv(path, index=False)
     with pytest.raises(InputError, match="duplicate id '1'"):
         read_test_file(path)
+
+
+def shipping_copy(files, tmp_path, ship_code, name="model3"):
+    """A copy of a tiny export that ships Python code (and whose metadata claims trust_remote_code for itself)."""
+    import shutil
+
+    marker = tmp_path / f"{name}-imported.txt"
+    return ship_code(shutil.copytree(files[name], tmp_path / f"{name}-shipping"), marker), marker
+
+
+@pytest.mark.slow
+def test_predict_refuses_an_export_that_ships_code(files, tmp_path, capsys, ship_code):
+    export, marker = shipping_copy(files, tmp_path, ship_code)
+    out = tmp_path / "out"
+    args = ["predict", "--set", f"test_file={files['lmsys']}", "--set", f"output_dir={out}"]
+    assert main([*args, "--set", f"model.export_path={export}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(export) in err and "model.trust_remote_code: true" in err
+    # The second model is checked before the first is even loaded.
+    assert main([*args, "--set", f"model.export_path={files['model3b']}",
+                 "--set", f"second_model.export_path={export}"]) == 2
+    assert "second_model.trust_remote_code: true" in capsys.readouterr().err
+    assert not marker.exists() and not (out / "submission.csv").exists()
+
+
+@pytest.mark.slow
+def test_predict_runs_shipped_code_when_its_config_trusts_it(files, tmp_path, ship_code):
+    import os
+    import subprocess
+    import sys
+
+    export, marker = shipping_copy(files, tmp_path, ship_code)
+    # A fresh process with its own modules cache: transformers copies the shipped code there before importing it.
+    done = subprocess.run([sys.executable, "-m", "arena_dist.cli", "predict", "--set", f"test_file={files['lmsys']}",
+                           "--set", f"output_dir={tmp_path / 'out'}", "--set", f"model.export_path={export}",
+                           "--set", "model.trust_remote_code=true", "--set", "tta.mode=none"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.read_text() == "imported"
+    check_submission(read_table(tmp_path / "out" / "submission.csv"), read_test_file(files["lmsys"])[0], "lmsys")

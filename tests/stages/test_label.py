@@ -89,3 +89,52 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     config = write_config(tmp_path / "typo.yaml", {"output_dir": str(tmp_path), "batching": {"max_token": 5}})
     assert main(["label", "--config", config]) == 2
     assert "batching.max_token: unknown key" in capsys.readouterr().err
+
+
+def test_label_refuses_a_teacher_export_that_ships_code(setup, tmp_path, capsys, monkeypatch, ship_code):
+    import shutil
+
+    marker = tmp_path / "imported.txt"
+    export = ship_code(shutil.copytree(setup["exports"]["teacher-a"], tmp_path / "shipping-teacher"), marker)
+    config = write_config(tmp_path / "label.yaml", {
+        "output_dir": str(tmp_path / "labels"),
+        "input": {"dataset_dir": str(setup["dataset"]), "split": "pool"},
+        "teachers": [{"id": "clean", "export_path": str(setup["exports"]["teacher-b"])},
+                     {"id": "shipping", "export_path": str(export)}],
+        "ray": {"num_actors": 1, "cpus_per_actor": 1},
+    })
+    for key, value in setup["head"].client_env().items():
+        monkeypatch.setenv(key, value)
+    assert main(["label", "--config", config, "--set", f"ray.address={setup['head'].address}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(export) in err and "teachers[1].trust_remote_code: true" in err, err
+    assert not marker.exists()
+    assert not (tmp_path / "labels" / "clean").exists()  # refused before any teacher ran
+
+
+def test_hub_token_reaches_no_output_no_log_and_no_console(setup, tmp_path, files_containing):
+    """A whole label run in a fresh driver process with a unique HF_TOKEN (the Ray head was started without it, so
+    the actors get it only from the driver): the token is in no file under the run's output directory, the config's
+    folder or the Ray session's logs, and not in the driver's stdout / stderr (where Ray also forwards the actors')."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    token = "hf_" + secrets.token_hex(20)
+    out = tmp_path / "labels"
+    config = write_config(tmp_path / "label.yaml", {
+        "output_dir": str(out),
+        "input": {"dataset_dir": str(setup["dataset"]), "split": "pool"},
+        "teachers": [{"id": "teacher-a", "export_path": str(setup["exports"]["teacher-a"])}],
+        "batching": {"max_tokens": 4096},
+        "ray": {"num_actors": 2, "cpus_per_actor": 0.5, "threads_per_actor": 1},
+    })
+    env = {**os.environ, **setup["head"].client_env(), "RAY_ADDRESS": setup["head"].address, "HF_TOKEN": token}
+    done = subprocess.run([sys.executable, "-m", "arena_dist.cli", "label", "--config", config], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((out / "label_summary.json").read_text())["teachers"]["teacher-a"]["rows"] == 60
+    assert token not in done.stdout and token not in done.stderr
+    assert files_containing(tmp_path, token) == []
+    assert files_containing(setup["head"].temp_dir, token) == []
