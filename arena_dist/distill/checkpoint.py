@@ -2,7 +2,7 @@
 safetensors, optimizer + scheduler + RNG state (torch.save; read back with weights_only=True), and a `COMPLETE`
 marker written last. The folder appears under its final name only when complete (atomic rename); resume takes the
 newest folder holding a COMPLETE marker and ignores any other (same convention as the teacher stage's checkpoints).
-After each save only the newest `training.keep_checkpoints` complete ones stay (the teacher's `prune_checkpoints`).
+After each save only the newest `training.keep_last` complete ones stay (the teacher's `prune_checkpoints`).
 
 QLoRA students keep every rank's trainable state identical (gradients are all-reduced before each step), so rank 0
 writes the checkpoint alone; the frozen, quantised base is never checkpointed: it is rebuilt from its spec.

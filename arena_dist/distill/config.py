@@ -50,7 +50,7 @@ class StudentTraining(StrictModel):
     eval_every: int | None = Field(None, gt=0)
     checkpoint_every: int | None = Field(None, gt=0)
     # Newest complete checkpoints kept: rank 0 removes older ones after each save (same key as the teacher's).
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_last: int = Field(2, ge=1)
     eval_max_tokens: int = Field(8192, gt=0)  # token budget of an evaluation batch (rows x longest row)
     threads: int | None = Field(None, gt=0)  # torch threads per worker (1 for several workers on a small CPU)
     stop_after_steps: int | None = Field(None, gt=0)  # end this run early (tests: simulate a preemption)

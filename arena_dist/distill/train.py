@@ -370,7 +370,7 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
             if world.rank == 0:
                 save_checkpoint(run_dir, step, model, optimizer, scheduler,
                                 {"world_size": world.size, "epoch": epoch, "total_steps": total_steps},
-                                keep=training.keep_checkpoints)
+                                keep=training.keep_last)
             world.barrier()
         if metrics is not None or step % training.log_every == 0:  # every rank reports together (Ray Train)
             report({"step": step, **parts_sum, **(metrics or {})}, in_ray)
@@ -388,7 +388,7 @@ def train_student(config: dict | StudentConfig, in_ray: bool = False, model=None
         if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != tag_for(step):
             save_checkpoint(run_dir, step, model, optimizer, scheduler,
                             {"world_size": world.size, "epoch": step // steps_per_epoch, "total_steps": total_steps},
-                            keep=training.keep_checkpoints)
+                            keep=training.keep_last)
         if finished:
             summary.update(finish_export(model, tokenizer, cfg, encoded_eval[0]))
         writer.close()

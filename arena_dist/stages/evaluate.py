@@ -24,6 +24,9 @@ class Config(StrictModel):
 
 def run(config: Config) -> dict:
     from arena_dist.evaluate.report import evaluate_files, format_table, write_report
+    from arena_dist.io import claim_output_dir
+
+    claim_output_dir(config.output_dir, "output_dir")
 
     num_classes = {"auto": None, "3class": 3, "2class": 2}[config.label_mode]
     summary = evaluate_files(config.predictions, config.answers, n_bins=config.n_bins, num_classes=num_classes)

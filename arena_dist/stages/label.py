@@ -106,7 +106,7 @@ def label_config_hash(teacher: TeacherSpec, meta: dict, config: Config) -> str:
 def run(config: Config) -> dict:
     from arena_dist.config import save_resolved_config
     from arena_dist.data.store import load_manifest
-    from arena_dist.io import atomic_write_json
+    from arena_dist.io import atomic_write_json, claim_output_dir
     from arena_dist.label.driver import ActorSettings, label_shards
     from arena_dist.ray_local import ray_session
     from arena_dist.label.ensemble import merge_label_stores
@@ -114,8 +114,7 @@ def run(config: Config) -> dict:
     from arena_dist.label.store import LabelStore, input_shards, store_padding
     from arena_dist.models.export import check_remote_code, read_export_meta
 
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = claim_output_dir(config.output_dir, "output_dir")
     save_resolved_config(config, output_dir)
     summary: dict = {"output_dir": str(output_dir), "teachers": {}}
     if config.teachers:

@@ -73,13 +73,13 @@ def run(config: Config) -> dict:
     import pandas as pd
 
     from arena_dist.errors import ConfigError
-    from arena_dist.io import atomic_path, atomic_write_json
+    from arena_dist.io import atomic_path, atomic_write_json, claim_output_dir
     from arena_dist.predict.infer import load_model, predict
     from arena_dist.predict.submission import build_submission, write_submission
     from arena_dist.predict.testfile import read_test_file
 
     started = time.perf_counter()
-    out = Path(config.output_dir)
+    out = claim_output_dir(config.output_dir, "output_dir")
     ids, records, counts = read_test_file(config.test_file, config.competition)
     competition = counts["competition"]
     check_models(config)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from arena_dist.config import save_resolved_config
+from arena_dist.io import check_replaceable, claim_output_dir
 from arena_dist.distill.config import StudentConfig as Config  # noqa: F401  (the CLI looks for `Config`)
 
 
@@ -19,7 +20,10 @@ def run(config: Config) -> dict:
 
     run_dir = Path(config.run_dir).resolve()
     config = config.model_copy(update={"run_dir": str(run_dir)})
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(run_dir, "run_dir")
+    export_dir = Path(config.export_dir or run_dir / "export")
+    check_replaceable(export_dir, "export_dir")  # now, not after the training
+    check_replaceable(export_dir.with_name(export_dir.name + "_merged"), "export_dir (its _merged sibling)")
     save_resolved_config(config, run_dir)
     if not config.ray.enabled:
         summary = train_student(config)

@@ -6,7 +6,7 @@
     <run dir>/checkpoints/step_0000040_universal/  ds_to_universal output, made once when the world size changes
 
 A directory without COMPLETE (a crash mid-save) is never resumed from. After each complete save rank 0 keeps only
-the newest `training.keep_checkpoints` (`prune_checkpoints`). Pure file logic: no torch.distributed here.
+the newest `training.keep_last` (`prune_checkpoints`). Pure file logic: no torch.distributed here.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from arena_dist.io import atomic_write_json
+from arena_dist.io import atomic_directory, atomic_write_json
 
 CHECKPOINT_DIR = "checkpoints"
 MARKER = "COMPLETE"
@@ -86,9 +85,9 @@ def ensure_universal(root: str | os.PathLike, tag: str, timeout: float = 3600) -
     target = root / universal
     if read_marker(target) is not None:
         return universal
-    work = Path(tempfile.mkdtemp(prefix=f".{universal}.", dir=root))
-    try:
-        output = work / "out"
+    # Built beside its final name and swapped in (arena_dist.io.atomic_directory): a crash leaves no half
+    # conversion under the name, and the tree gets the user's umask.
+    with atomic_directory(target) as output:
         command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
                    "--input_folder", str(root / tag), "--output_folder", str(output), "--num_extract_workers", "1",
                    "--num_merge_workers", "1"]
@@ -97,11 +96,6 @@ def ensure_universal(root: str | os.PathLike, tag: str, timeout: float = 3600) -
             raise RuntimeError(f"ds_to_universal failed for {root / tag}:\n{done.stderr[-3000:]}")
         shutil.copy2(root / tag / MARKER, output / "SOURCE_COMPLETE")
         write_marker(output, {**(read_marker(root / tag) or {}), "universal_of": tag})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(output, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return universal
 
 

@@ -66,7 +66,7 @@ class TrainingSettings(StrictModel):
     checkpoint_every: int = Field(0, ge=0)  # steps; 0: no intermediate checkpoints
     # Newest complete checkpoints kept (with their universal conversions): rank 0 removes older ones after each
     # save. A 70B ZeRO-3 checkpoint is over 1 TB. Same key in the student stage's config.
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_last: int = Field(2, ge=1)
     ds_config: Path = Path("ds_configs/zero3.json")  # ZeRO knobs only
     ds_overrides: dict = Field(default_factory=dict)  # deep-merged into the ds_config file (ZeRO knobs only)
     optimizer_impl: Literal["auto", "torch", "deepspeed"] = "auto"  # auto: torch AdamW on CPU, DeepSpeed's on GPU

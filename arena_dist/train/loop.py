@@ -228,7 +228,7 @@ class Worker:
         if self.rank == 0:
             write_marker(self.root / tag, {"step": step, "world_size": self.world_size, "data_position": position,
                                            "metrics": metrics, "time": time.time()})
-            removed = prune_checkpoints(self.root, self.config.training.keep_checkpoints)
+            removed = prune_checkpoints(self.root, self.config.training.keep_last)
             if removed:
                 self.log(f"removed old checkpoints {', '.join(removed)}")
         dist.barrier()

@@ -157,7 +157,7 @@ def test_stop_and_resume_matches_an_uninterrupted_run(fixture, tmp_path):
     third = train_student(cut.model_copy(update={"training": cut.training.model_copy(
         update={"stop_after_steps": None})}))  # a rerun of a finished run trains nothing
     assert third["resumed_from"].endswith("step_0000008") and third["train_seconds"] < 5
-    # training.keep_checkpoints (default 2): of 4 and 6 (first run) and 8 (resumed run), 6 and 8 remain; the
+    # training.keep_last (default 2): of 4 and 6 (first run) and 8 (resumed run), 6 and 8 remain; the
     # folder without a marker is not the project's to remove
     assert [p.name for p in complete_checkpoints(tmp_path / "cut")] == ["step_0000006", "step_0000008"]
     assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == [

@@ -23,6 +23,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from teacher_fixtures import make_dataset, tiny_config  # noqa: E402
 
+from arena_dist.io import claim_output_dir  # noqa: E402
 from arena_dist.ray_local import LocalRayHead, submit_job  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -137,7 +138,7 @@ def test_zero3_partitions_parameters_and_learns(reference):
     assert list((directory / "tensorboard").glob("events.out.tfevents.*"))
     assert (directory / "resolved_config.yaml").is_file()
     assert "samples/s" in output and "ETA" in output
-    # Checkpoints at 8, 16, 24; training.keep_checkpoints (default 2) keeps the newest two, no hidden leftover of the
+    # Checkpoints at 8, 16, 24; training.keep_last (default 2) keeps the newest two, no hidden leftover of the
     # deletion (the smaller-world test below copies both). DeepSpeed's scripts beside them are left alone.
     left = sorted(p.name for p in (directory / "checkpoints").iterdir() if not p.name.endswith(".py"))
     assert left == ["step_0000016", "step_0000024"]
@@ -199,6 +200,7 @@ def test_resume_on_smaller_world_ignores_incomplete_checkpoint(head, workdir, re
     ref_dir, _ = reference
     directory = run_dir(workdir, "smaller")
     resume_at, stop_at = 2 * CHECKPOINT_EVERY, 3 * CHECKPOINT_EVERY
+    claim_output_dir(directory)  # as the earlier attempt of this run that left the checkpoints did
     (directory / "checkpoints").mkdir(parents=True)
     shutil.copytree(ref_dir / "checkpoints" / f"step_{resume_at:07d}", directory / "checkpoints" / f"step_{resume_at:07d}")
     # A later checkpoint that crashed mid-save: files present, no COMPLETE marker. It must be ignored.

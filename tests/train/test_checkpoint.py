@@ -113,7 +113,7 @@ def test_deletion_cut_short_never_looks_complete(tmp_path, monkeypatch):
     assert names(tmp_path) == [tag_for(30)]
 
 
-def test_both_stages_spell_keep_checkpoints_the_same(tmp_path):
+def test_both_stages_spell_keep_last_the_same(tmp_path):
     from arena_dist.config import load_config
     from arena_dist.distill.config import StudentConfig
     from arena_dist.errors import ConfigError
@@ -123,8 +123,8 @@ def test_both_stages_spell_keep_checkpoints_the_same(tmp_path):
     student_sets = ["run_dir=x", "data.dataset_dir=d", "model.arch=llama"]
     for config_class, config_file, sets in ((teacher.Config, "launch/configs/teacher_tiny.yaml", teacher_sets),
                                             (StudentConfig, None, student_sets)):
-        assert load_config(config_class, config_file, sets).training.keep_checkpoints == 2
-        assert load_config(config_class, config_file, sets + ["training.keep_checkpoints=1"]).training \
-            .keep_checkpoints == 1
-        with pytest.raises(ConfigError, match="training.keep_checkpoints"):
-            load_config(config_class, config_file, sets + ["training.keep_checkpoints=0"])
+        assert load_config(config_class, config_file, sets).training.keep_last == 2
+        assert load_config(config_class, config_file, sets + ["training.keep_last=1"]).training \
+            .keep_last == 1
+        with pytest.raises(ConfigError, match="training.keep_last"):
+            load_config(config_class, config_file, sets + ["training.keep_last=0"])
