@@ -40,7 +40,7 @@ def load_tokenizer(
 
     "local" -> the repo's tokenizer (arena_dist/assets/tokenizer); anything else goes to
     `AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=...)` (hub id or a saved directory). A tokenizer
-    without a pad token gets its EOS token as pad, so batching never fails on it.
+    without a pad token gets one (`pad_token_for`), so batching never fails on it.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -58,6 +58,21 @@ def load_tokenizer(
 
         raise ConfigError(f"tokenizer {name_or_path!r}: a fast (Rust) tokenizer is required")
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else PAD_TOKEN
+        tokenizer.pad_token = pad_token_for(tokenizer)
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+# Tokens some families reserve for padding without declaring them as the pad token (Llama-3).
+RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>",)
+
+
+def pad_token_for(tokenizer) -> str:
+    """The pad token for a tokenizer that declares none: a reserved padding token of the family when the vocabulary
+    has one (Llama-3's `<|finetune_right_pad_id|>`: its eos `<|eot_id|>` also ends every turn inside the prompt, so
+    padding with it would make pad positions indistinguishable from real ones), else eos, else `<pad>`."""
+    vocab = tokenizer.get_vocab()
+    for token in RESERVED_PAD_TOKENS:
+        if token in vocab:
+            return token
+    return tokenizer.eos_token if tokenizer.eos_token is not None else PAD_TOKEN

@@ -57,3 +57,12 @@ def test_loads_by_path_with_the_familys_special_tokens(hub, family):
             assert torch.equal(body[name], param), name
     saved = AutoModelForSequenceClassification.from_pretrained(str(hub[(family, "classifier")]))
     assert saved.config.num_labels == 3 and type(saved).__name__.endswith("ForSequenceClassification")
+
+
+def test_llama3_pads_with_its_reserved_pad_token_not_eos(hub):
+    from arena_dist.formatting.tokenizer import load_tokenizer
+
+    llama = load_tokenizer(str(hub[("llama", "causal_lm")]))
+    assert llama.pad_token == "<|finetune_right_pad_id|>" and llama.pad_token_id != llama.eos_token_id
+    assert load_tokenizer(str(hub[("qwen2", "causal_lm")])).pad_token == "<|endoftext|>"  # declared: kept
+    assert load_tokenizer(str(hub[("gemma2", "causal_lm")])).pad_token == "<pad>"
