@@ -1,10 +1,10 @@
-"""Tiny teacher configs for the tests (the dataset comes from arena_dist.train.tiny)."""
+"""Tiny teacher configs for the tests (the dataset comes from signal_data.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from arena_dist.train.tiny import make_signal_dataset
+from signal_data import make_signal_dataset
 
 
 def make_dataset(root: Path, rows: int = 160, num_folds: int = 4, seed: int = 0) -> Path:

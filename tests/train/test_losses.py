@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from arena_dist.distill.losses import IGNORE_LABEL, LossWeights, distillation_loss, kl_to_teacher, temper_probabilities
+from arena_dist.train.losses import IGNORE_LABEL, LossWeights, distillation_loss, kl_to_teacher, temper_probabilities
 
 
 def test_ce_counts_only_rows_with_a_hard_label():
