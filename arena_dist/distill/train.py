@@ -63,16 +63,17 @@ def load_examples(cfg: StudentConfig, num_labels: int):
 
 def build_student_model(cfg: StudentConfig, num_labels: int, pad_id: int, rank: int, world_size: int,
                         run_dir: Path, segment_markers: dict | None = None):
-    """build_model, with one detour for several ranks: a random-init base is quantised by a round trip through a
-    folder, but transformers' save_pretrained writes only on torch.distributed rank 0, so the other ranks would find
-    an empty folder. Rank 0 writes the full-precision random-init base once; every rank loads and quantises it."""
+    """build_model, with one detour: a random-init base is quantised by a round trip through a folder, but
+    transformers' save_pretrained writes only on torch.distributed rank 0, so other ranks would find an empty folder.
+    Rank 0 writes the full-precision random-init base once into the run dir; every rank loads and quantises it (also
+    a single rank, so that every world size starts from the same weights, head included)."""
     from arena_dist.io import atomic_directory
     from arena_dist.models.build import build_model
     from arena_dist.models.config import ModelConfig
     from arena_dist.train.parallel import barrier
 
     model_cfg = cfg.model
-    if world_size > 1 and model_cfg.arch is not None and model_cfg.quantization != "none":
+    if model_cfg.arch is not None and model_cfg.quantization != "none":
         base_dir = run_dir / "random_init_base"
         if rank == 0 and not (base_dir / "config.json").exists():
             plain = model_cfg.model_copy(update={"quantization": "none", "lora": None, "head": "linear",

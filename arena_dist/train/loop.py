@@ -195,6 +195,8 @@ class Trainer:
         from arena_dist.formatting.tokenizer import load_tokenizer
 
         config = self.config
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device("cuda", torch.cuda.current_device()) if config.ray.use_gpu else torch.device("cpu")
         self.tokenizer = load_tokenizer(config.tokenizer_name, trust_remote_code=config.model.trust_remote_code)
         self.num_labels = num_labels(config.format.label_mode)
@@ -527,7 +529,6 @@ def run_rank(payload: dict, rank: int, world_size: int, under_ray: bool) -> dict
     attempt = payload.get("attempt_id") or str(int(time.time()))
     attempt = f"{attempt}-{os.getpid() if rank == 0 else ''}"
     config.experiment_dir.mkdir(parents=True, exist_ok=True)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
     write_pid(config.experiment_dir, rank, attempt)
     # Every rank agrees on the attempt id (rank 0's), used to tell restarts apart in metrics.jsonl.
     shared = [attempt]
