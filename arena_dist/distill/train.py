@@ -5,8 +5,6 @@ gradient all-reduce per optimizer step), with the teacher's data order, checkpoi
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-
 from arena_dist.distill.config import StudentConfig
 from arena_dist.train.data import Encoder, Sample
 from arena_dist.train.loop import Recipe
@@ -61,30 +59,30 @@ def load_examples(cfg: StudentConfig, num_labels: int):
     return examples, eval_examples, counts
 
 
-def build_student_model(cfg: StudentConfig, num_labels: int, pad_id: int, rank: int, world_size: int,
-                        run_dir: Path, segment_markers: dict | None = None):
+def build_student_model(cfg: StudentConfig, tokenizer, rank: int):
     """build_model, with one detour: a random-init base is quantised by a round trip through a folder, but
     transformers' save_pretrained writes only on torch.distributed rank 0, so other ranks would find an empty folder.
     Rank 0 writes the full-precision random-init base once into the run dir; every rank loads and quantises it (also
     a single rank, so that every world size starts from the same weights, head included)."""
+    from arena_dist.formatting.templates import num_labels
     from arena_dist.io import atomic_directory
-    from arena_dist.models.build import build_model
+    from arena_dist.models.build import build_classifier, build_model
     from arena_dist.models.config import ModelConfig
     from arena_dist.train.parallel import barrier
 
     model_cfg = cfg.model
     if model_cfg.arch is not None and model_cfg.quantization != "none":
-        base_dir = run_dir / "random_init_base"
+        base_dir = cfg.run_dir / "random_init_base"
         if rank == 0 and not (base_dir / "config.json").exists():
             plain = model_cfg.model_copy(update={"quantization": "none", "lora": None, "head": "linear",
                                                  "segment_embeddings": False,
                                                  "gradient_checkpointing": False})
             with atomic_directory(base_dir) as tmp:
-                build_model(plain, num_labels, pad_id).save_pretrained(tmp)
+                build_model(plain, num_labels(cfg.format.label_mode), int(tokenizer.pad_token_id)).save_pretrained(tmp)
         barrier()
         fields = {**model_cfg.model_dump(), "name_or_path": str(base_dir), "arch": None}
         model_cfg = ModelConfig(**fields)
-    return build_model(model_cfg, num_labels, pad_id, segment_markers=segment_markers)
+    return build_classifier(model_cfg, tokenizer, cfg.format)
 
 
 class StudentRecipe(Recipe):
@@ -119,8 +117,7 @@ class StudentRecipe(Recipe):
         from arena_dist.models.build import count_parameters
         from arena_dist.train.parallel import ReplicatedParallel
 
-        model = build_student_model(self.config, trainer.num_labels, int(trainer.tokenizer.pad_token_id),
-                                    trainer.rank, trainer.world_size, self.config.run_dir, trainer.segment_markers())
+        model = build_student_model(self.config, trainer.tokenizer, trainer.rank)
         if self.config.model.quantization == "none":
             model.to(trainer.device)  # bitsandbytes models are placed on the GPU while loading
         model.train()

@@ -132,7 +132,7 @@ class Recipe:
         return tag + "_universal"
 
     def build(self, trainer):
-        from arena_dist.models.build import build_model
+        from arena_dist.models.build import build_classifier
         from arena_dist.train.ds_config import zero_stage
         from arena_dist.train.parallel import ZeroParallel
 
@@ -144,8 +144,7 @@ class Recipe:
             from transformers.integrations import HfDeepSpeedConfig
 
             hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 (must stay alive while building)
-        model = build_model(self.config.model, trainer.num_labels, trainer.tokenizer.pad_token_id,
-                            segment_markers=trainer.segment_markers())
+        model = build_classifier(self.config.model, trainer.tokenizer, self.config.format)
         parallel = ZeroParallel(model, self.ds_config)
         self._hf_ds_config = hf_ds_config
         return parallel
@@ -210,11 +209,6 @@ class Trainer:
         self.log(f"{len(self.train_samples)} train / {len(self.eval_samples)} eval records, {self.total_steps} steps "
                  f"of {training.global_batch} on {self.world_size} ranks")
         self.recipe.prepare(self)
-
-    def segment_markers(self) -> dict | None:
-        from arena_dist.formatting.encode import segment_markers
-
-        return segment_markers(self.tokenizer, self.config.format) if self.config.model.segment_embeddings else None
 
     def find_resume_point(self) -> tuple[str | None, dict | None]:
         found = latest_complete(self.root)

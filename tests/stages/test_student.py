@@ -64,13 +64,13 @@ def pad_id():
     return load_tokenizer("local").pad_token_id
 
 
-def build(cfg):
-    from arena_dist.formatting.encode import segment_markers
+def build(cfg, run_dir):
+    """The student model as the trainer builds it (same seeded init)."""
+    from arena_dist.distill.train import build_student_model
     from arena_dist.formatting.tokenizer import load_tokenizer
-    from arena_dist.models.build import build_model
 
-    markers = segment_markers(load_tokenizer("local"), cfg.format) if cfg.model.segment_embeddings else None
-    return build_model(cfg.model, 3, pad_id(), segment_markers=markers)
+    return build_student_model(cfg.model_copy(update={"output": cfg.output.model_copy(
+        update={"run_dir": run_dir}), }), load_tokenizer("local"), 0)
 
 
 def eval_sequences(cfg, n=24):
@@ -98,7 +98,7 @@ def test_qlora_student_trains_only_adapters_and_head(fixture, tmp_path, quantiza
     from arena_dist.models.quant import quantized_layer_counts
 
     cfg = student_config(fixture, tmp_path / "run", quantization, max_steps=12)
-    before_model = build(cfg)  # the seeded build the trainer makes too
+    before_model = build(cfg, tmp_path / "before")  # the seeded build the trainer makes too
     layer_kind = "Linear4bit" if quantization == "4bit" else "Linear8bitLt"
     assert quantized_layer_counts(before_model)[layer_kind] == 14  # 2 layers x (q, k, v, o, gate, up, down)
     before = {k: v.detach().clone() for k, v in before_model.state_dict().items()}
