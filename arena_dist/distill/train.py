@@ -4,7 +4,6 @@ gradient all-reduce per optimizer step), with the teacher's data order, checkpoi
 
 from __future__ import annotations
 
-import warnings
 from arena_dist.distill.config import StudentConfig
 from arena_dist.train.data import Encoder, Sample
 from arena_dist.train.loop import Recipe
@@ -92,7 +91,6 @@ class StudentRecipe(Recipe):
     uses_deepspeed = False
 
     def samples(self):
-        warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
         from arena_dist.formatting.templates import num_labels
 
         train, evaluation, self.counts = load_examples(self.config, num_labels(self.config.format.label_mode))

@@ -44,7 +44,7 @@ class GlobalOrder:
             if self.swap_augment == "both":
                 # Both orders of every sample in the same epoch: whatever the model learns from position alone
                 # cancels over an epoch, so the gradient goes to the A-vs-B content (a random-init teacher leaves
-                # the class prior much sooner this way: synth_learnability_findings.md).
+                # the class prior much sooner this way: bench/results/synth_learnability_findings.md).
                 samples, swaps = order % self.num_samples, order >= self.num_samples
             else:
                 coins = rng.random(self.num_samples) < 0.5 if self.swap_augment == "random" else None

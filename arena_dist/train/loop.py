@@ -174,6 +174,9 @@ class Trainer:
     returns the summary (rank 0 also writes it to <run_dir>/summary.json)."""
 
     def __init__(self, recipe: Recipe, rank: int, world_size: int, attempt_info: dict, under_ray: bool = True):
+        from arena_dist.quiet import silence_known_warnings
+
+        silence_known_warnings()
         self.recipe, self.config = recipe, recipe.config
         self.under_ray = under_ray
         self.rank, self.world_size = rank, world_size
@@ -505,6 +508,9 @@ def recipe_class(name: str) -> type[Recipe]:
 def run_rank(payload: dict, rank: int, world_size: int, under_ray: bool) -> dict:
     """One rank of a run: inside Ray Train (process group set up by Ray), under torchrun (env:// rendezvous), or
     the only process (world size 1, no process group)."""
+    from arena_dist.quiet import silence_known_warnings
+
+    silence_known_warnings()
     recipe_type = recipe_class(payload.get("recipe", "teacher"))
     config = recipe_type.config_class.model_validate(payload["config"])
     apply_payload_env(payload)
