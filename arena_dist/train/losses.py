@@ -95,13 +95,6 @@ def distillation_loss(
     return loss, parts
 
 
-def kl_to_teacher(logits: torch.Tensor, teacher_probs: torch.Tensor) -> float:
-    """Mean KL(teacher ‖ student) at T = 1 over all rows: the distillation quality metric used in tests and eval."""
-    student_log = torch.log_softmax(logits.float(), dim=-1)
-    teacher = teacher_probs.float()
-    return float((torch.xlogy(teacher, teacher) - teacher * student_log).sum(dim=-1).mean())
-
-
 class CrossEntropy:
     """Mean cross-entropy on hard labels (every row must have one)."""
 
