@@ -3,6 +3,7 @@ so a console shows progress lines and real problems. Each entry says why it is h
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 KNOWN = (
@@ -17,6 +18,27 @@ KNOWN = (
 )
 
 
+KNOWN_LOG_LINES = {
+    # DeepSpeed reads the LR once while it sets the engine up, before the first step: every rank logs this.
+    "DeepSpeed": "Attempting to get learning rate from scheduler before it has started",
+    # bitsandbytes' optional CPU kernel from the hub (the `kernels` package) is absent; its own fallback runs.
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+}
+
+
+class _DropLine(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 def silence_known_warnings() -> None:
     for category, message in KNOWN:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name, prefix in KNOWN_LOG_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLine) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropLine(prefix))

@@ -442,8 +442,8 @@ class Trainer:
             final = self.evaluate()
             self.record(step, final)
             if final:
-                self.log("final " + " ".join(f"{k} {v:.4f}" for k, v in final.items()
-                                             if v is not None and k.startswith("eval_")))
+                self.log("final " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in final.items() if v is not None))
             if finished:
                 self.probe()
                 out = self.export(final)
