@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from arena_dist.distill.config import StudentConfig
 from arena_dist.train.data import Encoder, Sample
-from arena_dist.train.loop import Recipe
+from arena_dist.train.loop import TeacherRecipe
 
 
 def read_soft_labels(stores: str | list[str] | None, column: str) -> dict | None:
@@ -84,7 +84,9 @@ def build_student_model(cfg: StudentConfig, tokenizer, rank: int):
     return build_classifier(model_cfg, tokenizer, cfg.format)
 
 
-class StudentRecipe(Recipe):
+class StudentRecipe(TeacherRecipe):
+    """Soft and hard labels, the distillation loss, replicated weights, adapter export and checked merge."""
+
     name = "student"
     config_class = StudentConfig
     eval_at_start = True

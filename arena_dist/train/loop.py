@@ -1,7 +1,7 @@
 """The training loop of every training stage: one Trainer, driven per rank, inside a Ray Train worker (or a bare
-torchrun rank, or one plain process). What differs between the teacher and the student is a `Recipe`: which records,
-which loss (cross-entropy on hard labels or the distillation loss, `arena_dist.train.losses`), which model builder
-and which data parallelism (`arena_dist.train.parallel`: DeepSpeed ZeRO-3 or replicated weights with one gradient
+torchrun rank, or one plain process). What differs between the teacher and the student is a recipe (`TeacherRecipe`,
+`StudentRecipe`): which records, which loss (cross-entropy on hard labels or the distillation loss,
+`arena_dist.train.losses`), which model builder and which data parallelism (`arena_dist.train.parallel`: DeepSpeed ZeRO-3 or replicated weights with one gradient
 all-reduce per step), and what the export holds.
 
 Why an engine driven directly and not transformers' Trainer: exact resume needs the data position in the checkpoint
@@ -87,9 +87,9 @@ def load_split_records(config: TrainJobConfig) -> tuple[list, list]:
     return train, evaluation
 
 
-class Recipe:
+class TeacherRecipe:
     """The teacher: hard labels, cross-entropy, DeepSpeed (ZeRO-3 per `training.ds_config`), consolidated export.
-    A stage's recipe overrides what differs (`arena_dist.distill.train.StudentRecipe`)."""
+    Another stage's recipe overrides what differs (`arena_dist.distill.train.StudentRecipe`)."""
 
     name = "teacher"
     config_class: type = TeacherConfig
@@ -173,7 +173,7 @@ class Trainer:
     """One rank of a run. `fit()` trains to the end (resuming when a complete checkpoint exists), exports, and
     returns the summary (rank 0 also writes it to <run_dir>/summary.json)."""
 
-    def __init__(self, recipe: Recipe, rank: int, world_size: int, attempt_info: dict, under_ray: bool = True):
+    def __init__(self, recipe: TeacherRecipe, rank: int, world_size: int, attempt_info: dict, under_ray: bool = True):
         from arena_dist.quiet import silence_known_warnings
 
         silence_known_warnings()
@@ -495,10 +495,10 @@ def apply_payload_env(payload: dict) -> None:
     apply_secrets(payload.get(SECRETS_KEY))
 
 
-RECIPES = {"teacher": "arena_dist.train.loop:Recipe", "student": "arena_dist.distill.train:StudentRecipe"}
+RECIPES = {"teacher": "arena_dist.train.loop:TeacherRecipe", "student": "arena_dist.distill.train:StudentRecipe"}
 
 
-def recipe_class(name: str) -> type[Recipe]:
+def recipe_class(name: str) -> type[TeacherRecipe]:
     import importlib
 
     module, attribute = RECIPES[name].split(":")
