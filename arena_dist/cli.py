@@ -57,6 +57,9 @@ def write_summary(summary) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from arena_dist.quiet import silence_known_warnings
+
+    silence_known_warnings()  # before any stage imports the libraries that emit them
     args = build_parser().parse_args(argv)
     module = stage_module(args.stage)
     overrides = list(args.overrides)

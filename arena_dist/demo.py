@@ -98,7 +98,7 @@ def pipeline() -> list[Step]:
         ]),
         Step("student", "launch/student.py", lambda run: [
             f"data.dataset_dir={run / 'dataset'}", f"data.soft_labels={run / 'labels' / TEACHER_ID}",
-            f"run_dir={run / 'student'}",
+            f"output.run_dir={run / 'student'}",
         ]),
         predict_step("predict", "student", "predict", "all"),
         evaluate_step("evaluate", "predict", "evaluate"),

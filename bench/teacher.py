@@ -94,8 +94,7 @@ def run_ray(config) -> float:
 
 
 def run_torchrun(config, work: Path) -> float:
-    from arena_dist.stages.teacher import absolute_paths
-    from arena_dist.train.launch import make_payload
+    from arena_dist.train.launch import absolute_paths, make_payload
 
     absolute_paths(config)
     payload = work / f"{config.output.run_name}.json"
@@ -124,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "(the machine is shared: the best run is the least disturbed one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from arena_dist.train.tiny import make_signal_dataset
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
+    from signal_data import make_signal_dataset  # the tests' dataset with a learnable signal
 
     work = Path(tempfile.mkdtemp(prefix="bench-teacher-"))
     try:

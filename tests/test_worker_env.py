@@ -108,28 +108,26 @@ def test_teacher_workers_get_the_token_outside_the_payload(tmp_path, monkeypatch
 
 
 def test_student_workers_get_the_token_outside_the_config(tmp_path, monkeypatch):
+    """The student goes through the same payload as the teacher (arena_dist.train.launch)."""
     from ray import cloudpickle
 
-    import arena_dist.distill.train as distill_train
     from arena_dist.distill.config import StudentConfig
-    from arena_dist.stages.student import loop_config
+    from arena_dist.train.launch import make_payload, ray_payload
+    from arena_dist.train.loop import apply_payload_env
 
     token = new_token()
     monkeypatch.setenv("HF_TOKEN", token)
-    config = StudentConfig.model_validate({"run_dir": str(tmp_path / "run"), "model": {"arch": "llama"},
+    config = StudentConfig.model_validate({"output": {"run_dir": str(tmp_path / "run")}, "model": {"arch": "llama"},
                                            "data": {"dataset_dir": str(tmp_path / "dataset")}})
-    payload = loop_config(config)
+    assert token not in json.dumps(make_payload(config, "student"))
+    payload = ray_payload(config, "student")
+    assert payload["recipe"] == "student" and payload["zero_knobs"] is None
     assert token not in ray_train_state_view(payload)
     shipped = cloudpickle.loads(cloudpickle.dumps(payload))
     monkeypatch.delenv("HF_TOKEN")
-    seen = {}
-
-    def fake_train_student(cfg, in_ray=False):
-        seen.update(token=os.environ.get("HF_TOKEN"), config=StudentConfig.model_validate(cfg))
-
-    monkeypatch.setattr(distill_train, "train_student", fake_train_student)
-    distill_train.ray_worker(shipped)
-    assert seen["token"] == token and seen["config"] == config
+    apply_payload_env(shipped)
+    assert os.environ["HF_TOKEN"] == token
+    assert StudentConfig.model_validate(shipped["config"]) == config
 
 
 def test_a_token_in_a_saved_config_or_on_a_command_line_is_refused(tmp_path, monkeypatch):

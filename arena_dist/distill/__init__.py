@@ -1,1 +1,1 @@
-"""Student distillation: the loss (hard CE + KL to the teacher + cosine), soft-label joining, the QLoRA training loop."""
+"""The student: soft-label joining, the config, the recipe of the shared training loop, exports and merges."""

@@ -13,8 +13,7 @@ Counts add up: rows read = rows used + every counted exclusion.
 Soft labels from a teacher with another class layout are adapted: 3 → 2 drops the tie mass and renormalises A/B,
 2 → 3 adds a zero tie column.
 
-Order: a seeded permutation of the rank's slice per epoch (`epoch_order`), so resuming at (epoch, step) continues
-with exactly the rows an uninterrupted run would have used. Swap augmentation: a seeded coin per (epoch, row).
+Order, swaps and resume are the training loop's (`arena_dist.train.data.GlobalOrder`), as for the teacher.
 """
 
 from __future__ import annotations
@@ -25,13 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from arena_dist.data.records import LABEL_TIE, Record
-
-
-@dataclass
-class StudentExample:
-    record: Record
-    soft: list[float] | None  # teacher probabilities in (A, B[, tie]) order, None when absent
-
+from arena_dist.train.data import Sample
 
 @dataclass
 class MixCounts:
@@ -72,11 +65,11 @@ def mix_examples(
     soft: dict[str, Sequence[float]] | None,
     num_labels: int,
     soft_on_hard_rows: bool,
-) -> tuple[list[StudentExample], MixCounts]:
+) -> tuple[list[Sample], MixCounts]:
     from arena_dist.errors import InputError
 
     counts = MixCounts(train_rows=len(train_records), pool_rows=len(pool_records))
-    examples: list[StudentExample] = []
+    examples: list[Sample] = []
 
     def soft_for(record_id: str):
         if soft is None or record_id not in soft:
@@ -93,33 +86,16 @@ def mix_examples(
                 counts.ties_dropped_2class += 1
                 continue
             record = {**record, "label": None}
-        examples.append(StudentExample(record, target))
+        examples.append(Sample(record, target))
     for record in pool_records:
         target = soft_for(record["id"])
         if target is None:
             counts.pool_without_soft_label += 1
             continue
-        examples.append(StudentExample({**record, "label": None}, target))
+        examples.append(Sample({**record, "label": None}, target))
     counts.used = len(examples)
     counts.hard_rows = sum(ex.record["label"] is not None for ex in examples)
     counts.soft_rows = sum(ex.soft is not None for ex in examples)
     assert counts.train_rows + counts.pool_rows == (
         counts.used + counts.pool_without_soft_label + counts.ties_dropped_2class)
     return examples, counts
-
-
-def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_rows)
-
-
-def swap_flags(num_rows: int, seed: int, epoch: int, enabled: bool) -> np.ndarray:
-    if not enabled:
-        return np.zeros(num_rows, dtype=bool)
-    return np.random.default_rng([seed, epoch, 1]).random(num_rows) < 0.5
-
-
-def swap_soft(soft: list[float] | None) -> list[float] | None:
-    """Teacher probabilities for the swapped comparison: A and B exchange, tie stays."""
-    if soft is None:
-        return None
-    return [soft[1], soft[0], *soft[2:]]

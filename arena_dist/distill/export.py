@@ -2,7 +2,7 @@
 checked LoRA merge.
 
 A QLoRA student's base is quantised at load time from full-precision weights: re-saving bitsandbytes' packed NF4
-tensors and reloading them drifts (STACK.md), so the export never stores quantised weights. It holds the adapter
+tensors and reloading them drifts, so the export never stores quantised weights. It holds the adapter
 (LoRA + the fully trained head via modules_to_save) and either the base's hub id / dir (pretrained students) or, for
 a random-init base, that base rebuilt in full precision from its seeded spec under `base/`. `meta["quantization"]`
 says how the student was trained; `load_export(path, quantization=meta["quantization"])` rebuilds exactly that model.

@@ -161,6 +161,20 @@ def build_model(cfg: ModelConfig, num_labels: int, pad_token_id: int, segment_ma
         return _build(cfg, num_labels, pad_token_id, segment_markers if cfg.segment_embeddings else None)
 
 
+def build_classifier(cfg: ModelConfig, tokenizer, fmt):
+    """The classifier a stage trains or scores, for a tokenizer and a FormatConfig: its number of labels (the
+    format's label mode), pad id, and everything `cfg` asks for, the segment markers of the format's template
+    included. Trainers, label scorers, predict and the merge check build through this one function."""
+    from arena_dist.formatting.templates import num_labels
+
+    markers = None
+    if cfg.segment_embeddings:
+        from arena_dist.formatting.encode import segment_markers
+
+        markers = segment_markers(tokenizer, fmt)
+    return build_model(cfg, num_labels(fmt.label_mode), int(tokenizer.pad_token_id), segment_markers=markers)
+
+
 def _build(cfg: ModelConfig, num_labels: int, pad_token_id: int, segment_markers: dict | None):
     model = build_base(cfg, num_labels, pad_token_id)
     if cfg.head == "mlp":

@@ -38,13 +38,14 @@ class ModelConfig(StrictModel):
     max_position_embeddings: int = Field(4096, gt=0)
     init_seed: int = 0  # random init is seeded so every rank builds the same weights
     # Std of the random init (transformers' initializer_range). 0.02 suits pretraining-scale models; a tiny random-init
-    # classifier learns the A/B comparison much sooner from ~1/sqrt(hidden_size) (synth_learnability_findings.md).
+    # classifier learns the A/B comparison much sooner from ~1/sqrt(hidden_size)
+    # (bench/results/synth_learnability_findings.md).
     initializer_range: float = Field(0.02, gt=0)
     # A learned vector per part of the input (other / response A / response B) added to the token embeddings
     # (arena_dist.models.segments). For random-init models; pretrained LLMs read the template's markers.
     segment_embeddings: bool = False
     # Their gates start at 1 + N(0, segment_gate_std): 0 keeps (pretrained) token embeddings as they are; a random-init
-    # model learns the comparison reliably from 1.0 (synth_learnability_findings.md).
+    # model learns the comparison reliably from 1.0 (bench/results/synth_learnability_findings.md).
     segment_gate_std: float = Field(0.0, ge=0)
 
     head: Literal["linear", "mlp"] = "linear"

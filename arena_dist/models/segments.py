@@ -59,8 +59,8 @@ class SegmentEmbedding(nn.Module):
     The additive vector says which part a token is in. The multiplicative gate (FiLM-style) gives every part its own
     view of the token embeddings: near-uniform attention then already averages "A's words" and "B's words" into
     different directions, so the first gradient steps can compare them. Additive vectors alone leave that to a slow,
-    seed-dependent symmetry break (synth_learnability_findings.md). `gate_std` 0 starts as the identity (pretrained
-    embeddings stay as they are)."""
+    seed-dependent symmetry break (bench/results/synth_learnability_findings.md). `gate_std` 0 starts as the identity
+    (pretrained embeddings stay as they are)."""
 
     def __init__(self, hidden_size: int, markers: dict, init_std: float, gate_std: float = 0.0):
         super().__init__()

@@ -1,4 +1,9 @@
-"""Typed settings of a distributed training run (the teacher stage's config is built from these sections)."""
+"""Typed settings of a training run: the sections both the teacher and the student stage's configs are made of.
+
+data / model / format / training / ray / output mean the same thing, with the same spelling, in both stages; the
+student adds `loss` and `merge` and a few data keys (soft labels). A missing setting is `null` (never 0), a swap mode
+is a word (`none`, `random`, `both`), warm-up is counted in steps.
+"""
 
 from __future__ import annotations
 
@@ -14,29 +19,15 @@ from arena_dist.models.config import ModelConfig
 SwapMode = Literal["none", "random", "both"]
 
 
-def swap_mode(value: SwapMode | bool) -> SwapMode:
-    """`swap_augment` as a mode; the booleans of older configs and checkpoints mean "random" / "none"."""
-    if isinstance(value, bool):
-        return "random" if value else "none"
-    return value
-
-
 class DataSettings(StrictModel):
     dataset_dir: Path
-    split: str = "train"
     fold: int | None = Field(0, ge=0)  # evaluate on this fold, train on the others; None: train on all, no eval
     num_folds: int = Field(5, gt=0)  # must match the dataset's manifest
     # "random": each epoch shows every sample once, A/B exchanged with probability 1/2; "both": twice, once in each
-    # order (an epoch is twice as long; a random-init model learns the comparison much sooner). true = "random".
+    # order (an epoch is twice as long; a random-init model learns the comparison much sooner).
     swap_augment: SwapMode = "none"
-    extra_inputs: Literal["none", "model_names"] = "none"  # teacher-only side information (students never see it)
     max_train_records: int | None = Field(None, gt=0)  # first N of the training records (smoke runs)
-    max_eval_records: int | None = Field(None, gt=0)
-
-    @field_validator("swap_augment", mode="before")
-    @classmethod
-    def _swap_bool(cls, value):
-        return swap_mode(value) if isinstance(value, bool) else value
+    max_eval_records: int | None = Field(None, gt=0)  # first N of the held-out records
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> "DataSettings":
@@ -45,10 +36,16 @@ class DataSettings(StrictModel):
         return self
 
 
+class TeacherData(DataSettings):
+    split: str = "train"
+    extra_inputs: Literal["none", "model_names"] = "none"  # teacher-only side information (students never see it)
+
+
 class TrainingSettings(StrictModel):
     """Optimisation. Precision is `model.dtype` (bfloat16/float16 turn on DeepSpeed's bf16/fp16)."""
 
     lr: float = Field(1e-5, gt=0)
+    head_lr: float | None = Field(None, gt=0)  # the classification head's rate (default: lr)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     epochs: int = Field(1, gt=0)
@@ -56,30 +53,36 @@ class TrainingSettings(StrictModel):
     global_batch: int = Field(32, gt=0)  # samples per optimizer step, fixed whatever the world size
     micro_batch: int = Field(1, gt=0)  # samples per forward per rank; accumulation = global / (micro * world)
     eval_micro_batch: int | None = Field(None, gt=0)  # default: micro_batch
-    clip: float = Field(1.0, ge=0)  # 0 disables gradient clipping
+    clip: float | None = Field(1.0, gt=0)  # max gradient norm; null: no clipping
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor
     seed: int = 0
     log_every: int = Field(1, gt=0)
-    eval_every: int = Field(0, ge=0)  # steps; 0: only at the end
-    checkpoint_every: int = Field(0, ge=0)  # steps; 0: no intermediate checkpoints
+    eval_every: int | None = Field(None, gt=0)  # steps; null: only at the end
+    checkpoint_every: int | None = Field(None, gt=0)  # steps; null: no intermediate checkpoints
     # Newest complete checkpoints kept (with their universal conversions): rank 0 removes older ones after each
     # save. A 70B ZeRO-3 checkpoint is over 1 TB. Same key in the student stage's config.
     keep_last: int = Field(2, ge=1)
+    threads: int | None = Field(None, gt=0)  # torch threads per worker (default: ray.cpus_per_worker, at least 1)
+    stop_after_steps: int | None = Field(None, gt=0)  # end this run early, resumable (tests: a preemption)
+    # DeepSpeed (teacher only; the student's replicated data parallelism has no ZeRO knobs)
     ds_config: Path = Path("ds_configs/zero3.json")  # ZeRO knobs only
     ds_overrides: dict = Field(default_factory=dict)  # deep-merged into the ds_config file (ZeRO knobs only)
     optimizer_impl: Literal["auto", "torch", "deepspeed"] = "auto"  # auto: torch AdamW on CPU, DeepSpeed's on GPU
 
 
 class RaySettings(StrictModel):
+    enabled: bool = True  # false: one plain process, no Ray (student only: the teacher always runs on Ray Train)
     address: str | None = None  # None: RAY_ADDRESS / the job's cluster, else a private local instance
     num_workers: int = Field(2, gt=0)  # nodes x GPUs per node
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint; -1: unlimited
-    storage_path: Path  # shared filesystem visible to every worker (DeepSpeed writes checkpoints there directly)
+    # Shared filesystem visible to every worker: training state (checkpoints, TensorBoard, metrics.jsonl) goes to
+    # storage_path/<output.run_name>; null: into output.run_dir.
+    storage_path: Path | None = None
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     worker_env: dict[str, str] = Field(default_factory=dict)  # extra environment for the workers
 
@@ -97,37 +100,44 @@ class RaySettings(StrictModel):
 
 
 class OutputSettings(StrictModel):
-    # Ray Train run name: training state (checkpoints, TensorBoard, metrics.jsonl) lives in ray.storage_path/run_name,
-    # also across resubmissions of the same run.
-    run_name: str = Field("teacher", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    run_dir: Path | None = None  # stage outputs (export, summary, resolved config); default: the Ray run directory
+    # Ray Train run name: training state lives in ray.storage_path/run_name, also across resubmissions of the run.
+    run_name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    run_dir: Path | None = None  # stage outputs (export, summary, resolved config); default: the training state dir
     export_dir: Path | None = None  # default: <run_dir>/export
     tokenizer: str | None = None  # default: model.name_or_path, or "local" for random-init models
 
 
 class TrainJobConfig(StrictModel):
+    """What every training stage has (the teacher's and the student's configs add to it)."""
+
     data: DataSettings
     model: ModelConfig
     format: FormatConfig = FormatConfig()
     training: TrainingSettings = TrainingSettings()
-    ray: RaySettings
-    output: OutputSettings
+    ray: RaySettings = RaySettings()
+    output: OutputSettings = OutputSettings()
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "TrainJobConfig":
-        per_step = self.training.micro_batch * self.ray.num_workers
+        per_step = self.training.micro_batch * self.world_size
         if self.training.global_batch % per_step:
             raise ValueError(
                 f"training.global_batch {self.training.global_batch} is not a multiple of micro_batch x num_workers"
                 f" = {per_step}"
             )
-        if self.model.quantization != "none":
-            raise ValueError("model.quantization: the teacher trains full-precision weights (use the student stage)")
+        if self.ray.storage_path is None and self.output.run_dir is None:
+            raise ValueError("output.run_dir: set it (or ray.storage_path)")
         return self
 
     @property
+    def world_size(self) -> int:
+        return self.ray.num_workers if self.ray.enabled else 1
+
+    @property
     def experiment_dir(self) -> Path:
-        """Ray Train's run directory: checkpoints, TensorBoard, metrics.jsonl, workers/."""
+        """Training state: checkpoints, TensorBoard, metrics.jsonl, workers/ (Ray Train's run directory)."""
+        if self.ray.storage_path is None:
+            return Path(self.output.run_dir).absolute()
         return Path(self.ray.storage_path).absolute() / self.output.run_name
 
     @property
@@ -142,3 +152,15 @@ class TrainJobConfig(StrictModel):
     @property
     def tokenizer_name(self) -> str:
         return self.output.tokenizer or self.model.name_or_path or "local"
+
+
+class TeacherConfig(TrainJobConfig):
+    data: TeacherData
+
+    @model_validator(mode="after")
+    def _teacher(self) -> "TeacherConfig":
+        if not self.ray.enabled:
+            raise ValueError("ray.enabled: the teacher runs on Ray Train (DeepSpeed ranks are Ray workers)")
+        if self.model.quantization != "none":
+            raise ValueError("model.quantization: the teacher trains full-precision weights (use the student stage)")
+        return self

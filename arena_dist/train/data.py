@@ -17,7 +17,9 @@ import numpy as np
 from arena_dist.data.records import Record
 from arena_dist.data.store import rank_bounds
 from arena_dist.errors import ConfigError, InputError
-from arena_dist.train.config import SwapMode, swap_mode
+from arena_dist.train.config import SwapMode
+
+IGNORE_LABEL = -100  # a row without a hard label (arena_dist.train.losses uses the same value)
 
 
 class GlobalOrder:
@@ -25,11 +27,11 @@ class GlobalOrder:
     dropped). `swap_augment`: "none"; "random" (each sample once per epoch, A/B exchanged with probability 1/2); or
     "both" (each sample twice per epoch, once in each order, so an epoch is 2x as many steps)."""
 
-    def __init__(self, num_samples: int, global_batch: int, seed: int, swap_augment: SwapMode | bool = "none"):
+    def __init__(self, num_samples: int, global_batch: int, seed: int, swap_augment: SwapMode = "none"):
         if num_samples < global_batch:
             raise InputError(f"{num_samples} training records are fewer than one global batch of {global_batch}")
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
-        self.swap_augment = swap_mode(swap_augment)
+        self.swap_augment = swap_augment
         self.epoch_length = num_samples * (2 if self.swap_augment == "both" else 1)
         self.steps_per_epoch = self.epoch_length // global_batch
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -42,7 +44,7 @@ class GlobalOrder:
             if self.swap_augment == "both":
                 # Both orders of every sample in the same epoch: whatever the model learns from position alone
                 # cancels over an epoch, so the gradient goes to the A-vs-B content (a random-init teacher leaves
-                # the class prior much sooner this way: synth_learnability_findings.md).
+                # the class prior much sooner this way: bench/results/synth_learnability_findings.md).
                 samples, swaps = order % self.num_samples, order >= self.num_samples
             else:
                 coins = rng.random(self.num_samples) < 0.5 if self.swap_augment == "random" else None
@@ -67,9 +69,6 @@ class GlobalOrder:
     def check_position(self, position: dict) -> None:
         """A checkpoint's data position must describe this same order, or the resume would not be exact."""
         mine = self.position(int(position["global_step"]))
-        position = {**position}
-        if "swap_augment" in position:
-            position["swap_augment"] = swap_mode(position["swap_augment"])
         for key in ("num_samples", "global_batch", "seed", "swap_augment"):
             if key in position and position[key] != mine[key]:
                 raise ConfigError(
@@ -106,38 +105,59 @@ def extra_text(record: Record, kind: str, swapped: bool) -> str | None:
 
 
 @dataclass
+class Sample:
+    """A training or evaluation row: a record (its `label` may be None) and the teacher's probabilities, if any."""
+
+    record: Record
+    soft: list[float] | None = None  # (A, B[, tie]) in the record's own order
+
+
+@dataclass
 class Example:
     input_ids: list[int]
-    label: int
+    label: int | None
+    soft: list[float] | None = None
+
+
+def swap_soft(soft: list[float] | None) -> list[float] | None:
+    """Teacher probabilities for the swapped comparison: A and B exchange, tie stays."""
+    if soft is None:
+        return None
+    return [soft[1], soft[0], *soft[2:]]
 
 
 class Encoder:
-    """Records -> token ids + labels with the run's template; A/B swap per example."""
+    """Samples -> token ids + targets with the run's template; A/B swap per example (labels and soft labels
+    follow). `require_label`: every row must have a hard label (the teacher)."""
 
-    def __init__(self, tokenizer, fmt, extra_inputs: str = "none"):
+    def __init__(self, tokenizer, fmt, extra_inputs: str = "none", require_label: bool = True):
         self.tokenizer, self.fmt, self.extra_inputs = tokenizer, fmt, extra_inputs
+        self.require_label = require_label
 
-    def encode(self, records: Sequence[Record], swaps: Sequence[bool]) -> list[Example]:
+    def encode(self, samples: Sequence[Sample], swaps: Sequence[bool]) -> list[Example]:
         from arena_dist.formatting.encode import encode_records
 
-        out: list[Example | None] = [None] * len(records)
+        out: list[Example | None] = [None] * len(samples)
         for flag in (False, True):
             picked = [i for i, s in enumerate(swaps) if bool(s) == flag]
             if not picked:
                 continue
-            group = [records[i] for i in picked]
+            group = [samples[i].record for i in picked]
             extras = [extra_text(r, self.extra_inputs, flag) for r in group]
             rows = encode_records(group, self.tokenizer, self.fmt, swap=flag,
                                   extra_texts=extras if self.extra_inputs != "none" else None)
             for i, row in zip(picked, rows):
-                if row.label is None:
+                if row.label is None and self.require_label:
                     raise InputError(f"record {row.id}: no label (training needs labelled records)")
-                out[i] = Example(row.input_ids, int(row.label))
+                soft = samples[i].soft
+                out[i] = Example(row.input_ids, None if row.label is None else int(row.label),
+                                 swap_soft(soft) if flag else soft)
         return out  # type: ignore[return-value]
 
 
 def collate(examples: Sequence[Example], pad_token_id: int) -> dict:
-    """Right-padded batch tensors (the classifiers read the last non-pad token)."""
+    """Right-padded batch tensors (the classifiers read the last non-pad token) and the targets: `labels`
+    (IGNORE_LABEL where a row has none), plus `soft` and `soft_mask` when any row has a soft label."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -146,8 +166,22 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> dict:
     for row, example in enumerate(examples):
         ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids, dtype=torch.long)
         mask[row, : len(example.input_ids)] = 1
-    labels = torch.tensor([e.label for e in examples], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    labels = torch.tensor([IGNORE_LABEL if e.label is None else e.label for e in examples], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    softs = [e.soft for e in examples]
+    if any(s is not None for s in softs):
+        width = len(next(s for s in softs if s is not None))
+        batch["soft"] = torch.tensor([s if s is not None else [0.0] * width for s in softs], dtype=torch.float32)
+        batch["soft_mask"] = torch.tensor([s is not None for s in softs], dtype=torch.bool)
+    return batch
+
+
+TARGETS = ("labels", "soft", "soft_mask")
+
+
+def split_targets(batch: dict) -> tuple[dict, dict]:
+    """(model inputs, targets) of a collated batch."""
+    return ({k: v for k, v in batch.items() if k not in TARGETS}, {k: v for k, v in batch.items() if k in TARGETS})
 
 
 def micro_batches(indices: Sequence[int], micro_batch: int) -> list[list[int]]:

@@ -71,7 +71,7 @@ def build_ds_config(knobs: dict, training, dtype: str, world_size: int, total_st
     config["train_micro_batch_size_per_gpu"] = training.micro_batch
     config["gradient_accumulation_steps"] = accumulation_steps(training.global_batch, training.micro_batch, world_size)
     config["train_batch_size"] = training.global_batch
-    config["gradient_clipping"] = training.clip
+    config["gradient_clipping"] = training.clip or 0.0  # DeepSpeed: 0 is off
     config["bf16"] = {"enabled": dtype == "bfloat16"}
     config["fp16"] = {"enabled": dtype == "float16"}
     impl = training.optimizer_impl

@@ -1,4 +1,4 @@
-"""Driver side: assemble Ray Train's TorchTrainer for a TrainJobConfig and run it to the end."""
+"""Driver side: run a training recipe on Ray Train's TorchTrainer (or in this process) and return its summary."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 
 from arena_dist.config import config_dict
 from arena_dist.train.config import TrainJobConfig
-from arena_dist.train.ds_config import load_zero_knobs
 from arena_dist.worker_env import plain_env, with_secrets
 
 
@@ -24,21 +23,33 @@ def worker_env(config: TrainJobConfig) -> dict[str, str]:
     return env
 
 
-def make_payload(config: TrainJobConfig) -> dict:
+def make_payload(config: TrainJobConfig, recipe: str = "teacher") -> dict:
     """Everything a rank needs, resolved on the driver (the workers may not see the driver's files or cwd)."""
-    zero_knobs = load_zero_knobs(config.training.ds_config, config.training.ds_overrides)
-    return {"config": config_dict(config), "zero_knobs": zero_knobs, "env": worker_env(config),
+    from arena_dist.train.loop import recipe_class
+
+    zero_knobs = None
+    if recipe_class(recipe).uses_deepspeed:
+        from arena_dist.train.ds_config import load_zero_knobs
+
+        zero_knobs = load_zero_knobs(config.training.ds_config, config.training.ds_overrides)
+    return {"recipe": recipe, "config": config_dict(config), "zero_knobs": zero_knobs, "env": worker_env(config),
             "attempt_id": str(int(time.time()))}
 
 
-def ray_payload(config: TrainJobConfig) -> dict:
+def ray_payload(config: TrainJobConfig, recipe: str = "teacher") -> dict:
     """The payload plus the driver's hub token (`arena_dist.worker_env.SecretEnv`), as Ray Train hands it to
     every worker; never written anywhere (`make_payload` alone is what may go to a file)."""
-    return with_secrets(make_payload(config))
+    return with_secrets(make_payload(config, recipe))
 
 
-def run_training(config: TrainJobConfig) -> dict:
-    """Fit on Ray; returns the run summary written by rank 0 (summary.json in the run dir)."""
+def run_training(config: TrainJobConfig, recipe: str = "teacher", placement: str = "PACK") -> dict:
+    """Fit on Ray (FailureConfig restarts the worker group, which resumes from the newest COMPLETE checkpoint), or in
+    this process when `ray.enabled` is false; returns the run summary written by rank 0 (<run_dir>/summary.json)."""
+    from arena_dist.train.loop import SUMMARY_FILE, run_rank
+
+    if not config.ray.enabled:
+        return run_rank(make_payload(config, recipe), 0, 1, under_ray=False)
+
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -47,7 +58,7 @@ def run_training(config: TrainJobConfig) -> dict:
     from arena_dist.ray_local import ray_session
     from arena_dist.train.loop import train_worker
 
-    payload = ray_payload(config)
+    payload = ray_payload(config, recipe)
     backend = config.ray.backend if config.ray.backend != "auto" else ("nccl" if config.ray.use_gpu else "gloo")
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
@@ -59,9 +70,69 @@ def run_training(config: TrainJobConfig) -> dict:
             train_loop_config=payload,
             torch_config=TorchConfig(backend=backend),
             scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                         resources_per_worker=resources),
-            run_config=RunConfig(name=config.output.run_name, storage_path=str(config.experiment_dir.parent),
+                                         resources_per_worker=resources, placement_strategy=placement),
+            run_config=RunConfig(name=config.experiment_dir.name, storage_path=str(config.experiment_dir.parent),
                                  failure_config=FailureConfig(max_failures=config.ray.max_failures)),
         )
         trainer.fit()
-    return json.loads((config.run_dir / "summary.json").read_text())
+    return json.loads((config.run_dir / SUMMARY_FILE).read_text())
+
+
+def absolute_paths(config: TrainJobConfig) -> None:
+    """Resolve relative paths against the driver's working directory before they travel to the Ray workers."""
+    config.data.dataset_dir = config.data.dataset_dir.absolute()
+    if config.ray.storage_path is not None:
+        config.ray.storage_path = config.ray.storage_path.absolute()
+    for key in ("run_dir", "export_dir"):
+        value = getattr(config.output, key)
+        if value is not None:
+            setattr(config.output, key, value.absolute())
+
+
+def finished_run(config: TrainJobConfig) -> dict | None:
+    """The summary of a run that already finished with this exact config (its export carries the config hash)."""
+    from arena_dist.config import config_hash
+    from arena_dist.train.loop import SUMMARY_FILE
+
+    summary_path, meta_path = config.run_dir / SUMMARY_FILE, config.export_dir / "arena_dist.json"
+    if not summary_path.exists() or not meta_path.exists():
+        return None
+    summary, meta = json.loads(summary_path.read_text()), json.loads(meta_path.read_text())
+    if meta.get("config_hash") != config_hash(config) or summary.get("steps") != summary.get("total_steps"):
+        return None
+    return summary
+
+
+def claim_outputs(config: TrainJobConfig, extra_exports: tuple[str, ...] = ()) -> None:
+    """Before any training: the run and state dirs are ours or new, the export dir (and `extra_exports` siblings)
+    may be replaced (arena_dist.io), then the resolved config goes beside the outputs."""
+    from arena_dist.config import save_resolved_config
+    from arena_dist.io import check_replaceable, claim_output_dir
+
+    claim_output_dir(config.run_dir, "output.run_dir")
+    check_replaceable(config.export_dir, "output.export_dir")  # now, not after hours of training
+    for suffix in extra_exports:
+        check_replaceable(config.export_dir.with_name(config.export_dir.name + suffix),
+                          f"output.export_dir (its {suffix} sibling)")
+    if config.experiment_dir != config.run_dir:
+        claim_output_dir(config.experiment_dir, "ray.storage_path/run_name")
+    save_resolved_config(config, config.run_dir)
+
+
+def train_stage(config: TrainJobConfig, recipe: str, extra_exports: tuple[str, ...] = (),
+                placement: str = "PACK") -> dict:
+    """A training stage from its config: outputs checked, trained (resumed) to the end, exported; the summary."""
+    absolute_paths(config)
+    done = finished_run(config)
+    if done is not None:
+        # A resubmitted finished job (e.g. a requeue after the last step) must not train again.
+        print(f"{recipe}: already finished with this config ({done['steps']} steps); export {done['export_dir']}")
+        return done
+    claim_outputs(config, extra_exports)
+    summary = run_training(config, recipe, placement)
+    final = summary.get("final") or {}
+    line = " ".join(f"{k} {v:.4f}" for k, v in final.items() if v is not None and k.startswith("eval_")
+                    and "records" not in k and "rows" not in k)
+    print(f"{recipe}: done, {summary['steps']}/{summary['total_steps']} steps, {line}; "
+          f"export {summary['export_dir']}", flush=True)
+    return summary

@@ -1,15 +1,21 @@
-"""The per-worker training function: a DeepSpeed engine driven directly, inside a Ray Train worker.
+"""The training loop of every training stage: one Trainer, driven per rank, inside a Ray Train worker (or a bare
+torchrun rank, or one plain process). What differs between the teacher and the student is a recipe (`TeacherRecipe`,
+`StudentRecipe`): which records, which loss (cross-entropy on hard labels or the distillation loss,
+`arena_dist.train.losses`), which model builder and which data parallelism (`arena_dist.train.parallel`: DeepSpeed ZeRO-3 or replicated weights with one gradient
+all-reduce per step), and what the export holds.
 
-Why the DeepSpeed engine and not transformers' Trainer: exact resume needs the data position in the checkpoint's
-`client_state` (Trainer keeps its own sampler state and skips batches by replaying them), resuming on another world
-size needs `"checkpoint": {"load_universal": true}` plus a one-off `ds_to_universal` conversion (Trainer has no hook for
-it), and we own the per-rank checkpoint files and their COMPLETE marker so Ray never copies or loses a shard
-(ray#33369). On CPU the Trainer also needs extra workarounds (gloo before TrainingArguments, use_cpu, no evaluate
-before train). The loop itself is short: forward, `engine.backward`, `engine.step` per micro-batch.
+Why an engine driven directly and not transformers' Trainer: exact resume needs the data position in the checkpoint
+(Trainer keeps its own sampler state and skips batches by replaying them), resuming on another world size needs
+DeepSpeed's `load_universal` plus a one-off `ds_to_universal` conversion (Trainer has no hook for it), and we own the
+per-rank checkpoint files and their COMPLETE marker so Ray never copies or loses a shard (ray#33369). The loop itself
+is short: forward, `backward`, `step` per micro-batch.
 
-Flow: build the model (a pretrained one is partitioned while it loads under ZeRO-3 via HfDeepSpeedConfig, so a 70B
-model never exists whole on one rank) -> find the latest COMPLETE checkpoint (converting it to universal format when the world size
-changed) -> `deepspeed.initialize` -> load -> train / evaluate / checkpoint -> gather and export on rank 0.
+Data order: `GlobalOrder` (seeded, independent of the world size; a checkpoint's global step is the whole data
+position), so a run resumes exactly on the same or another world size, and N workers see the global batches one
+worker would. Dropout masks are a function of (seed, step, rank).
+
+Flow: records -> latest COMPLETE checkpoint (converted to universal format when a ZeRO run's world size changed) ->
+build the model -> data parallelism -> load -> train / evaluate / checkpoint -> export on rank 0 -> summary.json.
 """
 
 from __future__ import annotations
@@ -30,8 +36,20 @@ from arena_dist.train.checkpoint import (
     tag_for,
     write_marker,
 )
-from arena_dist.train.config import TrainJobConfig
-from arena_dist.train.data import Encoder, GlobalOrder, collate, eval_plan, micro_batches, total_steps
+from arena_dist.train.config import TeacherConfig, TrainJobConfig
+from arena_dist.train.data import (
+    Encoder,
+    GlobalOrder,
+    Sample,
+    collate,
+    eval_plan,
+    micro_batches,
+    split_targets,
+    total_steps,
+)
+from arena_dist.train.parallel import all_reduce, barrier
+
+SUMMARY_FILE = "summary.json"
 
 
 def format_eta(seconds: float) -> str:
@@ -69,15 +87,100 @@ def load_split_records(config: TrainJobConfig) -> tuple[list, list]:
     return train, evaluation
 
 
-class Worker:
-    """One rank of a run. `run()` trains to the end (resuming when a complete checkpoint exists) and exports."""
+class TeacherRecipe:
+    """The teacher: hard labels, cross-entropy, DeepSpeed (ZeRO-3 per `training.ds_config`), consolidated export.
+    Another stage's recipe overrides what differs (`arena_dist.distill.train.StudentRecipe`)."""
 
-    def __init__(self, config: TrainJobConfig, zero_knobs: dict, rank: int, world_size: int, attempt_info: dict,
-                 under_ray: bool = True):
+    name = "teacher"
+    config_class: type = TeacherConfig
+    eval_at_start = False
+    uses_deepspeed = True
+
+    def __init__(self, config, zero_knobs: dict | None = None):
         self.config, self.zero_knobs = config, zero_knobs
+
+    def samples(self) -> tuple[list[Sample], list[Sample]]:
+        train, evaluation = load_split_records(self.config)
+        return [Sample(r) for r in train], [Sample(r) for r in evaluation]
+
+    def encoder(self, tokenizer) -> Encoder:
+        return Encoder(tokenizer, self.config.format, self.config.data.extra_inputs)
+
+    def loss(self):
+        from arena_dist.train.losses import CrossEntropy
+
+        return CrossEntropy()
+
+    def prepare(self, trainer) -> None:
+        """Before the resume point is looked up: the DeepSpeed config for this world size."""
+        from arena_dist.train.ds_config import build_ds_config
+
+        self.ds_config = build_ds_config(self.zero_knobs, self.config.training, self.config.model.dtype,
+                                         trainer.world_size, trainer.total_steps, self.config.ray.use_gpu)
+        trainer.log(f"accumulation {self.ds_config['gradient_accumulation_steps']}")
+
+    def resume_tag(self, trainer, tag: str, marker: dict) -> str:
+        """ZeRO shards are per rank: another world size loads a universal conversion (made once, by rank 0)."""
+        if marker["world_size"] == trainer.world_size:
+            return tag
+        if trainer.rank == 0:
+            trainer.log(f"{tag} was saved by {marker['world_size']} ranks, now {trainer.world_size}: "
+                        "converting to a universal checkpoint")
+            ensure_universal(trainer.root, tag)
+        barrier()
+        self.ds_config["checkpoint"] = {"load_universal": True}
+        return tag + "_universal"
+
+    def build(self, trainer):
+        from arena_dist.models.build import build_classifier
+        from arena_dist.train.ds_config import zero_stage
+        from arena_dist.train.parallel import ZeroParallel
+
+        hf_ds_config = None
+        if zero_stage(self.ds_config) == 3 and self.config.model.name_or_path is not None:
+            # Keeps zero.Init active while transformers loads the weights: each rank only ever holds its partition.
+            # A random-init model is built whole and partitioned by deepspeed.initialize instead, so its initial
+            # weights are the seeded ones of a plain build whatever the ZeRO stage (zero.Init draws other values).
+            from transformers.integrations import HfDeepSpeedConfig
+
+            hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 (must stay alive while building)
+        model = build_classifier(self.config.model, trainer.tokenizer, self.config.format)
+        parallel = ZeroParallel(model, self.ds_config)
+        self._hf_ds_config = hf_ds_config
+        return parallel
+
+    def export_meta(self) -> dict:
+        data = self.config.data
+        return {"teacher_extra_inputs": [] if data.extra_inputs == "none" else [data.extra_inputs],
+                "created_by": "arena_dist teacher"}
+
+    def export(self, trainer, meta: dict) -> dict:
+        """Every rank calls this (the ZeRO-3 gather is collective); rank 0 writes."""
+        from arena_dist.models.export import save_export
+
+        state = trainer.parallel.export_state(trainer.rank)
+        out = {}
+        if trainer.rank == 0:
+            out["export_dir"] = str(save_export(trainer.parallel.module, trainer.tokenizer, self.config.export_dir,
+                                                meta, state_dict=state, model_config=self.config.model))
+        return out
+
+    def summary(self, trainer) -> dict:
+        return {}
+
+
+class Trainer:
+    """One rank of a run. `fit()` trains to the end (resuming when a complete checkpoint exists), exports, and
+    returns the summary (rank 0 also writes it to <run_dir>/summary.json)."""
+
+    def __init__(self, recipe: TeacherRecipe, rank: int, world_size: int, attempt_info: dict, under_ray: bool = True):
+        from arena_dist.quiet import silence_known_warnings
+
+        silence_known_warnings()
+        self.recipe, self.config = recipe, recipe.config
         self.under_ray = under_ray
         self.rank, self.world_size = rank, world_size
-        self.state_dir = config.experiment_dir  # training state; stage outputs go to config.run_dir
+        self.state_dir = self.config.experiment_dir  # training state; stage outputs go to config.run_dir
         self.root = checkpoint_root(self.state_dir)
         self.attempt_info = attempt_info
         self.writer = None
@@ -85,71 +188,37 @@ class Worker:
     # ------------------------------------------------------------------------------------------------ setup
     def log(self, message: str) -> None:
         if self.rank == 0:
-            print(f"teacher: {message}", flush=True)
+            print(f"{self.recipe.name}: {message}", flush=True)
 
     def setup(self) -> None:
         import torch
 
+        from arena_dist.formatting.templates import num_labels
         from arena_dist.formatting.tokenizer import load_tokenizer
-        from arena_dist.train.ds_config import build_ds_config, zero_stage
 
         config = self.config
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device("cuda", torch.cuda.current_device()) if config.ray.use_gpu else torch.device("cpu")
         self.tokenizer = load_tokenizer(config.tokenizer_name, trust_remote_code=config.model.trust_remote_code)
-        self.train_records, self.eval_records = load_split_records(config)
-        self.order = GlobalOrder(len(self.train_records), config.training.global_batch, config.training.seed,
+        self.num_labels = num_labels(config.format.label_mode)
+        self.train_samples, self.eval_samples = self.recipe.samples()
+        training = config.training
+        self.order = GlobalOrder(len(self.train_samples), training.global_batch, training.seed,
                                  config.data.swap_augment)
-        self.total_steps = total_steps(self.order, config.training.epochs, config.training.max_steps)
-        self.encoder = Encoder(self.tokenizer, config.format, config.data.extra_inputs)
-        self.ds_config = build_ds_config(self.zero_knobs, config.training, config.model.dtype, self.world_size,
-                                         self.total_steps, config.ray.use_gpu)
-        self.zero3 = zero_stage(self.ds_config) == 3
-        self.log(f"{len(self.train_records)} train / {len(self.eval_records)} eval records, {self.total_steps} steps "
-                 f"of {config.training.global_batch} on {self.world_size} ranks "
-                 f"(accumulation {self.ds_config['gradient_accumulation_steps']})")
+        self.total_steps = total_steps(self.order, training.epochs, training.max_steps)
+        self.encoder = self.recipe.encoder(self.tokenizer)
+        self.loss = self.recipe.loss()
+        self.log(f"{len(self.train_samples)} train / {len(self.eval_samples)} eval records, {self.total_steps} steps "
+                 f"of {training.global_batch} on {self.world_size} ranks")
+        self.recipe.prepare(self)
 
     def find_resume_point(self) -> tuple[str | None, dict | None]:
-        """Latest complete checkpoint; converted to universal format (rank 0, once) when the world size changed."""
-        import torch.distributed as dist
-
         found = latest_complete(self.root)
         if found is None:
             return None, None
         tag, marker = found
-        if marker["world_size"] != self.world_size:
-            if self.rank == 0:
-                self.log(f"{tag} was saved by {marker['world_size']} ranks, now {self.world_size}: "
-                         "converting to a universal checkpoint")
-                ensure_universal(self.root, tag)
-            dist.barrier()
-            tag = tag + "_universal"
-            self.ds_config["checkpoint"] = {"load_universal": True}
-        return tag, marker
-
-    def build_engine(self) -> None:
-        import deepspeed
-
-        from arena_dist.formatting.encode import segment_markers
-        from arena_dist.formatting.templates import num_labels
-        from arena_dist.models.build import build_model
-
-        hf_ds_config = None
-        if self.zero3 and self.config.model.name_or_path is not None:
-            # Keeps zero.Init active while transformers loads the weights: each rank only ever holds its partition.
-            # A random-init model (tests, demo: tiny) is built whole and partitioned by deepspeed.initialize instead,
-            # so its initial weights are the seeded ones of a plain build whatever the ZeRO stage (zero.Init draws
-            # other values, and how soon a random-init classifier learns depends on the draw).
-            from transformers.integrations import HfDeepSpeedConfig
-
-            hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 (must stay alive while building)
-        markers = segment_markers(self.tokenizer, self.config.format) if self.config.model.segment_embeddings else None
-        model = build_model(self.config.model, num_labels(self.config.format.label_mode), self.tokenizer.pad_token_id,
-                            segment_markers=markers)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, model_parameters=params,
-                                                                 config=self.ds_config)
-        self.model = model
-        self._hf_ds_config = hf_ds_config
+        return self.recipe.resume_tag(self, tag, marker), marker
 
     # ------------------------------------------------------------------------------------------------ steps
     def seed_step(self, step: int) -> None:
@@ -158,89 +227,94 @@ class Worker:
 
         torch.manual_seed(self.config.training.seed * 1_000_003 + step * 7919 + self.rank)
 
-    def train_step(self, step: int) -> tuple[float, int]:
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def train_step(self, step: int) -> tuple[dict, int]:
+        """One optimizer step; returns (the loss parts averaged over the global batch, real tokens)."""
         import torch
-        import torch.nn.functional as F
 
         self.seed_step(step)
         indices, swaps = self.order.rank_share(step, self.rank, self.world_size)
-        examples = self.encoder.encode([self.train_records[i] for i in indices], list(swaps))
-        loss_sum, tokens = 0.0, 0
-        micro = self.config.training.micro_batch
-        for chunk in micro_batches(list(range(len(examples))), micro):
-            batch = collate([examples[i] for i in chunk], self.tokenizer.pad_token_id)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            logits = self.engine(**batch).logits
-            loss = F.cross_entropy(logits.float(), labels)
-            self.engine.backward(loss)
-            self.engine.step()
-            loss_sum += loss.item() * len(chunk)
-            tokens += int(batch["attention_mask"].sum())
-        totals = torch.tensor([loss_sum, len(examples), tokens], dtype=torch.float64, device=self.device)
-        self.all_reduce(totals)
-        return float(totals[0] / totals[1]), int(totals[2])
-
-    def all_reduce(self, tensor) -> None:
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        examples = self.encoder.encode([self.train_samples[i] for i in indices], list(swaps))
+        sums: dict[str, float] = {}
+        tokens = 0
+        for chunk in micro_batches(list(range(len(examples))), self.config.training.micro_batch):
+            inputs, targets = split_targets(self.to_device(collate([examples[i] for i in chunk],
+                                                                   self.tokenizer.pad_token_id)))
+            logits = self.parallel.forward(**inputs).logits
+            loss, parts = self.loss(logits, targets)
+            self.parallel.backward(loss)
+            self.parallel.step()
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value * len(chunk)
+            tokens += int(inputs["attention_mask"].sum())
+        keys = sorted(sums)
+        totals = torch.tensor([len(examples), tokens] + [sums[k] for k in keys], dtype=torch.float64)
+        all_reduce(totals, self.device)
+        return {k: float(totals[2 + i] / totals[0]) for i, k in enumerate(keys)}, int(totals[1])
 
     def evaluate(self) -> dict:
+        """Held-out log loss / accuracy on rows with a hard label, KL(teacher || model) on rows with a soft label,
+        summed over ranks. Every rank runs as many forwards (collective under ZeRO-3: `eval_plan`)."""
         import torch
         import torch.nn.functional as F
 
-        if not self.eval_records:
+        if not self.eval_samples:
             return {}
         micro = self.config.training.eval_micro_batch or self.config.training.micro_batch
-        plan = eval_plan(len(self.eval_records), self.rank, self.world_size, micro)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # log loss, correct, count
-        self.engine.eval()
+        plan = eval_plan(len(self.eval_samples), self.rank, self.world_size, micro)
+        sums = torch.zeros(6, dtype=torch.float64)  # log loss, correct, hard rows, KL, soft rows, rows
+        self.parallel.eval()
         with torch.no_grad():
             for indices, real in plan:
-                examples = self.encoder.encode([self.eval_records[i] for i in indices], [False] * len(indices))
-                batch = collate(examples, self.tokenizer.pad_token_id)
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                labels = batch.pop("labels")
-                logits = self.engine(**batch).logits.float()
-                if real:
-                    sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-                    sums[1] += (logits.argmax(-1) == labels).sum()
-                    sums[2] += len(indices)
-        self.engine.train()
-        self.all_reduce(sums)
-        count = float(sums[2])
-        return {"eval_log_loss": float(sums[0]) / count, "eval_accuracy": float(sums[1]) / count,
-                "eval_records": int(count)}
+                examples = self.encoder.encode([self.eval_samples[i] for i in indices], [False] * len(indices))
+                inputs, targets = split_targets(self.to_device(collate(examples, self.tokenizer.pad_token_id)))
+                logits = self.parallel.forward(**inputs).logits.float()
+                if not real:
+                    continue
+                labels = targets["labels"]
+                hard = labels != -100
+                sums[0] += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
+                sums[1] += ((logits.argmax(-1) == labels) & hard).sum().cpu()
+                sums[2] += hard.sum().cpu()
+                if "soft" in targets:
+                    mask, soft = targets["soft_mask"], targets["soft"]
+                    per_row = (torch.xlogy(soft, soft) - soft * torch.log_softmax(logits, -1)).sum(-1)
+                    sums[3] += per_row[mask].sum().double().cpu()
+                    sums[4] += mask.sum().cpu()
+                sums[5] += len(indices)
+        self.parallel.train()
+        all_reduce(sums, self.device)
+        ll, correct, n_hard, kl, n_soft, rows = sums.tolist()
+        metrics = {"eval_log_loss": ll / n_hard if n_hard else None, "eval_accuracy": correct / n_hard if n_hard
+                   else None, "eval_records": int(rows)}
+        if n_soft:
+            metrics.update(eval_kl_to_teacher=kl / n_soft, eval_rows_hard=int(n_hard), eval_rows_soft=int(n_soft))
+        return metrics
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, metrics: dict) -> Path:
-        import torch.distributed as dist
-
         tag = tag_for(step)
         if self.rank == 0:
             remove_incomplete(self.root, tag)
-        dist.barrier()
+        barrier()
         position = self.order.position(step)
-        self.engine.save_checkpoint(str(self.root), tag=tag, client_state={"data_position": position},
-                                    save_latest=False)
-        dist.barrier()  # every rank's shard is on disk before the marker says so
+        self.parallel.save(self.root, tag, self.rank)
+        barrier()  # every rank's files are on disk before the marker says so
         if self.rank == 0:
             write_marker(self.root / tag, {"step": step, "world_size": self.world_size, "data_position": position,
                                            "metrics": metrics, "time": time.time()})
             removed = prune_checkpoints(self.root, self.config.training.keep_last)
             if removed:
                 self.log(f"removed old checkpoints {', '.join(removed)}")
-        dist.barrier()
+        barrier()
         self.log(f"checkpoint {tag} complete")
         return self.root / tag
 
     def resume(self, tag: str, marker: dict) -> int:
-        path, client_state = self.engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
-                                                         load_lr_scheduler_states=True)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {self.root / tag}")
-        position = (client_state or {}).get("data_position") or marker["data_position"]
+        self.parallel.load(self.root, tag)
+        position = marker["data_position"]
         self.order.check_position(position)
         step = int(position["global_step"])
         self.log(f"resumed from {tag}: step {step}, epoch {position['epoch']}, "
@@ -255,7 +329,7 @@ class Worker:
         import ray.train
 
         checkpoint = ray.train.Checkpoint(str(checkpoint_dir)) if checkpoint_dir is not None else None
-        ray.train.report(metrics, checkpoint=checkpoint,
+        ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=checkpoint,
                          checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
 
     def record(self, step: int, metrics: dict) -> None:
@@ -274,7 +348,7 @@ class Worker:
         """This rank's share of the model state (read by tests and the benchmark)."""
         from arena_dist.io import atomic_write_json
 
-        stats = partition_stats(self.engine)
+        stats = self.parallel.partition_stats()
         atomic_write_json(self.state_dir / "workers" / f"rank{self.rank}_state.json", stats)
         return stats
 
@@ -282,74 +356,62 @@ class Worker:
         """Logits of the trained model on a few fixed inputs (rank 0 writes them): an export must reproduce them."""
         import torch
 
-        records = (self.eval_records or self.train_records)[:4]
+        samples = (self.eval_samples or self.train_samples)[:4]
         # every rank runs the forward (collective under ZeRO-3), rank 0 writes it
-        batch = collate(self.encoder.encode(records, [False] * len(records)), self.tokenizer.pad_token_id)
-        batch.pop("labels")
-        self.engine.eval()
+        inputs, _ = split_targets(collate(self.encoder.encode(samples, [False] * len(samples)),
+                                          self.tokenizer.pad_token_id))
+        self.parallel.eval()
         with torch.no_grad():
-            logits = self.engine(**{k: v.to(self.device) for k, v in batch.items()}).logits.float().cpu()
-        self.engine.train()
+            logits = self.parallel.forward(**self.to_device(inputs)).logits.float().cpu()
+        self.parallel.train()
         if self.rank == 0:
             from arena_dist.io import atomic_write_json
 
             atomic_write_json(self.config.run_dir / "probe.json", {
-                "input_ids": batch["input_ids"].tolist(), "attention_mask": batch["attention_mask"].tolist(),
+                "input_ids": inputs["input_ids"].tolist(), "attention_mask": inputs["attention_mask"].tolist(),
                 "logits": logits.tolist()})
 
-    # ------------------------------------------------------------------------------------------------ export
-    def export(self, final_metrics: dict) -> str | None:
-        import torch.distributed as dist
-
+    def export(self, final_metrics: dict) -> dict:
         from arena_dist.config import config_hash
-        from arena_dist.models.export import save_export
 
-        if self.zero3:
-            state = self.engine._zero3_consolidated_16bit_state_dict()  # collective: every rank takes part
-        else:
-            state = self.engine.module.state_dict() if self.rank == 0 else None
-        out = None
-        if self.rank == 0:
-            meta = {
-                "label_mode": self.config.format.label_mode,
-                "template": self.config.format.template,
-                "max_length": self.config.format.max_length,
-                "format": json.loads(self.config.format.model_dump_json()),
-                "teacher_extra_inputs": [] if self.config.data.extra_inputs == "none" else
-                [self.config.data.extra_inputs],
-                "created_by": "arena_dist teacher",
-                "config_hash": config_hash(self.config),
-                "fold": self.config.data.fold,
-                "final_metrics": final_metrics,
-            }
-            out = str(save_export(self.engine.module, self.tokenizer, self.config.export_dir, meta, state_dict=state,
-                                  model_config=self.config.model))
-            self.log(f"exported to {out}")
-        dist.barrier()
+        fmt = self.config.format
+        meta = {"label_mode": fmt.label_mode, "template": fmt.template, "max_length": fmt.max_length,
+                "format": json.loads(fmt.model_dump_json()), "config_hash": config_hash(self.config),
+                "fold": self.config.data.fold, "final_metrics": final_metrics, **self.recipe.export_meta()}
+        self.parallel.eval()
+        out = self.recipe.export(self, meta)
+        self.parallel.train()
+        if "export_dir" in out:
+            self.log(f"exported to {out['export_dir']}")
+        barrier()
         return out
 
     # ------------------------------------------------------------------------------------------------ main
-    def run(self) -> dict:
+    def fit(self) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         self.setup()
         tag, marker = self.find_resume_point()
-        self.build_engine()
+        self.parallel = self.recipe.build(self)
         step = self.resume(tag, marker) if tag else 0
         if self.rank == 0:
             self.writer = SummaryWriter(str(self.state_dir / "tensorboard"), purge_step=step or None)
         training = self.config.training
-        started, done_at_start, last_eval = time.monotonic(), step, {}
+        stop_at = min(self.total_steps, step + training.stop_after_steps) if training.stop_after_steps else \
+            self.total_steps
+        started, done_at_start, last_eval, initial = time.monotonic(), step, {}, None
         try:
-            while step < self.total_steps:
+            if self.recipe.eval_at_start and step == 0:
+                initial = self.evaluate()
+                self.record(0, initial)
+            while step < stop_at:
                 step_started = time.perf_counter()
-                loss, tokens = self.train_step(step)
+                parts, tokens = self.train_step(step)
                 step_seconds = time.perf_counter() - step_started
                 step += 1
                 if step == done_at_start + 1:
                     self.write_partition_stats()  # after the first step: optimizer states exist now
-                metrics = {"step": step, "train_loss": loss, "lr": float(self.scheduler.get_last_lr()[0])
-                           if self.scheduler is not None else training.lr,
+                metrics = {"step": step, **{f"train_{k}": v for k, v in parts.items()}, "lr": self.parallel.lr,
                            "epoch": step / self.order.steps_per_epoch, "step_time_s": step_seconds}
                 elapsed = time.monotonic() - started
                 rate = (step - done_at_start) * training.global_batch / max(elapsed, 1e-9)
@@ -360,8 +422,11 @@ class Worker:
                     metrics.update(last_eval)
                 if step % training.log_every == 0 or step == self.total_steps:
                     eta = (self.total_steps - step) * training.global_batch / max(rate, 1e-9)
-                    evals = "".join(f" {k} {v:.4f}" for k, v in last_eval.items() if k != "eval_records")
-                    self.log(f"step {step}/{self.total_steps} epoch {metrics['epoch']:.2f} loss {loss:.4f} "
+                    loss = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
+                    evals = "".join(f" {k} {v:.4f}" for k, v in last_eval.items()
+                                    if v is not None and k.startswith("eval_") and "records" not in k
+                                    and "rows" not in k)
+                    self.log(f"step {step}/{self.total_steps} epoch {metrics['epoch']:.2f} {loss} "
                              f"lr {metrics['lr']:.2e} {rate:.1f} samples/s ETA {format_eta(eta)}{evals}")
                 self.record(step, metrics)
                 checkpoint_dir = None
@@ -369,49 +434,33 @@ class Worker:
                     checkpoint_dir = self.save_checkpoint(step, metrics)
                 if checkpoint_dir is not None or step % training.log_every == 0:
                     self.report(metrics, checkpoint_dir)
+            finished = step >= self.total_steps
+            out: dict = {}
+            if not finished:  # cut short (training.stop_after_steps): resumable from here
+                if latest_complete(self.root) is None or latest_complete(self.root)[0] != tag_for(step):
+                    self.save_checkpoint(step, {})
             final = self.evaluate()
             self.record(step, final)
             if final:
-                self.log("final " + " ".join(f"{k} {v:.4f}" for k, v in final.items()))
-            self.probe()
-            export_dir = self.export(final)
-            summary = {"steps": step, "total_steps": self.total_steps, "world_size": self.world_size,
-                       "final": final, "export_dir": export_dir, "run_dir": str(self.config.run_dir),
-                       "experiment_dir": str(self.state_dir),
-                       "resumed_from": tag, "attempt": self.attempt_info}
+                self.log("final " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in final.items() if v is not None))
+            if finished:
+                self.probe()
+                out = self.export(final)
+            summary = {"steps": step, "total_steps": self.total_steps, "finished": finished,
+                       "world_size": self.world_size, "final": final, "initial": initial,
+                       "export_dir": out.pop("export_dir", None), "run_dir": str(self.config.run_dir),
+                       "experiment_dir": str(self.state_dir), "resumed_from": tag, "attempt": self.attempt_info,
+                       "train_seconds": time.monotonic() - started, **out, **self.recipe.summary(self)}
             if self.rank == 0:
                 from arena_dist.io import atomic_write_json
 
-                atomic_write_json(self.config.run_dir / "summary.json", summary)
+                atomic_write_json(self.config.run_dir / SUMMARY_FILE, summary)
             self.report({"step": step, **final, "done": 1})
             return summary
         finally:
             if self.writer is not None:
                 self.writer.close()
-
-
-def partition_stats(engine) -> dict:
-    """Elements of parameters and optimizer state held by this rank (ZeRO-3: the partition only) vs the full model."""
-    import torch
-
-    local = full = 0
-    for param in engine.module.parameters():
-        if hasattr(param, "ds_tensor"):
-            local += param.ds_tensor.numel()
-            full += param.ds_numel
-        else:
-            local += param.numel()
-            full += param.numel()
-    optimizer_local = optimizer_bytes = 0
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for state in getattr(inner, "state", {}).values():
-        for value in state.values():
-            if torch.is_tensor(value) and value.dim() > 0:
-                optimizer_local += value.numel()
-                optimizer_bytes += value.numel() * value.element_size()
-    master = sum(t.numel() for t in getattr(engine.optimizer, "fp32_partitioned_groups_flat", []) or [])
-    return {"param_local": local, "param_full": full, "optimizer_state_local": optimizer_local,
-            "optimizer_state_bytes": optimizer_bytes, "fp32_master_local": master}
 
 
 def write_pid(run_dir: Path, rank: int, attempt: str) -> None:
@@ -446,39 +495,57 @@ def apply_payload_env(payload: dict) -> None:
     apply_secrets(payload.get(SECRETS_KEY))
 
 
+RECIPES = {"teacher": "arena_dist.train.loop:TeacherRecipe", "student": "arena_dist.distill.train:StudentRecipe"}
+
+
+def recipe_class(name: str) -> type[TeacherRecipe]:
+    import importlib
+
+    module, attribute = RECIPES[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def run_rank(payload: dict, rank: int, world_size: int, under_ray: bool) -> dict:
-    """One rank of a run, inside Ray Train (process group set up by Ray) or under torchrun (env:// rendezvous)."""
-    config = TrainJobConfig.model_validate(payload["config"])
+    """One rank of a run: inside Ray Train (process group set up by Ray), under torchrun (env:// rendezvous), or
+    the only process (world size 1, no process group)."""
+    from arena_dist.quiet import silence_known_warnings
+
+    silence_known_warnings()
+    recipe_type = recipe_class(payload.get("recipe", "teacher"))
+    config = recipe_type.config_class.model_validate(payload["config"])
     apply_payload_env(payload)
     import torch
     import torch.distributed as dist
 
-    torch.set_num_threads(max(1, int(math.floor(config.ray.cpus_per_worker))))
-    import deepspeed
+    training = config.training
+    torch.set_num_threads(training.threads or max(1, int(math.floor(config.ray.cpus_per_worker))))
+    backend = config.ray.backend if config.ray.backend != "auto" else ("nccl" if config.ray.use_gpu else "gloo")
+    if recipe_type.uses_deepspeed:
+        import deepspeed
 
-    backend = "nccl" if config.ray.use_gpu else "gloo"
-    if config.ray.backend != "auto":
-        backend = config.ray.backend
-    deepspeed.init_distributed(dist_backend=backend)  # reuses the process group Ray Train set up, if any
+        deepspeed.init_distributed(dist_backend=backend)  # reuses the process group Ray Train set up, if any
+    elif world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend)  # torchrun: env:// rendezvous
     attempt = payload.get("attempt_id") or str(int(time.time()))
     attempt = f"{attempt}-{os.getpid() if rank == 0 else ''}"
     config.experiment_dir.mkdir(parents=True, exist_ok=True)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
     write_pid(config.experiment_dir, rank, attempt)
     # Every rank agrees on the attempt id (rank 0's), used to tell restarts apart in metrics.jsonl.
     shared = [attempt]
-    dist.broadcast_object_list(shared, src=0)
-    return Worker(config, payload["zero_knobs"], rank, world_size, {"attempt_id": shared[0]}, under_ray).run()
+    if dist.is_initialized():
+        dist.broadcast_object_list(shared, src=0)
+    recipe = recipe_type(config, payload.get("zero_knobs"))
+    return Trainer(recipe, rank, world_size, {"attempt_id": shared[0]}, under_ray).fit()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Bare launch without Ray (benchmarks, or a plain `torchrun`/`deepspeed` job):
+    """Bare launch without Ray (benchmarks, tests, or a plain `torchrun`/`deepspeed` job):
     `torchrun --nproc-per-node N -m arena_dist.train.loop payload.json` (payload: see launch.make_payload)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     payload = json.loads(Path(args[0]).read_text())
-    run_rank(payload, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), under_ray=False)
+    run_rank(payload, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), under_ray=False)
     return 0
 
 

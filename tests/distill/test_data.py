@@ -1,7 +1,6 @@
-import numpy as np
 import pytest
 
-from arena_dist.distill.data import adapt_soft_label, epoch_order, mix_examples, swap_flags, swap_soft
+from arena_dist.distill.data import adapt_soft_label, mix_examples
 
 
 def rec(i, label, fold=0):
@@ -34,11 +33,3 @@ def test_two_class_student_adapts_teacher_and_handles_ties():
     assert adapt_soft_label([0.3, 0.7], 3) == pytest.approx([0.3, 0.7, 0.0])
     with pytest.raises(ValueError):
         adapt_soft_label([0.5, 0.5, 0.0, 0.0], 3)
-
-
-def test_order_and_swaps_are_seeded():
-    assert np.array_equal(epoch_order(50, 1, 2), epoch_order(50, 1, 2))
-    assert not np.array_equal(epoch_order(50, 1, 2), epoch_order(50, 1, 3))
-    flags = swap_flags(1000, 0, 0, True)
-    assert 400 < flags.sum() < 600 and not swap_flags(10, 0, 0, False).any()
-    assert swap_soft([0.7, 0.2, 0.1]) == [0.2, 0.7, 0.1]

@@ -45,7 +45,7 @@ STAGES = {
     "prepare": ("prepare_synth_demo.yaml", "output_dir"),
     "teacher": ("teacher_tiny.yaml", "output.run_dir"),
     "label": ("label_tiny.yaml", "output_dir"),
-    "student": ("student_tiny.yaml", "run_dir"),
+    "student": ("student_tiny.yaml", "output.run_dir"),
     "predict": ("predict_tiny.yaml", "output_dir"),
     "evaluate": ("evaluate_lmsys_synth.yaml", "output_dir"),
     "plan": ("plan_llama70b_a100.yaml", "out_dir"),
@@ -143,7 +143,7 @@ def test_prepare_replaces_its_own_dataset_and_a_failed_rebuild_keeps_the_old_one
 
 
 @pytest.mark.parametrize("stage,config,key", [("teacher", "teacher_tiny.yaml", "output.export_dir"),
-                                              ("student", "student_tiny.yaml", "export_dir")])
+                                              ("student", "student_tiny.yaml", "output.export_dir")])
 def test_a_foreign_export_dir_is_refused_before_training(stage, config, key, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     directory = foreign_dir(tmp_path)

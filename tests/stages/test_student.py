@@ -1,18 +1,34 @@
 """Student stage on CPU: real bitsandbytes 4-bit / 8-bit QLoRA students distilled from a fixed tiny teacher's
-pseudo-labels (scored by the label stage's code into real label stores), real Ray Train for the 2-worker run."""
+pseudo-labels (scored by the label stage's code into real label stores), on the shared training loop. In-process runs
+(one rank) for what one rank shows; one short torchrun subprocess for 2-worker equality and 2 -> 1 resume; one real
+Ray Train run with a SIGKILLed worker."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from arena_dist.config import load_config
-from arena_dist.distill.config import StudentConfig
-from arena_dist.distill.tiny import make_distill_fixture
-from arena_dist.distill.train import encode_examples, load_examples, train_student
-from arena_dist.errors import ConfigError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from distill_fixtures import make_distill_fixture  # noqa: E402
+
+from arena_dist.config import load_config  # noqa: E402
+from arena_dist.distill.config import StudentConfig  # noqa: E402
+from arena_dist.distill.train import StudentRecipe, load_examples  # noqa: E402
+from arena_dist.errors import ConfigError  # noqa: E402
+from arena_dist.train.checkpoint import complete_checkpoints  # noqa: E402
+from arena_dist.train.loop import Trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +36,26 @@ def fixture(tmp_path_factory):
     return make_distill_fixture(tmp_path_factory.mktemp("distill"), n_train=160, n_pool=200, n_test=40)
 
 
-def student_config(fx, run_dir, quantization="4bit", ray=None, loss=None, init_seed=3, **training) -> StudentConfig:
+def student_config(fx, run_dir, quantization="4bit", ray=None, loss=None, init_seed=3, model=None,
+                   **training) -> StudentConfig:
     return StudentConfig.model_validate({
-        "run_dir": str(run_dir),
+        "output": {"run_dir": str(run_dir)},
         "model": {"arch": "llama", "init_seed": init_seed, "head": "mlp", "quantization": quantization,
-                  "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+                  "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, **(model or {})},
         "format": {"template": "llama3", "max_length": 256},
         "data": {"dataset_dir": fx["dataset_dir"], "soft_labels": fx["soft_labels"], "soft_on_hard_rows": True,
-                 "eval_fold": 0},
+                 "fold": 0, "num_folds": 4, "swap_augment": "random"},
         "loss": loss or {"w_ce": 0.2, "w_kl": 1.0, "w_cos": 0.5},
         "training": {"lr": 3e-3, "epochs": 1, "global_batch": 16, "micro_batch": 8, "log_every": 5, "threads": 1,
-                     **training},
+                     "eval_micro_batch": 16, **training},
         "ray": ray or {"enabled": False},
     })
+
+
+def fit(cfg) -> tuple[Trainer, dict]:
+    """One rank in this process (what `ray.enabled: false` runs)."""
+    trainer = Trainer(StudentRecipe(cfg), 0, 1, {"attempt_id": "test"}, under_ray=False)
+    return trainer, trainer.fit()
 
 
 def pad_id():
@@ -41,21 +64,32 @@ def pad_id():
     return load_tokenizer("local").pad_token_id
 
 
-def build(cfg):
-    from arena_dist.formatting.encode import segment_markers
+def build(cfg, run_dir):
+    """The student model as the trainer builds it (same seeded init)."""
+    from arena_dist.distill.train import build_student_model
     from arena_dist.formatting.tokenizer import load_tokenizer
-    from arena_dist.models.build import build_model
 
-    markers = segment_markers(load_tokenizer("local"), cfg.format) if cfg.model.segment_embeddings else None
-    return build_model(cfg.model, 3, pad_id(), segment_markers=markers)
+    return build_student_model(cfg.model_copy(update={"output": cfg.output.model_copy(
+        update={"run_dir": run_dir}), }), load_tokenizer("local"), 0)
 
 
 def eval_sequences(cfg, n=24):
     from arena_dist.formatting.tokenizer import load_tokenizer
+    from arena_dist.train.data import Encoder
 
-    _, eval_examples, _ = load_examples(cfg, 0, 1, 3)
-    eval_examples = eval_examples[:n]
-    return encode_examples(eval_examples, np.zeros(len(eval_examples), bool), load_tokenizer("local"), cfg.format)[0]
+    _, eval_examples, _ = load_examples(cfg, 3)
+    encoder = Encoder(load_tokenizer("local"), cfg.format, require_label=False)
+    return [e.input_ids for e in encoder.encode(eval_examples[:n], [False] * min(n, len(eval_examples)))]
+
+
+def trainable(run_dir: Path, step: int) -> dict:
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:07d}" / "trainable.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= atol, worst
 
 
 @pytest.mark.slow
@@ -64,19 +98,20 @@ def test_qlora_student_trains_only_adapters_and_head(fixture, tmp_path, quantiza
     from arena_dist.models.quant import quantized_layer_counts
 
     cfg = student_config(fixture, tmp_path / "run", quantization, max_steps=12)
-    model = build(cfg)
+    before_model = build(cfg, tmp_path / "before")  # the seeded build the trainer makes too
     layer_kind = "Linear4bit" if quantization == "4bit" else "Linear8bitLt"
-    assert quantized_layer_counts(model)[layer_kind] == 14  # 2 layers x (q, k, v, o, gate, up, down)
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    summary = train_student(cfg, model=model)
-    after = model.state_dict()
+    assert quantized_layer_counts(before_model)[layer_kind] == 14  # 2 layers x (q, k, v, o, gate, up, down)
+    before = {k: v.detach().clone() for k, v in before_model.state_dict().items()}
+    trainer, summary = fit(cfg)
+    after = trainer.parallel.module.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "nothing trained"
     assert all("lora_" in k or ".modules_to_save." in k for k in changed), sorted(changed)[:5]
     assert any("lora_B" in k for k in changed) and any(".modules_to_save." in k for k in changed)
-    initial, final = summary["initial_eval"], summary["final_eval"]
+    initial, final = summary["initial"], summary["final"]
     assert final["eval_kl_to_teacher"] < initial["eval_kl_to_teacher"]
     assert summary["finished"] and (tmp_path / "run" / "export" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
 
 
 @pytest.mark.slow
@@ -95,18 +130,19 @@ def test_distillation_kl_falls_well_below_start_and_export_round_trips(fixture, 
         cfg.model.lora.modules_to_save = ["embed_tokens"]
     cfg.merge.enabled = True
     cfg.merge.check_rows = 24  # the same rows the test compares below
-    model = build(cfg)
-    summary = train_student(cfg, model=model)
-    initial = summary["initial_eval"]["eval_kl_to_teacher"]
-    final = summary["final_eval"]["eval_kl_to_teacher"]
-    assert summary["final_eval"]["eval_rows_soft"] > 50
-    assert final < 0.7 * initial, summary["eval_history"]
+    trainer, summary = fit(cfg)
+    model = trainer.parallel.module
+    initial = summary["initial"]["eval_kl_to_teacher"]
+    final = summary["final"]["eval_kl_to_teacher"]
+    assert summary["final"]["eval_rows_soft"] > 50
+    assert final < 0.7 * initial, (initial, final)
 
     # Adapter + head saved, base quantised again at load: the reloaded student gives identical logits.
     sequences = eval_sequences(cfg)
     model.eval()
     trained = logits_of(model, sequences, pad_id=pad_id())
-    reloaded, tokenizer, meta = load_export(summary["export_dir"], quantization=meta_quant(summary))
+    meta = json.loads((Path(summary["export_dir"]) / "arena_dist.json").read_text())
+    reloaded, tokenizer, meta = load_export(summary["export_dir"], quantization=meta["quantization"])
     keep_training_layout(reloaded)  # the same bitsandbytes kernels as in training (no CPU bf16 repacking)
     assert meta["quantization"] == "4bit" and meta["lora"] and tokenizer is not None
     np.testing.assert_allclose(logits_of(reloaded, sequences, pad_id=pad_id()), trained, rtol=0, atol=1e-6)
@@ -123,71 +159,120 @@ def test_distillation_kl_falls_well_below_start_and_export_round_trips(fixture, 
     assert merge["max_abs_logit_diff_vs_unmerged_full_precision"] < 1e-3  # the merge itself is exact
 
 
-def meta_quant(summary):
-    return json.loads(open(f"{summary['export_dir']}/arena_dist.json").read())["quantization"]
-
-
 @pytest.mark.slow
 def test_merge_refused_above_the_limit(fixture, tmp_path):
     from arena_dist.distill.export import MergeCheckError, merge_export
 
-    cfg = student_config(fixture, tmp_path / "run", "4bit", max_steps=4)
-    summary = train_student(cfg)
+    _, summary = fit(student_config(fixture, tmp_path / "run", "4bit", max_steps=4))
     with pytest.raises(MergeCheckError, match="merge refused"):
-        merge_export(summary["export_dir"], tmp_path / "merged", eval_sequences(cfg, 8), max_logit_diff=1e-9)
+        merge_export(summary["export_dir"], tmp_path / "merged",
+                     eval_sequences(student_config(fixture, tmp_path / "x"), 8), max_logit_diff=1e-9)
     assert not (tmp_path / "merged").exists()
 
 
 @pytest.mark.slow
 def test_stop_and_resume_matches_an_uninterrupted_run(fixture, tmp_path):
-    from safetensors.torch import load_file
-
-    from arena_dist.distill.checkpoint import complete_checkpoints, latest_checkpoint
-
     full = student_config(fixture, tmp_path / "full", "8bit", max_steps=8, checkpoint_every=4)
-    train_student(full)
+    fit(full)
     cut = student_config(fixture, tmp_path / "cut", "8bit", max_steps=8, checkpoint_every=4, stop_after_steps=6)
-    first = train_student(cut)
-    assert not first["finished"] and first["step"] == 6
-    assert latest_checkpoint(tmp_path / "cut").name == "step_0000006"
+    _, first = fit(cut)
+    assert not first["finished"] and first["steps"] == 6 and first["export_dir"] is None
     (tmp_path / "cut" / "checkpoints" / "step_0000007").mkdir()  # no COMPLETE marker: must be ignored
-    second = train_student(cut.model_copy(update={"training": cut.training.model_copy(
-        update={"stop_after_steps": None})}))
-    assert second["finished"] and second["resumed_from"].endswith("step_0000006")
-    third = train_student(cut.model_copy(update={"training": cut.training.model_copy(
-        update={"stop_after_steps": None})}))  # a rerun of a finished run trains nothing
-    assert third["resumed_from"].endswith("step_0000008") and third["train_seconds"] < 5
-    # training.keep_last (default 2): of 4 and 6 (first run) and 8 (resumed run), 6 and 8 remain; the
-    # folder without a marker is not the project's to remove
-    assert [p.name for p in complete_checkpoints(tmp_path / "cut")] == ["step_0000006", "step_0000008"]
-    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == [
-        "step_0000006", "step_0000007", "step_0000008"]
-    assert [p.name for p in complete_checkpoints(tmp_path / "full")] == ["step_0000004", "step_0000008"]
+    resumed = cut.model_copy(update={"training": cut.training.model_copy(update={"stop_after_steps": None})})
+    _, second = fit(resumed)
+    assert second["finished"] and second["resumed_from"] == "step_0000006"
+    # training.keep_last (default 2): of 4 and 6 (first run) only these two complete ones exist; the folder without
+    # a marker is not the project's to remove
+    assert [tag for _, tag, _ in complete_checkpoints(tmp_path / "cut" / "checkpoints")] == [
+        "step_0000004", "step_0000006"]
+    assert (tmp_path / "cut" / "checkpoints" / "step_0000007").is_dir()
     a = load_file(str(tmp_path / "full" / "export" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "export" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert_same_weights(a, b, atol=0.0)  # same world size: bit for bit
+
+
+def torchrun(payload_file: Path, nproc: int, timeout: float = 600) -> subprocess.CompletedProcess:
+    from arena_dist.ray_local import free_port
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node-rank=0",
+               "--master-addr=127.0.0.1", f"--master-port={free_port()}", f"--nproc-per-node={nproc}",
+               "-m", "arena_dist.train.loop", str(payload_file)]
+    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# Equality across world sizes needs the same forward on every row: no dropout anywhere.
+NO_DROPOUT = {"head_dropout": 0.0}
 
 
 @pytest.mark.slow
-def test_two_ray_train_workers(fixture, tmp_path):
-    """Through the CLI in a fresh process (as `ray job submit` runs it): Ray Train state from earlier in-process runs
-    of this test session cannot leak in."""
-    from stage_process import run_stage
+def test_two_workers_equal_one_worker_and_resume_on_one(fixture, tmp_path):
+    """2 workers with the same global batch take the same optimizer steps as 1 (the gradient all-reduce: without
+    it each rank steps on its half of the batch and the weights drift apart), and a checkpoint written by 2 workers
+    resumes exactly on 1."""
+    from arena_dist.train.launch import make_payload
 
-    cfg = student_config(fixture, tmp_path / "run", "4bit", max_steps=6,
-                         ray={"enabled": True, "num_workers": 2, "cpus_per_worker": 1})
-    summary = run_stage("student", cfg, tmp_path, timeout=600)
-    assert summary["world_size"] == 2 and summary["finished"]
-    # both ranks' rows are counted: every train + pool row of the non-held-out folds
+    one = student_config(fixture, tmp_path / "one", "4bit", model=NO_DROPOUT, max_steps=8, checkpoint_every=4)
+    fit(one)
+    two = student_config(fixture, tmp_path / "two", "4bit", model=NO_DROPOUT, max_steps=8, checkpoint_every=4,
+                         stop_after_steps=4, ray={"enabled": True, "num_workers": 2})
+    payload = tmp_path / "two.json"
+    payload.write_text(json.dumps(make_payload(two, "student")))
+    done = torchrun(payload, 2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    marker = json.loads((tmp_path / "two" / "checkpoints" / "step_0000004" / "COMPLETE").read_text())
+    assert marker["world_size"] == 2
+    assert_same_weights(trainable(tmp_path / "one", 4), trainable(tmp_path / "two", 4), atol=2e-5)
+
+    # the same run, resumed by one worker: ends where the 1-worker run ended
+    resumed = two.model_copy(update={"ray": two.ray.model_copy(update={"enabled": False}),
+                                     "training": two.training.model_copy(update={"stop_after_steps": None})})
+    _, summary = fit(resumed)
+    assert summary["resumed_from"] == "step_0000004" and summary["world_size"] == 1 and summary["finished"]
+    a = load_file(str(tmp_path / "one" / "export" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "export" / "adapter_model.safetensors"))
+    assert_same_weights(a, b, atol=5e-5)
+
+
+@pytest.mark.slow
+def test_killed_ray_worker_resumes_exactly(fixture, tmp_path):
+    """Ray Train with 2 workers through the CLI in a fresh process (as `ray job submit` runs it); rank 1 is
+    SIGKILLed after the first checkpoint; FailureConfig restarts the group, which resumes from that checkpoint and
+    ends with the weights of an uninterrupted 1-worker run."""
+    from arena_dist.config import save_resolved_config
+
+    reference = student_config(fixture, tmp_path / "ref", "4bit", model=NO_DROPOUT, max_steps=12)
+    fit(reference)
+    cfg = student_config(fixture, tmp_path / "run", "4bit", model=NO_DROPOUT, max_steps=12, checkpoint_every=3,
+                         ray={"enabled": True, "num_workers": 2, "cpus_per_worker": 1, "max_failures": 1})
+    config_file = save_resolved_config(cfg, tmp_path, "student.yaml")
+    result: dict = {}
+    command = [sys.executable, "-m", "arena_dist.cli", "student", "--config", str(config_file)]
+    job = threading.Thread(target=lambda: result.update(done=subprocess.run(
+        command, capture_output=True, text=True, timeout=900, cwd=REPO)))
+    job.start()
+    marker = tmp_path / "run" / "checkpoints" / "step_0000003" / "COMPLETE"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and time.monotonic() < deadline and job.is_alive():
+        time.sleep(0.2)
+    assert marker.exists(), "the first checkpoint never completed"
+    victim = json.loads((tmp_path / "run" / "workers" / "rank1.json").read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    job.join(timeout=900)
+    done = result["done"]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["finished"] and summary["resumed_from"].startswith("step_")
+    assert json.loads((tmp_path / "run" / "workers" / "rank1.json").read_text())["pid"] != victim
     assert summary["counts"]["used"] == summary["counts"]["train_rows"] + summary["counts"]["pool_rows"]
-    assert (tmp_path / "run" / "export" / "arena_dist.json").exists()
     assert (tmp_path / "run" / "resolved_config.yaml").exists()
+    a = load_file(str(tmp_path / "ref" / "export" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "export" / "adapter_model.safetensors"))
+    assert_same_weights(a, b, atol=5e-5)
 
 
 def test_config_errors_name_the_key(tmp_path):
-    base = ["run_dir=x", "data.dataset_dir=d", "model.arch=llama"]
+    base = ["output.run_dir=x", "data.dataset_dir=d", "model.arch=llama"]
     with pytest.raises(ConfigError, match="model.lora is required"):
         load_config(StudentConfig, None, base + ["model.quantization=4bit"])
     with pytest.raises(ConfigError, match="global_batch"):
@@ -200,11 +285,9 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_shipped_configs_validate():
-    from pathlib import Path
-
     from arena_dist.stages import evaluate, predict
 
-    configs = Path(__file__).resolve().parents[2] / "launch" / "configs"
+    configs = REPO / "launch" / "configs"
     real = {}
     for name in ("student_gemma2_9b", "student_qwen25_14b", "student_tiny"):
         real[name] = load_config(StudentConfig, configs / f"{name}.yaml")

@@ -4,6 +4,7 @@ import json
 
 from arena_dist.config import config_hash, load_config
 from arena_dist.stages import teacher
+from arena_dist.train.launch import absolute_paths, finished_run
 
 
 def finished_layout(tmp_path, config):
@@ -18,16 +19,16 @@ def test_finished_run_is_recognised_only_for_the_same_config(tmp_path):
     sets = [f"data.dataset_dir={tmp_path / 'data'}", f"ray.storage_path={tmp_path / 'ray'}",
             f"output.run_dir={tmp_path / 'run'}"]
     config = load_config(teacher.Config, "launch/configs/teacher_tiny.yaml", sets)
-    teacher.absolute_paths(config)
-    assert teacher.finished_run(config) is None
+    absolute_paths(config)
+    assert finished_run(config) is None
     finished_layout(tmp_path, config)
-    assert teacher.finished_run(config)["steps"] == 8
+    assert finished_run(config)["steps"] == 8
     assert teacher.run(config)["steps"] == 8  # returns at once: no Ray, no training
 
     changed = load_config(teacher.Config, "launch/configs/teacher_tiny.yaml", sets + ["training.lr=0.5"])
-    teacher.absolute_paths(changed)
-    assert teacher.finished_run(changed) is None
+    absolute_paths(changed)
+    assert finished_run(changed) is None
 
     summary = json.loads((config.run_dir / "summary.json").read_text())
     (config.run_dir / "summary.json").write_text(json.dumps({**summary, "steps": 4}))
-    assert teacher.finished_run(config) is None  # stopped early: resume, not skip
+    assert finished_run(config) is None  # stopped early: resume, not skip

@@ -1,10 +1,10 @@
-"""Tiny teacher configs for the tests (the dataset comes from arena_dist.train.tiny)."""
+"""Tiny teacher configs for the tests (the dataset comes from signal_data.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from arena_dist.train.tiny import make_signal_dataset
+from signal_data import make_signal_dataset
 
 
 def make_dataset(root: Path, rows: int = 160, num_folds: int = 4, seed: int = 0) -> Path:
@@ -19,7 +19,7 @@ def tiny_config(dataset_dir: Path, storage: Path, run_name: str, **sections) -> 
                   "intermediate_size": 128, "head": "linear"},
         "format": {"template": "llama3", "max_length": 128, "label_mode": "2class"},
         "training": {"lr": 2e-3, "global_batch": 8, "micro_batch": 2, "epochs": 2, "seed": 3, "log_every": 2,
-                     "eval_every": 0, "checkpoint_every": 0, "warmup_steps": 0, "schedule": "constant",
+                     "eval_every": None, "checkpoint_every": None, "warmup_steps": 0, "schedule": "constant",
                      # tiny model: partition every parameter (the default threshold would keep them all whole)
                      "ds_overrides": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
         "ray": {"num_workers": 2, "cpus_per_worker": 1, "storage_path": str(storage), "max_failures": 0},

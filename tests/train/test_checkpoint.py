@@ -120,7 +120,7 @@ def test_both_stages_spell_keep_last_the_same(tmp_path):
     from arena_dist.stages import teacher
 
     teacher_sets = [f"data.dataset_dir={tmp_path}", f"ray.storage_path={tmp_path}"]
-    student_sets = ["run_dir=x", "data.dataset_dir=d", "model.arch=llama"]
+    student_sets = ["output.run_dir=x", "data.dataset_dir=d", "model.arch=llama"]
     for config_class, config_file, sets in ((teacher.Config, "launch/configs/teacher_tiny.yaml", teacher_sets),
                                             (StudentConfig, None, student_sets)):
         assert load_config(config_class, config_file, sets).training.keep_last == 2

@@ -17,7 +17,7 @@ def test_global_batches_cover_each_epoch_once():
 
 
 def test_rank_shares_do_not_depend_on_world_size():
-    order = GlobalOrder(64, 8, seed=5, swap_augment=True)
+    order = GlobalOrder(64, 8, seed=5, swap_augment="random")
     for step in (0, 3, 9):
         whole, swaps = order.batch(step)
         for world in (1, 2, 4):
@@ -27,10 +27,10 @@ def test_rank_shares_do_not_depend_on_world_size():
 
 
 def test_swap_augment_is_seeded_and_balanced():
-    order = GlobalOrder(4000, 8, seed=2, swap_augment=True)
+    order = GlobalOrder(4000, 8, seed=2, swap_augment="random")
     flags = np.concatenate([order.batch(s)[1] for s in range(order.steps_per_epoch)])
     assert 0.45 < flags.mean() < 0.55
-    again = GlobalOrder(4000, 8, seed=2, swap_augment=True)
+    again = GlobalOrder(4000, 8, seed=2, swap_augment="random")
     assert np.array_equal(again.batch(7)[1], order.batch(7)[1])
     assert not GlobalOrder(4000, 8, seed=2).batch(0)[1].any()
 
@@ -49,13 +49,14 @@ def test_swap_both_shows_every_sample_once_in_each_order_per_epoch():
         assert np.array_equal(np.concatenate([p[1] for p in parts]), full.batch(5)[1])
 
 
-def test_swap_booleans_of_older_configs_and_checkpoints_still_work():
+def test_swap_augment_is_a_mode_and_part_of_the_position():
+    from pydantic import ValidationError
+
     from arena_dist.train.config import DataSettings
 
-    assert DataSettings(dataset_dir="d", swap_augment=True).swap_augment == "random"
-    assert DataSettings(dataset_dir="d", swap_augment=False).swap_augment == "none"
+    with pytest.raises(ValidationError):  # one spelling: the mode's name, never a boolean
+        DataSettings(dataset_dir="d", swap_augment=True)
     order = GlobalOrder(64, 8, seed=0, swap_augment="random")
-    order.check_position({**order.position(3), "swap_augment": True})  # a checkpoint written before the modes
     with pytest.raises(ConfigError, match="swap_augment"):
         GlobalOrder(64, 8, seed=0, swap_augment="both").check_position(order.position(3))
 
@@ -91,3 +92,17 @@ def test_micro_batches_and_extra_text():
     assert extra_text(record, "none", False) is None
     assert extra_text(record, "model_names", False) == "Model A is gpt-4. Model B is unknown."
     assert extra_text(record, "model_names", True) == "Model A is unknown. Model B is gpt-4."
+
+
+def test_collate_pads_and_carries_every_target():
+    from arena_dist.train.data import IGNORE_LABEL, Example, collate, split_targets, swap_soft
+
+    assert swap_soft([0.7, 0.2, 0.1]) == [0.2, 0.7, 0.1] and swap_soft(None) is None
+    batch = collate([Example([5, 6, 7], 1, None), Example([8], None, [0.2, 0.5, 0.3])], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [1, IGNORE_LABEL]
+    assert batch["soft_mask"].tolist() == [False, True] and batch["soft"][1].tolist() == pytest.approx([0.2, 0.5, 0.3])
+    inputs, targets = split_targets(batch)
+    assert set(inputs) == {"input_ids", "attention_mask"} and set(targets) == {"labels", "soft", "soft_mask"}
+    assert "soft" not in collate([Example([1], 0)], 0)  # hard labels only: no soft targets at all

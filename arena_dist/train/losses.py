@@ -1,4 +1,10 @@
-"""Distillation loss: w_ce·CE(hard) + w_kl·T²·KL(teacher ‖ student at temperature T) + w_cos·(1 − cos).
+"""The pluggable training losses: `CrossEntropy` on hard labels (teacher) and `Distillation` (student).
+
+A loss is called as `loss(logits, targets) -> (scalar tensor, parts)` where `targets` is what the collator made besides
+the model inputs (`labels`, and `soft` / `soft_mask` when any row has a soft label) and `parts` are floats for the
+progress line and the metrics ("loss" always among them).
+
+Distillation loss: w_ce·CE(hard) + w_kl·T²·KL(teacher ‖ student at temperature T) + w_cos·(1 − cos).
 
 Each term is averaged over the rows that have its target only: a pool row (soft label, no hard label) adds nothing to
 the CE term and does not dilute it, a competition row without a soft label adds nothing to the KL / cosine terms. A
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_LABEL = -100
+from arena_dist.train.data import IGNORE_LABEL  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,21 @@ def distillation_loss(
     return loss, parts
 
 
-def kl_to_teacher(logits: torch.Tensor, teacher_probs: torch.Tensor) -> float:
-    """Mean KL(teacher ‖ student) at T = 1 over all rows: the distillation quality metric used in tests and eval."""
-    student_log = torch.log_softmax(logits.float(), dim=-1)
-    teacher = teacher_probs.float()
-    return float((torch.xlogy(teacher, teacher) - teacher * student_log).sum(dim=-1).mean())
+class CrossEntropy:
+    """Mean cross-entropy on hard labels (every row must have one)."""
+
+    def __call__(self, logits: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = F.cross_entropy(logits.float(), targets["labels"])
+        return loss, {"loss": float(loss.detach())}
+
+
+class Distillation:
+    """`distillation_loss` with fixed weights."""
+
+    def __init__(self, weights: LossWeights):
+        self.weights = weights
+
+    def __call__(self, logits: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts = distillation_loss(logits, targets["labels"], targets.get("soft"), targets.get("soft_mask"),
+                                        self.weights)
+        return loss, {k: v for k, v in parts.items() if not k.startswith("n_")}

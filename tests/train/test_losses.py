@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from arena_dist.distill.losses import IGNORE_LABEL, LossWeights, distillation_loss, kl_to_teacher, temper_probabilities
+from arena_dist.train.losses import (IGNORE_LABEL, LossWeights, distillation_loss,
+                                     temper_probabilities)
 
 
 def test_ce_counts_only_rows_with_a_hard_label():
@@ -66,7 +67,21 @@ def test_batch_without_any_target_gives_zero_not_nan():
     assert torch.all(logits.grad == 0)
 
 
-def test_kl_to_teacher_is_zero_at_the_teacher():
-    probs = torch.tensor([[0.2, 0.5, 0.3], [0.9, 0.05, 0.05]])
-    assert kl_to_teacher(probs.log(), probs) == pytest.approx(0.0, abs=1e-6)
-    assert kl_to_teacher(torch.zeros(2, 3), probs) > 0.05
+def test_losses_plug_into_the_loop_on_collated_targets():
+    """The loop calls `loss(logits, targets)` with what `collate` made: the teacher's cross-entropy and the
+    student's distillation loss agree where they should."""
+    from arena_dist.train.data import Example, collate, split_targets
+    from arena_dist.train.losses import CrossEntropy, Distillation
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 3, requires_grad=True)
+    hard = split_targets(collate([Example([1], 0), Example([2], 2), Example([3], 1)], 0))[1]
+    ce, parts = CrossEntropy()(logits, hard)
+    assert set(parts) == {"loss"} and parts["loss"] == pytest.approx(float(ce))
+    same, parts = Distillation(LossWeights(w_ce=1.0, w_kl=0.0))(logits, hard)
+    assert float(same) == pytest.approx(float(ce)) and {"loss", "ce", "kl", "cos"} <= set(parts)
+    mixed = split_targets(collate([Example([1], 0), Example([2], None, [0.2, 0.7, 0.1]), Example([3], 1)], 0))[1]
+    loss, parts = Distillation(LossWeights(w_ce=1.0, w_kl=1.0))(logits, mixed)
+    assert parts["kl"] > 0 and parts["loss"] == pytest.approx(parts["ce"] + parts["kl"], rel=1e-5)
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()

@@ -1,4 +1,4 @@
-"""A tiny distillation set-up through the real code paths, for tests, the bench and the demo:
+"""A tiny distillation set-up through the real code paths, for the tests:
 
 synthetic LMSYS train/test + pool (`arena-dist synth`) -> prepared dataset (`arena-dist prepare`) -> a fixed tiny
 random teacher export (`arena_dist.label.tiny`) -> its soft labels for the train and pool splits, scored with the

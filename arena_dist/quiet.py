@@ -1,0 +1,44 @@
+"""Known harmless library warnings, silenced once per process where they arise (each training rank calls this first),
+so a console shows progress lines and real problems. Each entry says why it is harmless; nothing else is hidden."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+KNOWN = (
+    # torch 2.13 deprecates the collectives DeepSpeed 0.19 calls for every ZeRO-3 gather / reduce-scatter; they
+    # still work, and a warning per collective per rank buried the progress lines (about 100 per training stage).
+    (FutureWarning, r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor|_all_gather_base|"
+                    r"_reduce_scatter_base)` is"),
+    # transformers 5 renamed the attribute that peft reads; same value.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    # bitsandbytes 8-bit layers cast fp32 inputs to fp16 for their matmul: the intended QLoRA numerics.
+    (UserWarning, r".*MatMul8bitLt: inputs will be cast"),
+)
+
+
+KNOWN_LOG_LINES = {
+    # DeepSpeed reads the LR once while it sets the engine up, before the first step: every rank logs this.
+    "DeepSpeed": "Attempting to get learning rate from scheduler before it has started",
+    # bitsandbytes' optional CPU kernel from the hub (the `kernels` package) is absent; its own fallback runs.
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+}
+
+
+class _DropLine(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def silence_known_warnings() -> None:
+    for category, message in KNOWN:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, prefix in KNOWN_LOG_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLine) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropLine(prefix))
