@@ -72,6 +72,7 @@ def run(config: Config) -> dict:
     import numpy as np
     import pandas as pd
 
+    from arena_dist.artefacts import write_artefact
     from arena_dist.errors import ConfigError
     from arena_dist.io import atomic_path, atomic_write_json, claim_output_dir
     from arena_dist.predict.infer import load_model, predict
@@ -118,6 +119,16 @@ def run(config: Config) -> dict:
                **result.stats}
     atomic_write_json(out / "predict_summary.json", summary)
     save_resolved_config(config, out)
+    write_artefact(
+        out, "predict", config,
+        inputs={"test_file": config.test_file, "model": config.model.export_path,
+                "second_model": config.second_model.export_path if config.second_model else None},
+        outputs={"submission": submission, "probabilities": out / "probabilities.parquet",
+                 "summary": out / "predict_summary.json"},
+        rows=len(ids), metrics={"rows_per_second": summary["rows_per_second"],
+                                "padding_ratio": result.stats["padding"]["padding_ratio"]},
+        headline="rows_per_second",
+    )
     print(f"predict: wrote {submission} ({len(ids)} rows, {seconds:.1f} s, padding ratio "
           f"{result.stats['padding']['padding_ratio']:.3f})", flush=True)
     return summary

@@ -34,6 +34,14 @@ def run(config: Config) -> dict:
     print(f"student: finished={summary['finished']} step {summary['step']}/{summary['total_steps']} "
           f"eval log loss {final.get('eval_log_loss')} KL to teacher {final.get('eval_kl_to_teacher')} "
           f"-> {summary.get('export_dir', '(no export: run not finished)')}", flush=True)
+    from arena_dist.artefacts import write_artefact
+
+    write_artefact(run_dir, "student", config, headline="eval_log_loss",
+                   inputs={"dataset": config.data.dataset_dir, "soft_labels": config.data.soft_labels},
+                   outputs={"export": summary.get("export_dir"), "summary": run_dir / SUMMARY_FILE},
+                   rows={"train": summary["counts"]["used"], "eval": final.get("eval_rows_hard") or 0},
+                   metrics={key: final.get(key) for key in ("eval_log_loss", "eval_accuracy", "eval_kl_to_teacher")}
+                   | {"steps": summary["step"], "finished": summary["finished"]})
     return summary
 
 

@@ -56,4 +56,12 @@ def run(config: Config) -> dict:
     final = summary.get("final") or {}
     line = " ".join(f"{key} {value:.4f}" for key, value in final.items() if key != "eval_records")
     print(f"teacher: done, {summary['steps']} steps, {line}; export {summary['export_dir']}", flush=True)
+    from arena_dist.artefacts import write_artefact
+
+    rows = {"samples": summary["steps"] * config.training.global_batch, "eval": final.get("eval_records")}
+    write_artefact(config.run_dir, "teacher", config, inputs={"dataset": config.data.dataset_dir},
+                   outputs={"export": summary["export_dir"], "summary": config.run_dir / "summary.json"},
+                   rows={k: v for k, v in rows.items() if v is not None}, headline="eval_log_loss",
+                   metrics={"eval_log_loss": final.get("eval_log_loss"), "eval_accuracy": final.get("eval_accuracy"),
+                            "steps": summary["steps"]})
     return summary
