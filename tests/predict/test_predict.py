@@ -15,7 +15,7 @@ from arena_dist.predict.testfile import read_test_file
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from arena_dist.label.tiny import make_teacher_export
+    from tiny_fixtures import make_teacher_export
     from arena_dist.stages import synth
 
     root = tmp_path_factory.mktemp("predict")

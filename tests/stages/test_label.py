@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
     from arena_dist.ray_local import LocalRayHead
 
     root = tmp_path_factory.mktemp("label-stage")
