@@ -27,8 +27,6 @@ import contextlib
 import json
 import math
 import re
-import sys
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from arena_dist.config import StrictModel
+from arena_dist.progress import progress_bar
 
 CHUNK_ROWS = 4096  # fixed: the random stream of a chunk depends on (seed, stream, chunk number) only
 LN3 = math.log(3.0)
@@ -551,24 +550,6 @@ def hh_transcript(prompt: Sequence[str], responses: Sequence[str]) -> str:
 POOL_SCHEMA_FIELDS = ("id", "prompt", "response_a", "response_b", "language")
 
 
-class Progress:
-    """Prints rows/s and ETA at most every `every` seconds."""
-
-    def __init__(self, label: str, total: int, every: float = 5.0, stream=sys.stdout):
-        self.label, self.total, self.every, self.stream = label, total, every, stream
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        print(f"[synth] {self.label}: {done}/{self.total} rows, {rate:,.0f} rows/s, ETA {eta:,.0f} s",
-              file=self.stream, flush=True)
-
-
 def generate_pool(
     n: int, seed: int, out_path: str | Path, spec: SynthSpec | None = None, answers_path: str | Path | None = None,
     progress: bool = True,
@@ -595,7 +576,7 @@ def generate_pool(
                                ("p_tie", pa.float64()), ("p_a_2class", pa.float64())])
     meter = BayesMeter(3)
     meter2 = BayesMeter(2)
-    report = Progress("pool", n) if progress else None
+    report = progress_bar("[synth] pool", n) if progress else None
     with atomic_path(out_path) as tmp_pool, atomic_path(answers_path) as tmp_answers:
         with pq.ParquetWriter(tmp_pool, pool_schema) as pool_writer, \
                 pq.ParquetWriter(tmp_answers, answer_schema) as answer_writer:
@@ -610,9 +591,9 @@ def generate_pool(
                 meter.add(batch.probs, None)
                 meter2.add(two_class_probs(batch.p2), None)
                 if report:
-                    report.update(offset + len(batch))
+                    report.update(len(batch))
     if report:
-        report.update(n, force=True)
+        report.close()
     return {"path": str(out_path), "answers": str(answers_path), "three_class": meter.summary(labelled=False),
             "two_class": meter2.summary(labelled=False)}
 
@@ -710,7 +691,7 @@ def write_lmsys(
     quirk_rows = set(quirk_of)
     injected = {kind: 0 for kind in QUIRK_KINDS}
     train_all, train_valid = BayesMeter(3), BayesMeter(3)
-    report = Progress("lmsys train", n_train) if progress else None
+    report = progress_bar("[synth] lmsys train", n_train) if progress else None
     with atomic_path(out_dir / "lmsys" / "train.csv") as tmp:
         handle, writer = _open_csv(tmp)
         with handle:
@@ -736,7 +717,9 @@ def write_lmsys(
                     writer.writerow([10_000_000 + offset + i, batch.model_a[i], batch.model_b[i],
                                      json_cell(batch.prompt[i]), response_a, json_cell(batch.response_b[i]), *onehot])
                 if report:
-                    report.update(offset + len(batch))
+                    report.update(len(batch))
+    if report:
+        report.close()
 
     test_meter = BayesMeter(3)
     by_language: dict[str, BayesMeter] = {}
