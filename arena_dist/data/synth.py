@@ -35,7 +35,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from arena_dist.classes import from_p_a
 from arena_dist.config import StrictModel
+from arena_dist.evaluate.metrics import log_loss
 from arena_dist.progress import progress_bar
 
 CHUNK_ROWS = 4096  # fixed: the random stream of a chunk depends on (seed, stream, chunk number) only
@@ -503,7 +505,7 @@ class BayesMeter:
         self.expected_correct += float(probs.max(axis=1).sum())
         self.expected_counts += probs.sum(axis=0)
         if labels is not None:
-            self.nll += float(-np.log(safe[np.arange(len(labels)), labels]).sum())
+            self.nll += (log_loss(probs, labels) or 0.0) * len(labels)  # the score evaluate gives, as a sum
             self.correct += int((probs.argmax(axis=1) == labels).sum())
             self.label_counts += np.bincount(labels, minlength=self.classes)
 
@@ -519,11 +521,6 @@ class BayesMeter:
             if labelled:
                 out["tie_rate"] = float(self.label_counts[2] / n)
         return out
-
-
-def two_class_probs(p_a: np.ndarray) -> np.ndarray:
-    p_a = np.asarray(p_a, float)
-    return np.stack([p_a, 1.0 - p_a], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -589,7 +586,7 @@ def generate_pool(
                     "id": ids, "p_a": batch.probs[:, 0], "p_b": batch.probs[:, 1], "p_tie": batch.probs[:, 2],
                     "p_a_2class": batch.p2}, schema=answer_schema))
                 meter.add(batch.probs, None)
-                meter2.add(two_class_probs(batch.p2), None)
+                meter2.add(from_p_a(batch.p2), None)
                 if report:
                     report.update(len(batch))
     if report:
@@ -804,7 +801,7 @@ def write_wsdm(out_dir: str | Path, n_train: int, n_test: int, seed: int, spec: 
                 writers.append(stack.enter_context(pq.ParquetWriter(tmps[1], answer_schema)))
             for offset, batch, rng in iter_batches(n, seed, f"wsdm_{split}", spec, single_turn=True):
                 labels = (rng.random(len(batch)) >= batch.p2).astype(np.int64)  # 0 = A with probability p2
-                meter.add(two_class_probs(batch.p2), labels)
+                meter.add(from_p_a(batch.p2), labels)
                 winners = ["model_a" if label == 0 else "model_b" for label in labels]
                 columns = {
                     "id": [_wsdm_id(seed, split, offset + i) for i in range(len(batch))],
@@ -840,7 +837,7 @@ def write_pairwise(out_dir: str | Path, n_pairwise: int, seed: int, spec: SynthS
             for offset, batch, rng in iter_batches(n, seed, style, spec, **kwargs):
                 p_a = world.two_class(batch.s_a, batch.s_b, position_bias=False)
                 a_wins = rng.random(len(batch)) < p_a
-                meter.add(two_class_probs(p_a), np.where(a_wins, 0, 1))
+                meter.add(from_p_a(p_a), np.where(a_wins, 0, 1))
                 for i in range(len(batch)):
                     win, lose = (batch.response_a[i], batch.response_b[i])[:: 1 if a_wins[i] else -1]
                     row = {"id": f"{style}-{offset + i:07d}"}
