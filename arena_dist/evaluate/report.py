@@ -130,8 +130,9 @@ def true_probabilities(frame: pd.DataFrame, path) -> pd.DataFrame | None:
             probs = to_classes(probs, 3)
     elif "p_a" in frame.columns:  # WSDM answers carry P(A) alone
         p_a = numbers(frame, ["p_a"], path)
-        check_probabilities(np.hstack([p_a, 1.0 - p_a]), frame, path, ["p_a", "1 - p_a"])
-        probs = to_classes(from_p_a(p_a), 3)
+        two = from_p_a(p_a)
+        check_probabilities(two, frame, path, ["p_a", "1 - p_a"])
+        probs = to_classes(two, 3)
     else:
         return None
     return pd.DataFrame(probs, columns=["p_a", "p_b", "p_tie"])
