@@ -47,17 +47,12 @@ def test_label_actor_gets_the_drivers_hub_token_and_home(tmp_path, monkeypatch, 
     import ray
 
     from arena_dist.label.driver import ActorSettings, start_actor
-    from arena_dist.label.tiny import make_teacher_export
-    from arena_dist.ray_local import _reload_auth_settings
+    from tiny_fixtures import make_teacher_export
 
     export = make_teacher_export(tmp_path / "teacher", max_length=64)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_HOME", raising=False)
-    # No auth, as the session's default; Ray caches its auth settings per process, and an earlier test's
-    # connection to a token-auth head would otherwise leave them in token mode.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    _reload_auth_settings()
+    # A private local Ray with the session's auth settings (tests/conftest.py): Ray reads them once per process.
     temp_dir = tempfile.mkdtemp(prefix="ad-ray-", dir="/tmp")  # short: Ray's unix sockets live here
     ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     try:
