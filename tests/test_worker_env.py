@@ -127,12 +127,12 @@ def test_student_workers_get_the_token_outside_the_config(tmp_path, monkeypatch)
     assert seen["token"] == token and seen["config"] == config
 
 
-def test_a_token_in_a_saved_config_or_on_a_command_line_is_refused(tmp_path, monkeypatch):
+def test_a_token_in_a_saved_config_or_in_a_jobs_runtime_env_is_refused(tmp_path, monkeypatch):
     from arena_dist.ray_local import submit_job
 
     with pytest.raises(ValueError, match="HF_TOKEN would be saved with the config"):
         teacher_config(tmp_path, worker_env={"HF_TOKEN": "hf_x"})
-    with pytest.raises(ValueError, match="HF_TOKEN would be visible on the command line"):
+    with pytest.raises(ValueError, match="HF_TOKEN would be visible in the job's runtime env"):
         submit_job("http://127.0.0.1:1", ["true"], env={"HF_TOKEN": "hf_x"})
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert with_secrets({"a": 1})[SECRETS_KEY].names() == []  # no token in the environment: nothing forwarded
