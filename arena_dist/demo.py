@@ -150,18 +150,20 @@ def run_step(step: Step, config: DemoConfig, run: Path, head) -> None:
                              + (f"\n{tail}" if tail else ""))
 
 
-def describe(record) -> tuple[str, str, str]:
-    """(rows, headline, other metrics) cells for one stage record; empty cells for a stage without one."""
+def describe(record) -> tuple[str, str, str, str]:
+    """(stage time, rows, headline, other metrics) cells for one stage record; empty cells without one."""
     if record is None:
-        return "", "", ""
+        return "", "", "", ""
     others = ", ".join(metric_text(name, value) for name, value in record.metrics.items() if name != record.headline)
     headline = record.headline_text() if record.status == "succeeded" else f"failed: {record.error}"
-    return record.rows_text(), headline, others
+    seconds = "" if record.seconds is None else f"{record.seconds:6.1f} s"
+    return seconds, record.rows_text(), headline, others
 
 
 def summary_table(steps: list[Step], run: Path) -> str:
-    """Per stage: job time, rows, headline metric and the other metrics of its record; the Bayes optimum below."""
-    rows = [("stage", "time", "rows", "headline", "metrics")]
+    """Per stage: job time (submission to exit), the stage's own time, rows, headline metric and the other metrics
+    of its record; the Bayes optimum below."""
+    rows = [("stage", "job time", "stage time", "rows", "headline", "metrics")]
     for step in steps:
         rows.append((step.name, f"{step.seconds:6.1f} s", *describe(step.record)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

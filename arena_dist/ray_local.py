@@ -231,7 +231,8 @@ def submit_job(
         raise ValueError(f"submit_job: {secrets[0]} would be visible in the job's runtime env; set it in the "
                          "environment of the Ray head instead")
     dashboard_url = head.dashboard_url if isinstance(head, LocalRayHead) else head
-    client = JobSubmissionClient(dashboard_url, headers=auth_headers(head))
+    with _quiet_ray_client():
+        client = JobSubmissionClient(dashboard_url, headers=auth_headers(head))
     runtime_env: dict = {}
     if working_dir is not None:
         runtime_env["working_dir"] = str(working_dir)
@@ -251,11 +252,13 @@ def submit_job(
             if echo:
                 print(text, end="", flush=True)
 
-        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env or None)
+        with _quiet_ray_client():
+            job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env or None)
         emit(f"job {job_id} submitted to {dashboard_url}: {command}\n")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            asyncio.run(_follow_logs(client, job_id, emit, timeout))
+            with _quiet_ray_client():
+                asyncio.run(_follow_logs(client, job_id, emit, timeout))
             info = _final_info(client, job_id, deadline)
         except BaseException as err:
             _stop_quietly(client, job_id)
@@ -266,6 +269,24 @@ def submit_job(
         emit(f"job {job_id} {info.status.lower()} (exit {code})" + (f": {info.message}" if info.message and code
                                                                      else "") + "\n")
     return subprocess.CompletedProcess(entrypoint, code, stdout="".join(chunks), stderr="")
+
+
+@contextmanager
+def _quiet_ray_client() -> Iterator[None]:
+    """Ray's job client logs each file it leaves out of the working-dir package and each closed log stream: noise
+    around the job's own log in the console. Errors still show."""
+    import logging
+
+    names = ["ray", *(name for name in list(logging.root.manager.loggerDict) if name.startswith("ray."))]
+    loggers = [logging.getLogger(name) for name in names]  # some of Ray's modules set a level of their own
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 async def _follow_logs(client, job_id: str, emit, timeout: float | None) -> None:

@@ -70,6 +70,15 @@ def prepare_config(config: Config, out: Path) -> dict:
     }
 
 
+def rows_by_format(files: dict) -> dict[str, int]:
+    """Rows written per competition format (`lmsys` train + test, `wsdm`, `pool`, `pairwise`)."""
+    rows: dict[str, int] = {}
+    for name, summary in files.items():
+        if " " not in name:  # "pool/pool.parquet (2-class)" is the same rows scored another way
+            rows[name.split("/")[0]] = rows.get(name.split("/")[0], 0) + summary["rows"]
+    return rows
+
+
 def _short(name: str) -> str:
     """`lmsys/train.csv` -> `lmsys/train`: the record's names for the files written."""
     return name.rsplit(".", 1)[0]
@@ -138,7 +147,7 @@ def run(config: Config) -> dict:
         outputs={"bayes": out / "bayes.json", "prepare_config": out / "prepare.yaml",
                  **{_short(name): out / name for name in files if " " not in name},
                  **({"lmsys/test_answers": out / "lmsys" / "test_answers.csv"} if config.n_test else {})},
-        rows={_short(name): summary["rows"] for name, summary in files.items() if " " not in name},
+        rows=rows_by_format(files),
         metrics={key: bayes[key] for key in ("bayes_log_loss", "bayes_accuracy", "achievable_gain", "tie_rate")},
         headline="bayes_log_loss",
     )
