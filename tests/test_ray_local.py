@@ -59,3 +59,28 @@ def test_job_api_submission_env_logs_timeout_and_token(tmp_path, capsys):
             JobSubmissionClient(head.dashboard_url, headers={"Authorization": "Bearer " + "b" * 64}).list_jobs()
     finally:
         head.stop()
+
+
+def test_auth_settings_cannot_change_once_ray_is_imported(monkeypatch):
+    """Ray reads RAY_AUTH_MODE / RAY_AUTH_TOKEN once per process: a different token later is refused up front, not
+    left to fail as an opaque authentication error inside ray.init."""
+    import os
+
+    import ray  # noqa: F401  (imported, as in any test process by now)
+
+    from arena_dist.ray_local import auth_headers, connect_ray
+
+    before = dict(os.environ)
+    with pytest.raises(RuntimeError, match="RAY_AUTH_TOKEN must be set before Ray is imported"):
+        connect_ray("127.0.0.1:1", {"RAY_AUTH_TOKEN": "c" * 64})
+    assert dict(os.environ) == before
+    head = LocalRayHead(num_cpus=1, auth_token="d" * 64)
+    try:
+        assert auth_headers(head) == {"Authorization": "Bearer " + "d" * 64}
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "e" * 64)
+        assert auth_headers("http://127.0.0.1:1") == {"Authorization": "Bearer " + "e" * 64}
+        other = LocalRayHead(num_cpus=1)
+        other.stop()  # never started: removes its temp dir
+        assert other.auth_token == "e" * 64  # one token per process: the environment's
+    finally:
+        head.stop()
