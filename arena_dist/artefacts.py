@@ -47,9 +47,13 @@ class StageArtefact(StrictModel):
     error: Optional[str] = None
 
     @model_validator(mode="after")
-    def _headline_is_a_metric(self) -> "StageArtefact":
+    def _consistent(self) -> "StageArtefact":
         if self.headline is not None and self.headline not in self.metrics:
             raise ValueError(f"headline {self.headline!r} is not one of the metrics ({', '.join(self.metrics)})")
+        if self.status == "succeeded" and self.headline is None:
+            raise ValueError("a succeeded stage names its headline metric")
+        if self.status == "failed" and not self.error:
+            raise ValueError("a failed stage carries its error")
         return self
 
     def finished_unix(self) -> float:

@@ -28,6 +28,10 @@ def test_record_round_trip_and_headline_must_be_a_metric(tmp_path):
     assert written.rows_text() == "200" and written.headline_text() == "log loss 0.5000"
     with pytest.raises(ValueError, match="headline 'accuracy'"):
         write_artefact(tmp_path, "evaluate", metrics={"log_loss": 0.5}, headline="accuracy")
+    with pytest.raises(ValueError, match="names its headline"):
+        write_artefact(tmp_path, "evaluate", metrics={"log_loss": 0.5})
+    with pytest.raises(ValueError, match="carries its error"):
+        write_artefact(tmp_path, "evaluate", status="failed")
     assert read_artefact(tmp_path / "nowhere") is None
 
 
