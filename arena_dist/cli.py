@@ -1,7 +1,9 @@
 """`arena-dist <stage> --config X.yaml --set key=value ...`
 
 Each stage lives in `arena_dist.stages.<name>` and exposes `Config` (a StrictModel) and `run(config)`. Stage
-modules are imported only when their stage runs, so `arena-dist synth` never imports torch or ray.
+modules are imported only when their stage runs, so `arena-dist synth` never imports torch or ray. A recipe writes
+its stage record (`stage.json`, arena_dist.artefacts) when it succeeds; when it raises after claiming its output
+directory, the CLI writes the `failed` record there.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def stage_module(name: str):
 
 
 def write_summary(summary) -> None:
-    """When ARENA_DIST_SUMMARY names a file, leave the stage's summary there (the demo reads it after a Ray job)."""
+    """When ARENA_DIST_SUMMARY names a file, leave the stage's whole summary dict there: for tests that run a stage
+    in a child process and check details the stage record (`stage.json`) does not carry."""
     target = os.environ.get("ARENA_DIST_SUMMARY")
     if target and isinstance(summary, dict):
         from arena_dist.io import atomic_write_text
@@ -67,12 +70,38 @@ def main(argv: list[str] | None = None) -> int:
         overrides.insert(0, f"run_dir={args.run_dir}")
     try:
         config = load_config(module.Config, args.config, overrides)
-        summary = module.run(config)
+    except ArenaDistError as err:
+        print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_recorded(args.stage, module, config)
         write_summary(summary)
     except ArenaDistError as err:
         print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_recorded(stage: str, module, config):
+    """`module.run(config)`; if it raises after claiming an output directory, the first directory it claimed gets
+    a `failed` stage record with the error's first line (then the error goes on as before)."""
+    import time
+
+    from arena_dist.io import claim_time, claimed_dirs
+
+    started = time.time()
+    try:
+        return module.run(config)
+    except BaseException as err:
+        claimed = [d for d in claimed_dirs() if (claim_time(d) or 0.0) >= started]
+        if claimed:
+            from arena_dist.artefacts import record_failure
+
+            try:
+                record_failure(claimed[0], stage, err, config)
+            except OSError:
+                pass  # the directory is gone or read-only: the error itself is what the user needs
+        raise
 
 
 if __name__ == "__main__":

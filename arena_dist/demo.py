@@ -13,12 +13,13 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pydantic import Field, field_validator
 
+from arena_dist.artefacts import StageArtefact, metric_text
 from arena_dist.config import StrictModel, load_config, save_resolved_config
 from arena_dist.errors import ArenaDistError
 
@@ -48,21 +49,34 @@ class DemoConfig(StrictModel):
 
 @dataclass
 class Step:
-    """One stage run of the pipeline: its entry script, its config and the `--set` overrides that wire it to the
-    run directory. `config_name` defaults to the stage name (launch/configs/demo/<config_name>.yaml)."""
+    """One stage run of the pipeline: its entry script, its config, the `--set` overrides that wire it to the run
+    directory and `output`, the directory (under the run) where it leaves its stage record. `config_name` defaults
+    to the stage name (launch/configs/demo/<config_name>.yaml)."""
 
     name: str
     script: str
     overrides: Callable[[Path], list[str]]
+    output: str
     config_name: str | None = None
-    summary: dict = field(default_factory=dict)
+    record: StageArtefact | None = None
     seconds: float = 0.0
 
     def config_path(self, config: DemoConfig, run: Path) -> Path | None:
         if self.name == "prepare":
-            return run / "synth" / "prepare.yaml"  # written by synth, with the paths of what it wrote
+            return Path(output_of(run, "synth", "prepare_config"))  # written by synth, with the paths it wrote
         path = REPO / config.configs_dir / f"{self.config_name or self.name}.yaml"
         return path if path.exists() else None
+
+
+def output_of(run: Path, directory: str, name: str) -> str:
+    """The path an earlier stage recorded as its output `name` (its stage record in run/directory)."""
+    from arena_dist.artefacts import read_artefact
+
+    record = read_artefact(run / directory)
+    if record is None or record.status != "succeeded" or name not in record.outputs:
+        raise ArenaDistError(f"{run / directory}: no successful stage record with an output {name!r} "
+                             "(run the stage that writes it first)")
+    return record.outputs[name]
 
 
 TEACHER_ID = "teacher"
@@ -70,51 +84,52 @@ TEACHER_ID = "teacher"
 
 def predict_step(name: str, model: str, output: str, tta: str) -> Step:
     return Step(name, "launch/predict.py", lambda run: [
-        f"test_file={run / 'synth' / 'lmsys' / 'test.csv'}", f"model.export_path={run / model / 'export'}",
+        f"test_file={output_of(run, 'synth', 'lmsys/test')}", f"model.export_path={output_of(run, model, 'export')}",
         f"output_dir={run / output}", f"tta.mode={tta}",
-    ], config_name="predict")
+    ], output, config_name="predict")
 
 
 def evaluate_step(name: str, predictions: str, output: str) -> Step:
     return Step(name, "launch/evaluate.py", lambda run: [
-        f"predictions={run / predictions / 'probabilities.parquet'}",
-        f"answers={run / 'synth' / 'lmsys' / 'test_answers.csv'}", f"output_dir={run / output}",
-    ], config_name="evaluate")
+        f"predictions={output_of(run, predictions, 'probabilities')}",
+        f"answers={output_of(run, 'synth', 'lmsys/test_answers')}", f"output_dir={run / output}",
+    ], output, config_name="evaluate")
 
 
 def pipeline() -> list[Step]:
     """The demo's stages in order. The teacher and the student are both scored on the synthetic test set, and the
-    student with and without swap-TTA, so the summary shows each against the Bayes optimum."""
+    student with and without swap-TTA, so the summary shows each against the Bayes optimum. Each stage finds what
+    an earlier one wrote through that stage's record (`output_of`)."""
     return [
-        Step("synth", "launch/synth.py", lambda run: [f"output_dir={run / 'synth'}"]),
-        Step("prepare", "launch/prepare.py", lambda run: [f"output_dir={run / 'dataset'}"]),
+        Step("synth", "launch/synth.py", lambda run: [f"output_dir={run / 'synth'}"], "synth"),
+        Step("prepare", "launch/prepare.py", lambda run: [f"output_dir={run / 'dataset'}"], "dataset"),
         Step("teacher", "launch/teacher.py", lambda run: [
-            f"data.dataset_dir={run / 'dataset'}", f"output.run_dir={run / 'teacher'}",
+            f"data.dataset_dir={output_of(run, 'dataset', 'dataset')}", f"output.run_dir={run / 'teacher'}",
             f"ray.storage_path={run / 'teacher' / 'ray'}",
-        ]),
+        ], "teacher"),
         Step("label", "launch/pseudo_label.py", lambda run: [
-            f"input.dataset_dir={run / 'dataset'}", f"teachers.0.export_path={run / 'teacher' / 'export'}",
+            f"input.dataset_dir={output_of(run, 'dataset', 'dataset')}",
+            f"teachers.0.export_path={output_of(run, 'teacher', 'export')}",
             f"teachers.0.id={TEACHER_ID}", f"output_dir={run / 'labels'}",
-        ]),
+        ], "labels"),
         Step("student", "launch/student.py", lambda run: [
-            f"data.dataset_dir={run / 'dataset'}", f"data.soft_labels={run / 'labels' / TEACHER_ID}",
-            f"output.run_dir={run / 'student'}",
-        ]),
+            f"data.dataset_dir={output_of(run, 'dataset', 'dataset')}",
+            f"data.soft_labels={output_of(run, 'labels', TEACHER_ID)}", f"output.run_dir={run / 'student'}",
+        ], "student"),
         predict_step("predict", "student", "predict", "all"),
         evaluate_step("evaluate", "predict", "evaluate"),
         predict_step("predict-no-tta", "student", "predict_no_tta", "none"),
         evaluate_step("evaluate-no-tta", "predict_no_tta", "evaluate_no_tta"),
         predict_step("predict-teacher", "teacher", "predict_teacher", "all"),
         evaluate_step("evaluate-teacher", "predict_teacher", "evaluate_teacher"),
-        Step("report", "launch/report.py", lambda run: [f"run_dir={run}"]),
+        Step("report", "launch/report.py", lambda run: [f"run_dir={run}"], "report"),
     ]
 
 
 def run_step(step: Step, config: DemoConfig, run: Path, head) -> None:
+    from arena_dist.artefacts import read_artefact
     from arena_dist.ray_local import submit_job
 
-    summary_path = run / "summaries" / f"{step.name}.json"
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
     entrypoint = ["python", step.script]
     config_path = step.config_path(config, run)
     if config_path is not None:
@@ -122,72 +137,45 @@ def run_step(step: Step, config: DemoConfig, run: Path, head) -> None:
     for override in step.overrides(run):
         entrypoint += ["--set", override]
     print(f"\n=== {step.name}: ray job submit -- {' '.join(entrypoint)}", flush=True)
-    started = time.monotonic()
-    done = submit_job(
-        head, entrypoint, working_dir=REPO, env={"ARENA_DIST_SUMMARY": str(summary_path)},
-        timeout=config.stage_timeout_s, log_path=run / "logs" / f"{step.name}.log", echo=config.echo_logs,
-    )
+    started, submitted = time.monotonic(), time.time()
+    done = submit_job(head, entrypoint, working_dir=REPO, timeout=config.stage_timeout_s,
+                      log_path=run / "logs" / f"{step.name}.log", echo=config.echo_logs)
     step.seconds = time.monotonic() - started
+    record = read_artefact(run / step.output)
+    if record is not None and record.finished_unix() >= submitted:  # not a record left by an earlier run
+        step.record = record
     if done.returncode != 0:
         tail = "" if config.echo_logs else done.stdout[-3000:]
         raise ArenaDistError(f"stage {step.name} failed (exit {done.returncode}); log: {run / 'logs' / step.name}.log"
                              + (f"\n{tail}" if tail else ""))
-    if summary_path.exists():
-        step.summary = json.loads(summary_path.read_text())
 
 
-QUALITY_KEYS = ("log_loss", "eval_log_loss", "accuracy", "eval_accuracy", "share_of_achievable_gain",
-                "bayes_log_loss", "padding_ratio")
-
-
-def _flatten(summary: dict, prefix: str = "", depth: int = 0) -> dict:
-    flat = {}
-    for key, value in summary.items():
-        if isinstance(value, dict) and depth < 4:
-            flat.update(_flatten(value, f"{prefix}{key}.", depth + 1))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _recency(flat_key: str) -> int:
-    """Sort key: a stage's final metrics first, its initial ones (e.g. the student's eval before training) last."""
-    return 0 if "final" in flat_key else 2 if "initial" in flat_key else 1
-
-
-def describe(summary: dict) -> tuple[str, str]:
-    """(rows, quality) cells for one stage's summary: whatever rows count and quality metrics it reported."""
-    flat = _flatten(summary)
-    rows = summary.get("rows", summary.get("n"))
-    if rows is None:  # e.g. the label stage: rows per teacher store
-        rows = next((v for k, v in flat.items() if k.endswith(".rows_scored") and isinstance(v, int)), "")
-    if isinstance(rows, dict):
-        rows = ", ".join(f"{k} {v:,}" for k, v in rows.items() if isinstance(v, int))
-    elif isinstance(rows, int):
-        rows = f"{rows:,}"
-    quality = []
-    for key in QUALITY_KEYS:
-        hits = [v for k, v in sorted(flat.items(), key=lambda item: _recency(item[0]))
-                if k.split(".")[-1] == key and isinstance(v, (int, float))]
-        if hits:
-            label = key.replace("share_of_achievable_gain", "share of gain").replace("_", " ")
-            quality.append(f"{label} {hits[0]:.4f}")
-    return str(rows), ", ".join(quality)
+def describe(record) -> tuple[str, str, str, str]:
+    """(stage time, rows, headline, other metrics) cells for one stage record; empty cells without one."""
+    if record is None:
+        return "", "", "", ""
+    others = ", ".join(metric_text(name, value) for name, value in record.metrics.items() if name != record.headline)
+    headline = record.headline_text() if record.status == "succeeded" else f"failed: {record.error}"
+    seconds = "" if record.seconds is None else f"{record.seconds:6.1f} s"
+    return seconds, record.rows_text(), headline, others
 
 
 def summary_table(steps: list[Step], run: Path) -> str:
-    """Per stage: time, rows, and quality next to the Bayes optimum of the synthetic data."""
-    rows = [("stage", "time", "rows", "quality")]
+    """Per stage: job time (submission to exit), the stage's own time, rows, headline metric and the other metrics
+    of its record; the Bayes optimum below."""
+    rows = [("stage", "job time", "stage time", "rows", "headline", "metrics")]
     for step in steps:
-        count, quality = describe(step.summary)
-        rows.append((step.name, f"{step.seconds:6.1f} s", count, quality))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((step.name, f"{step.seconds:6.1f} s", *describe(step.record)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"total {sum(step.seconds for step in steps):.0f} s")
-    bayes_path = run / "synth" / "bayes.json"
-    if bayes_path.exists():
-        lines.append(f"Bayes optimum on the test set: {bayes_line(json.loads(bayes_path.read_text()))}")
+    try:
+        bayes = json.loads(Path(output_of(run, "synth", "bayes")).read_text())
+    except (ArenaDistError, OSError):
+        bayes = None
+    if bayes is not None:
+        lines.append(f"Bayes optimum on the test set: {bayes_line(bayes)}")
     return "\n".join(lines)
 
 
@@ -230,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Ray head {head.address}, dashboard {head.dashboard_url} (127.0.0.1 only), temp dir {head.temp_dir}",
               flush=True)
         for step in steps:
+            finished.append(step)  # a failed stage's row shows its error
             run_step(step, config, run, head)
-            finished.append(step)
         status = 0
     except ArenaDistError as err:
         print(f"\ndemo failed: {err}", file=sys.stderr)

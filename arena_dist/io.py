@@ -146,12 +146,31 @@ def check_replaceable(target: str | os.PathLike, what: str = "output directory")
     return target
 
 
+# Directories claimed by this process, oldest first, with the time of the claim: a stage's start (its record's
+# `started`) and where the CLI records a stage that failed after claiming (arena_dist.artefacts).
+_CLAIMS: dict[Path, float] = {}
+
+
 def claim_output_dir(target: str | os.PathLike, what: str = "output directory") -> Path:
     """Make `target` a directory of ours to write into (see the module docstring); returns it."""
+    import time
+
     target = check_replaceable(target, what)
     target.mkdir(parents=True, exist_ok=True)
     _mark(target)
+    _CLAIMS.pop(target.resolve(), None)
+    _CLAIMS[target.resolve()] = time.time()
     return target
+
+
+def claim_time(target: str | os.PathLike) -> float | None:
+    """Unix time at which this process last claimed `target`, None when it did not."""
+    return _CLAIMS.get(Path(target).resolve())
+
+
+def claimed_dirs() -> list[Path]:
+    """Directories this process claimed, in the order of their (latest) claims."""
+    return list(_CLAIMS)
 
 
 # ----------------------------------------------------------------------------------------------- directory swaps

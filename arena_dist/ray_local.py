@@ -3,14 +3,19 @@
 private in-process Ray).
 
 Every port is chosen free at start, the temp dir is private, the dashboard binds 127.0.0.1, the cluster runs with
-Ray's token authentication and a token of its own (given to the clients this module starts: `client_env()`), and
-`stop()` ends only
-the processes this head started (its process group plus anything whose command line names its temp dir): never a
-host-wide `ray stop`, which would kill other people's clusters on the same host.
+Ray's token authentication (clients get the token from `client_env()`; jobs are submitted through Ray's job API with
+it), and `stop()` ends only the processes this head started (its process group plus anything whose command line
+names its temp dir): never a host-wide `ray stop`, which would kill other people's clusters on the same host.
+
+Ray reads its auth settings (RAY_AUTH_MODE, RAY_AUTH_TOKEN) once per process, when it is imported, and offers no
+public way to re-read them: a process that joins a cluster with `ray.init` must have them in its environment
+before it imports Ray (a `ray job submit` driver inherits them from the head).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -65,6 +70,7 @@ class LocalRayHead:
         node_ip: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         resources: dict[str, float] | None = None,
+        auth_token: str | None = None,
     ):
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -77,9 +83,11 @@ class LocalRayHead:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.process: subprocess.Popen | None = None
-        # A private token, set explicitly: left unset, Ray turns token auth on by itself whenever a host-wide
+        # A token set explicitly: left unset, Ray turns token auth on by itself whenever a host-wide
         # ~/.ray/auth_token exists (any earlier local `ray.init()` writes one) and clients without it are refused.
-        self.auth_token = secrets.token_hex(32)
+        # The one in $RAY_AUTH_TOKEN when there is one: Ray reads a process's token once, so a process that
+        # connects to heads with `ray.init` can only use one token; else a private one.
+        self.auth_token = auth_token or os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)
 
     def client_env(self) -> dict[str, str]:
         """Environment a client (ray job submit, ray.init, a worker node) needs to talk to this head."""
@@ -203,54 +211,120 @@ def submit_job(
     log_path: str | os.PathLike | None = None,
     echo: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`ray job submit` to a dashboard and wait for the job; its exit status is the job's.
+    """Submit a job to a dashboard (`ray.job_submission.JobSubmissionClient`) and wait for it; the returned exit
+    status is the job driver's (1 for a job that failed without one, e.g. a runtime env that could not be built).
 
-    The job's log is captured (returned as stdout), appended to `log_path` if given, and echoed line by line when
-    `echo` is set (the demo streams it). `env` goes on the command line (visible to `ps`): never a secret there; the
-    job inherits the head's environment, and arena_dist.worker_env hands the hub token on to its workers.
+    The job's log is captured (returned as stdout), appended to `log_path` if given, and echoed as it arrives when
+    `echo` is set (the demo streams it). `env` goes into the job's runtime env, which the dashboard and the job
+    API show to anyone who can reach them: never a secret there; the job inherits the head's environment, and
+    arena_dist.worker_env hands the hub token on to its workers. Past `timeout` the job is stopped and
+    `subprocess.TimeoutExpired` raised; an interrupt (Ctrl-C) stops the job too.
     """
+    import shlex
+
+    from ray.job_submission import JobSubmissionClient
+
     from arena_dist.worker_env import SECRET_ENV
 
     secrets = sorted(set(env or {}) & set(SECRET_ENV))
     if secrets:
-        raise ValueError(f"submit_job: {secrets[0]} would be visible on the command line; set it in the "
+        raise ValueError(f"submit_job: {secrets[0]} would be visible in the job's runtime env; set it in the "
                          "environment of the Ray head instead")
     dashboard_url = head.dashboard_url if isinstance(head, LocalRayHead) else head
-    client_env = {**os.environ, **(head.client_env() if isinstance(head, LocalRayHead) else {})}
-    cmd = [ray_executable(), "job", "submit", f"--address={dashboard_url}", "--log-style=record"]
+    with _quiet_ray_client():
+        client = JobSubmissionClient(dashboard_url, headers=auth_headers(head))
+    runtime_env: dict = {}
     if working_dir is not None:
-        cmd.append(f"--working-dir={working_dir}")
+        runtime_env["working_dir"] = str(working_dir)
     if env:
-        cmd.append("--runtime-env-json=" + json.dumps({"env_vars": env}))
-    cmd += ["--", *entrypoint]
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=client_env
-    )
-    lines: list[str] = []
+        runtime_env["env_vars"] = dict(env)
+    command = shlex.join(entrypoint)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "a") if log_path else None
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if log:
-                log.write(line)
+    chunks: list[str] = []
+    with open(log_path, "a") if log_path else contextlib.nullcontext() as log:
+
+        def emit(text: str) -> None:
+            chunks.append(text)
+            if log is not None:
+                log.write(text)
                 log.flush()
             if echo:
-                print(line, end="", flush=True)
-            if deadline is not None and time.monotonic() > deadline:
-                process.kill()
-                raise subprocess.TimeoutExpired(cmd, timeout, output="".join(lines))
-        process.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
-    except BaseException:
-        if process.poll() is None:
-            process.kill()
-        raise
+                print(text, end="", flush=True)
+
+        with _quiet_ray_client():
+            job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env or None)
+        emit(f"job {job_id} submitted to {dashboard_url}: {command}\n")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with _quiet_ray_client():
+                asyncio.run(_follow_logs(client, job_id, emit, timeout))
+            info = _final_info(client, job_id, deadline)
+        except BaseException as err:
+            _stop_quietly(client, job_id)
+            if isinstance(err, asyncio.TimeoutError):
+                raise subprocess.TimeoutExpired(entrypoint, timeout, output="".join(chunks)) from None
+            raise
+        code = info.driver_exit_code if info.driver_exit_code is not None else int(info.status != "SUCCEEDED")
+        emit(f"job {job_id} {info.status.lower()} (exit {code})" + (f": {info.message}" if info.message and code
+                                                                     else "") + "\n")
+    return subprocess.CompletedProcess(entrypoint, code, stdout="".join(chunks), stderr="")
+
+
+@contextmanager
+def _quiet_ray_client() -> Iterator[None]:
+    """Ray's job client logs each file it leaves out of the working-dir package and each closed log stream: noise
+    around the job's own log in the console. Errors still show."""
+    import logging
+
+    names = ["ray", *(name for name in list(logging.root.manager.loggerDict) if name.startswith("ray."))]
+    loggers = [logging.getLogger(name) for name in names]  # some of Ray's modules set a level of their own
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
     finally:
-        if log:
-            log.close()
-    return subprocess.CompletedProcess(cmd, process.returncode, stdout="".join(lines), stderr="")
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+async def _follow_logs(client, job_id: str, emit, timeout: float | None) -> None:
+    """Every log chunk of the job as it arrives, until the job ends; asyncio.TimeoutError past `timeout`."""
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            emit(chunk)
+
+    await asyncio.wait_for(tail(), timeout)
+
+
+def _final_info(client, job_id: str, deadline: float | None):
+    """The job's info once its status is terminal (the log stream can end a moment before the status is set);
+    asyncio.TimeoutError past `deadline` (monotonic time)."""
+    while True:
+        info = client.get_job_info(job_id)
+        if info.status.is_terminal():
+            return info
+        if deadline is not None and time.monotonic() > deadline:
+            raise asyncio.TimeoutError
+        time.sleep(0.2)
+
+
+def _stop_quietly(client, job_id: str) -> None:
+    try:
+        client.stop_job(job_id)
+    except Exception:  # the head may be gone already (Ctrl-C stops it too): nothing left to stop
+        pass
+
+
+def auth_headers(head: LocalRayHead | str) -> dict[str, str]:
+    """The bearer token for a dashboard: the LocalRayHead's own, else the one in $RAY_AUTH_TOKEN /
+    $RAY_AUTH_TOKEN_PATH (none: Ray's own defaults apply)."""
+    token = head.auth_token if isinstance(head, LocalRayHead) else os.environ.get("RAY_AUTH_TOKEN")
+    if not token and os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser().read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @contextmanager
@@ -289,28 +363,29 @@ def _private_auth_token() -> None:
 
     Left alone, a local `ray.init()` turns token auth on and writes a new token to ~/.ray/auth_token: a file shared
     by everyone on the host, which then switches every later `ray start` there into token mode while their clients
-    lack the token. An explicit RAY_AUTH_MODE / token from the user is respected."""
-    if any(os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+    lack the token. With RAY_AUTH_TOKEN set, `ray.init()` turns token auth on with that token and writes no file.
+    Only the token is set, not RAY_AUTH_MODE: Ray reads the mode once, at import, and switches it on itself when it
+    starts a local cluster. An explicit RAY_AUTH_MODE / token from the user is respected."""
+    if any(os.environ.get(key) for key in AUTH_ENV):
         return
-    os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    _reload_auth_settings()
 
 
-def _reload_auth_settings() -> None:
-    """Ray caches the auth mode and token at import; re-read them from the environment (as Ray itself does when it
-    turns auth on), so a token exported after `import ray` is used."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def connect_ray(address: str, env: dict[str, str] | None = None, **init_kwargs) -> None:
-    """`ray.init(address=...)` with the auth settings of the environment now (plus `env`, e.g. a LocalRayHead's
-    `client_env()`: RAY_AUTH_MODE / RAY_AUTH_TOKEN)."""
+    """`ray.init(address=...)` with the auth settings of the environment (plus `env`, e.g. a LocalRayHead's
+    `client_env()`: RAY_AUTH_MODE / RAY_AUTH_TOKEN).
+
+    Ray reads its auth settings once per process, when it is first imported, and has no public way to re-read them:
+    auth settings in `env` that differ from the environment are refused once Ray is imported (set them before, as
+    `ray job submit` and a fresh driver process do)."""
+    changed = sorted(key for key, value in (env or {}).items() if key in AUTH_ENV and os.environ.get(key) != value)
+    if changed and "ray" in sys.modules:
+        raise RuntimeError(f"connect_ray: {', '.join(changed)} must be set before Ray is imported in this process "
+                           "(Ray reads its auth settings once, at import)")
+    os.environ.update(env or {})
     import ray
 
-    os.environ.update(env or {})
-    _reload_auth_settings()
     ray.init(address=address, **init_kwargs)

@@ -19,13 +19,23 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# The tiny model / dataset fixtures live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
+
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                     "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu", "RAY_AUTH_MODE": "disabled"}.items():
+                     "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu"}.items():
     os.environ.setdefault(_key, _value)
+# The bench's Ray head and its driver share one token, set before Ray is imported (Ray reads it once per process;
+# LocalRayHead takes $RAY_AUTH_TOKEN).
+if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
+    import secrets
+
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
 
 RESULTS = Path(__file__).resolve().parent / "results" / "label.json"
 # A little wider than the test teacher so the forward pass, not Python, dominates a batch.
@@ -69,7 +79,7 @@ def bench_batching(work: Path, rows: int, max_tokens: int, naive_batch: int) -> 
     from arena_dist.formatting.encode import encode_records
     from arena_dist.label.batching import fixed_size_batches, token_budget_batches
     from arena_dist.label.scoring import format_from_meta
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
     from arena_dist.models.export import load_export
 
     torch.set_num_threads(1)
@@ -99,7 +109,7 @@ def bench_scaling(work: Path, rows: int, shards: int, max_tokens: int) -> dict:
     from arena_dist.label.driver import ActorSettings, label_shards
     from arena_dist.ray_local import connect_ray
     from arena_dist.label.store import LabelStore, input_shards
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
     from arena_dist.ray_local import LocalRayHead
 
     dataset = make_pool_dataset(work / "scaling-data", n_rows=rows, num_shards=shards)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ import numpy as np
 
 from arena_dist.evaluate.metrics import log_loss
 
+# The tiny model fixtures live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 RESULTS = Path(__file__).resolve().parent / "results" / "synth_learnability.json"
 TEMPLATE, MAX_LENGTH = "chatml", 384  # the same layout for the token oracle and the transformer
 
@@ -147,7 +150,7 @@ def transformer(train: list[dict], test: list[dict], test_labels: np.ndarray, ar
     from arena_dist.formatting.templates import FormatConfig
     from arena_dist.formatting.tokenizer import load_tokenizer
     from arena_dist.models.build import build_model
-    from arena_dist.models.tiny import tiny_model_config
+    from tiny_fixtures import tiny_model_config
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("local")

@@ -16,8 +16,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray >= 2.5x: a local `ray.init()` turns token auth on and writes ~/.ray/auth_token; that host-wide file then puts
 # every later `ray start` on the host into token mode while clients without the token fail ("InvalidAuthToken").
-# Test clusters are private and short-lived: keep auth off explicitly so no test writes or depends on that file.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# One token for the whole session, set before anything imports Ray (Ray reads its auth settings once per process):
+# every test head (LocalRayHead takes $RAY_AUTH_TOKEN), private local Ray and child process uses it, and no test
+# writes or depends on that file.
+if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
+    import secrets
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))
 

@@ -35,7 +35,9 @@ def test_demo_prefix_runs_as_ray_jobs_and_stops_its_head(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Ray head stopped" in done.stdout
     table = done.stdout.split("Ray head stopped", 1)[1]
-    assert re.search(r"^synth\s+\d", table, re.M) and re.search(r"^prepare\s+\d", table, re.M)
+    # time, rows and headline of each stage, from the records the jobs left
+    assert re.search(r"^synth\s+[\d.]+ s\s+[\d.]+ s\s+lmsys [\d,]+.*bayes log loss 0\.\d{4}", table, re.M), table
+    assert re.search(r"^prepare\s+[\d.]+ s\s+[\d.]+ s\s+\w+ [\d,]+, \w+ [\d,]+\s+quarantined \d", table, re.M), table
     assert "Bayes optimum on the test set: log loss 0." in table
     assert (run / "dataset" / "manifest.json").exists()
     assert (run / "logs" / "prepare.log").read_text().count("kept") >= 1
@@ -60,13 +62,15 @@ def test_demo_interrupted_still_stops_its_head(tmp_path):
     assert processes_mentioning(head_temp_dir(output)) == []
 
 
-def test_summary_row_shows_a_stages_final_metrics_not_its_initial_ones():
+def test_summary_row_is_the_stage_record_headline_first(tmp_path):
+    from arena_dist.artefacts import read_artefact, write_artefact
     from arena_dist.demo import describe
 
-    student = {"initial_eval": {"eval_log_loss": 1.11, "eval_accuracy": 0.37},
-               "final_eval": {"eval_log_loss": 0.89, "eval_accuracy": 0.61}, "export_dir": "x"}
-    _, quality = describe(student)
-    assert quality == "eval log loss 0.8900, eval accuracy 0.6100"
+    write_artefact(tmp_path, "student", rows={"train": 800, "eval": 200}, headline="eval_log_loss",
+                   metrics={"eval_log_loss": 0.89, "eval_accuracy": 0.61, "steps": 40})
+    seconds, rows, headline, others = describe(read_artefact(tmp_path))
+    assert (rows, headline, others) == ("train 800, eval 200", "eval log loss 0.8900", "eval accuracy 0.6100, steps 40")
+    assert seconds == "" and describe(None) == ("", "", "", "")  # not claimed in this process: no start time
 
 
 def test_unknown_stage_name_is_refused():

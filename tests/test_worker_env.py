@@ -47,17 +47,12 @@ def test_label_actor_gets_the_drivers_hub_token_and_home(tmp_path, monkeypatch, 
     import ray
 
     from arena_dist.label.driver import ActorSettings, start_actor
-    from arena_dist.label.tiny import make_teacher_export
-    from arena_dist.ray_local import _reload_auth_settings
+    from tiny_fixtures import make_teacher_export
 
     export = make_teacher_export(tmp_path / "teacher", max_length=64)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_HOME", raising=False)
-    # No auth, as the session's default; Ray caches its auth settings per process, and an earlier test's
-    # connection to a token-auth head would otherwise leave them in token mode.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    _reload_auth_settings()
+    # A private local Ray with the session's auth settings (tests/conftest.py): Ray reads them once per process.
     temp_dir = tempfile.mkdtemp(prefix="ad-ray-", dir="/tmp")  # short: Ray's unix sockets live here
     ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     try:
@@ -130,12 +125,12 @@ def test_student_workers_get_the_token_outside_the_config(tmp_path, monkeypatch)
     assert StudentConfig.model_validate(shipped["config"]) == config
 
 
-def test_a_token_in_a_saved_config_or_on_a_command_line_is_refused(tmp_path, monkeypatch):
+def test_a_token_in_a_saved_config_or_in_a_jobs_runtime_env_is_refused(tmp_path, monkeypatch):
     from arena_dist.ray_local import submit_job
 
     with pytest.raises(ValueError, match="HF_TOKEN would be saved with the config"):
         teacher_config(tmp_path, worker_env={"HF_TOKEN": "hf_x"})
-    with pytest.raises(ValueError, match="HF_TOKEN would be visible on the command line"):
+    with pytest.raises(ValueError, match="HF_TOKEN would be visible in the job's runtime env"):
         submit_job("http://127.0.0.1:1", ["true"], env={"HF_TOKEN": "hf_x"})
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert with_secrets({"a": 1})[SECRETS_KEY].names() == []  # no token in the environment: nothing forwarded

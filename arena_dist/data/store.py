@@ -30,6 +30,7 @@ from arena_dist.data.normalize import hash64
 from arena_dist.data.records import LABEL_NAMES, RECORD_SCHEMA, SCHEMA_VERSION, Record
 from arena_dist.errors import InputError
 from arena_dist.io import sha256_file
+from arena_dist.progress import progress_bar
 
 MANIFEST = "manifest.json"
 QUARANTINE_DIR = "quarantine"
@@ -234,26 +235,6 @@ class ShardedSplitWriter:
 
 
 # ----------------------------------------------------------------------------------------------------------- pipeline
-class _Progress:
-    """Prints rows/s for long sources, at most every `every_s` seconds."""
-
-    def __init__(self, name: str, total: int | None = None, every_s: float = 10.0):
-        import time
-
-        self._time = time.monotonic
-        self.name, self.total, self.every_s = name, total, every_s
-        self.start = self.last = self._time()
-
-    def tick(self, rows: int) -> None:
-        if rows % 4096 == 0 and self._time() - self.last >= self.every_s:
-            self.last = self._time()
-            rate = rows / max(self.last - self.start, 1e-9)
-            line = f"  {self.name}: {rows:,} rows read, {rate:,.0f} rows/s"
-            if self.total:
-                line += f", {rows / self.total:.0%} of {self.total:,}, ETA {(self.total - rows) / rate:,.0f} s"
-            print(line, flush=True)
-
-
 def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) -> dict:
     """Run one source: every row is kept (via `accept`), a content duplicate, or quarantined (written to JSONL)."""
     from arena_dist.data.sources import DUPLICATE_ID, raw_as_strings
@@ -262,7 +243,8 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
     counts = {"read": 0, "kept": 0, "duplicates": 0, "quarantined": 0}
     reasons: Counter[str] = Counter()
     seen_ids = SeenHashes()
-    progress = _Progress(reader.config.name, reader.total_rows)
+    # Silent for sources read within 10 s; a row count every 10 s for the long ones (updated every 4096 rows).
+    progress = progress_bar(f"  {reader.config.name}: read", reader.total_rows, every_s=10.0, delay_s=10.0)
     quarantine_path.parent.mkdir(parents=True, exist_ok=True)
     with open(quarantine_path, "w", encoding="utf-8") as quarantine:
 
@@ -274,7 +256,8 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
 
         for outcome in reader:
             counts["read"] += 1
-            progress.tick(counts["read"])
+            if counts["read"] % 4096 == 0:
+                progress.update(4096)
             if outcome.record is None:
                 reject(outcome, outcome.reason, outcome.detail)
             elif not seen_ids.add(hash64(outcome.record["id"], salt="id")):
@@ -283,6 +266,8 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
                 counts["kept"] += 1
             else:
                 counts["duplicates"] += 1
+    progress.update(counts["read"] - progress.n)
+    progress.close()
     if counts["read"] != counts["kept"] + counts["duplicates"] + counts["quarantined"]:  # never silently lose a row
         raise AssertionError(f"{reader.config.name}: counts do not add up: {counts}")
     result = {

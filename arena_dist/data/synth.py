@@ -27,8 +27,6 @@ import contextlib
 import json
 import math
 import re
-import sys
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +35,10 @@ from typing import Iterator, Sequence
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from arena_dist.classes import from_p_a
 from arena_dist.config import StrictModel
+from arena_dist.evaluate.metrics import log_loss
+from arena_dist.progress import progress_bar
 
 CHUNK_ROWS = 4096  # fixed: the random stream of a chunk depends on (seed, stream, chunk number) only
 LN3 = math.log(3.0)
@@ -504,7 +505,7 @@ class BayesMeter:
         self.expected_correct += float(probs.max(axis=1).sum())
         self.expected_counts += probs.sum(axis=0)
         if labels is not None:
-            self.nll += float(-np.log(safe[np.arange(len(labels)), labels]).sum())
+            self.nll += (log_loss(probs, labels) or 0.0) * len(labels)  # the score evaluate gives, as a sum
             self.correct += int((probs.argmax(axis=1) == labels).sum())
             self.label_counts += np.bincount(labels, minlength=self.classes)
 
@@ -520,11 +521,6 @@ class BayesMeter:
             if labelled:
                 out["tie_rate"] = float(self.label_counts[2] / n)
         return out
-
-
-def two_class_probs(p_a: np.ndarray) -> np.ndarray:
-    p_a = np.asarray(p_a, float)
-    return np.stack([p_a, 1.0 - p_a], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -549,24 +545,6 @@ def hh_transcript(prompt: Sequence[str], responses: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 POOL_SCHEMA_FIELDS = ("id", "prompt", "response_a", "response_b", "language")
-
-
-class Progress:
-    """Prints rows/s and ETA at most every `every` seconds."""
-
-    def __init__(self, label: str, total: int, every: float = 5.0, stream=sys.stdout):
-        self.label, self.total, self.every, self.stream = label, total, every, stream
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        print(f"[synth] {self.label}: {done}/{self.total} rows, {rate:,.0f} rows/s, ETA {eta:,.0f} s",
-              file=self.stream, flush=True)
 
 
 def generate_pool(
@@ -595,7 +573,7 @@ def generate_pool(
                                ("p_tie", pa.float64()), ("p_a_2class", pa.float64())])
     meter = BayesMeter(3)
     meter2 = BayesMeter(2)
-    report = Progress("pool", n) if progress else None
+    report = progress_bar("[synth] pool", n) if progress else None
     with atomic_path(out_path) as tmp_pool, atomic_path(answers_path) as tmp_answers:
         with pq.ParquetWriter(tmp_pool, pool_schema) as pool_writer, \
                 pq.ParquetWriter(tmp_answers, answer_schema) as answer_writer:
@@ -608,11 +586,11 @@ def generate_pool(
                     "id": ids, "p_a": batch.probs[:, 0], "p_b": batch.probs[:, 1], "p_tie": batch.probs[:, 2],
                     "p_a_2class": batch.p2}, schema=answer_schema))
                 meter.add(batch.probs, None)
-                meter2.add(two_class_probs(batch.p2), None)
+                meter2.add(from_p_a(batch.p2), None)
                 if report:
-                    report.update(offset + len(batch))
+                    report.update(len(batch))
     if report:
-        report.update(n, force=True)
+        report.close()
     return {"path": str(out_path), "answers": str(answers_path), "three_class": meter.summary(labelled=False),
             "two_class": meter2.summary(labelled=False)}
 
@@ -710,7 +688,7 @@ def write_lmsys(
     quirk_rows = set(quirk_of)
     injected = {kind: 0 for kind in QUIRK_KINDS}
     train_all, train_valid = BayesMeter(3), BayesMeter(3)
-    report = Progress("lmsys train", n_train) if progress else None
+    report = progress_bar("[synth] lmsys train", n_train) if progress else None
     with atomic_path(out_dir / "lmsys" / "train.csv") as tmp:
         handle, writer = _open_csv(tmp)
         with handle:
@@ -736,7 +714,9 @@ def write_lmsys(
                     writer.writerow([10_000_000 + offset + i, batch.model_a[i], batch.model_b[i],
                                      json_cell(batch.prompt[i]), response_a, json_cell(batch.response_b[i]), *onehot])
                 if report:
-                    report.update(offset + len(batch))
+                    report.update(len(batch))
+    if report:
+        report.close()
 
     test_meter = BayesMeter(3)
     by_language: dict[str, BayesMeter] = {}
@@ -821,7 +801,7 @@ def write_wsdm(out_dir: str | Path, n_train: int, n_test: int, seed: int, spec: 
                 writers.append(stack.enter_context(pq.ParquetWriter(tmps[1], answer_schema)))
             for offset, batch, rng in iter_batches(n, seed, f"wsdm_{split}", spec, single_turn=True):
                 labels = (rng.random(len(batch)) >= batch.p2).astype(np.int64)  # 0 = A with probability p2
-                meter.add(two_class_probs(batch.p2), labels)
+                meter.add(from_p_a(batch.p2), labels)
                 winners = ["model_a" if label == 0 else "model_b" for label in labels]
                 columns = {
                     "id": [_wsdm_id(seed, split, offset + i) for i in range(len(batch))],
@@ -857,7 +837,7 @@ def write_pairwise(out_dir: str | Path, n_pairwise: int, seed: int, spec: SynthS
             for offset, batch, rng in iter_batches(n, seed, style, spec, **kwargs):
                 p_a = world.two_class(batch.s_a, batch.s_b, position_bias=False)
                 a_wins = rng.random(len(batch)) < p_a
-                meter.add(two_class_probs(p_a), np.where(a_wins, 0, 1))
+                meter.add(from_p_a(p_a), np.where(a_wins, 0, 1))
                 for i in range(len(batch)):
                     win, lose = (batch.response_a[i], batch.response_b[i])[:: 1 if a_wins[i] else -1]
                     row = {"id": f"{style}-{offset + i:07d}"}

@@ -12,16 +12,6 @@ import numpy as np
 EPS = 1e-15
 
 
-def restrict_to_classes(probs: np.ndarray, num_classes: int) -> np.ndarray:
-    """Keep the first `num_classes` columns (A, B[, tie]) and renormalise rows. A row with nothing on the kept
-    classes (all its mass on tie) has no 2-class reading: refused, where dividing would give NaN and argmax A."""
-    probs = np.asarray(probs, dtype=np.float64)[:, :num_classes]
-    sums = probs.sum(axis=1, keepdims=True)
-    if (sums <= 0).any():
-        raise ValueError(f"row {int(np.argmax(sums[:, 0] <= 0))} has no probability on the first {num_classes} classes")
-    return probs / sums
-
-
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float | None:
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)

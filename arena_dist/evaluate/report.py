@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from arena_dist.classes import from_p_a, to_classes
 from arena_dist.errors import InputError
 from arena_dist.evaluate import metrics
 from arena_dist.predict.submission import LMSYS_COLUMNS, SUM_TOLERANCE, read_table
@@ -126,11 +127,12 @@ def true_probabilities(frame: pd.DataFrame, path) -> pd.DataFrame | None:
         probs = numbers(frame, columns, path)
         check_probabilities(probs, frame, path, columns)
         if len(columns) == 2:
-            probs = np.hstack([probs, np.zeros((len(frame), 1))])
+            probs = to_classes(probs, 3)
     elif "p_a" in frame.columns:  # WSDM answers carry P(A) alone
         p_a = numbers(frame, ["p_a"], path)
-        check_probabilities(np.hstack([p_a, 1.0 - p_a]), frame, path, ["p_a", "1 - p_a"])
-        probs = np.hstack([p_a, 1.0 - p_a, np.zeros_like(p_a)])
+        two = from_p_a(p_a)
+        check_probabilities(two, frame, path, ["p_a", "1 - p_a"])
+        probs = to_classes(two, 3)
     else:
         return None
     return pd.DataFrame(probs, columns=["p_a", "p_b", "p_tie"])
@@ -209,7 +211,7 @@ def evaluate_files(predictions: str | os.PathLike, answers: str | os.PathLike, n
                 for g, part in sorted(frame.groupby(column), key=lambda kv: (-len(kv[1]), kv[0]))]
         summary["calibration"] = None
         return summary
-    task_probs = metrics.restrict_to_classes(probs, num_classes)
+    task_probs = to_classes(probs, num_classes)
     summary["log_loss"] = metrics.log_loss(task_probs, labels)
     summary["accuracy"] = metrics.accuracy(task_probs, labels)
     summary["uniform_log_loss"] = math.log(num_classes)
@@ -219,7 +221,7 @@ def evaluate_files(predictions: str | os.PathLike, answers: str | os.PathLike, n
         if no_mass.any():
             raise InputError(f"{answers}: {row_ref(truth, int(np.argmax(no_mass)))}: true probabilities are all on "
                              f"tie, which a {num_classes}-class evaluation cannot score")
-        true_probs = metrics.restrict_to_classes(true_probs, num_classes)
+        true_probs = to_classes(true_probs, num_classes)
         bayes = metrics.log_loss(true_probs, labels)
         summary["bayes_log_loss"] = bayes
         summary["bayes_accuracy"] = metrics.accuracy(true_probs, labels)

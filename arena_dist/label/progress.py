@@ -1,14 +1,15 @@
-"""Progress of a labelling run: shards done / total, rows/s, ETA — printed and in an atomic status.json."""
+"""Progress of a labelling run: shards done / total, rows/s, ETA — on the console (arena_dist.progress: a tqdm
+bar, one line per refresh in logs) and in an atomic status.json that the report and monitoring read."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 from arena_dist.io import atomic_write_json
 from arena_dist.label.batching import PaddingStats
+from arena_dist.progress import progress_bar
 
 
 class Progress:
@@ -25,8 +26,8 @@ class Progress:
         self.padding = PaddingStats()
         self.started = time.monotonic()
         self.print_every_s = print_every_s
-        self.last_print = 0.0
-        self.stream = stream or sys.stdout
+        self.stream = stream
+        self.bar = None  # started at the first update, after the shards already done were counted (not in rows/s)
         self.phase = "starting"
 
     def skipped(self, rows: int) -> None:
@@ -65,18 +66,20 @@ class Progress:
         }
 
     def update(self, phase: str | None = None, force: bool = False) -> dict:
+        """Write status.json; the console line at most every `print_every_s` (now with `force`; the final one when
+        the phase is "finalized")."""
         if phase:
             self.phase = phase
         status = self.snapshot()
         atomic_write_json(self.status_path, status)
-        now = time.monotonic()
-        if force or now - self.last_print >= self.print_every_s:
-            self.last_print = now
-            eta = "?" if status["eta_s"] is None else f"{status['eta_s']:.0f}s"
-            print(
-                f"[label {self.teacher_id}] {status['phase']}: shards {self.shards_done}/{self.shards_total} "
-                f"rows {self.rows_done}/{self.rows_total} {status['rows_per_s']:.1f} rows/s ETA {eta} "
-                f"padding {status['padding_ratio']:.3f} retries {self.retries}",
-                file=self.stream, flush=True,
-            )
+        if self.bar is None:
+            self.bar = progress_bar(f"[label {self.teacher_id}]", self.rows_total, every_s=self.print_every_s,
+                                    stream=self.stream, initial=self.rows_done)
+        self.bar.set_postfix_str(f"{self.phase}, shards {self.shards_done}/{self.shards_total}, padding "
+                                 f"{status['padding_ratio']:.3f}, retries {self.retries}", refresh=False)
+        self.bar.update(self.rows_done - self.bar.n)
+        if self.phase == "finalized":
+            self.bar.close()
+        elif force:
+            self.bar.refresh()
         return status

@@ -81,9 +81,8 @@ def input_shards(dataset_dir: str | os.PathLike, split: str) -> list[InputShard]
     paths = [Path(p) for p in shard_paths(dataset_dir, split)]
     if not paths:
         raise InputError(f"{dataset_dir}: split {split!r} has no shards")
-    entries = manifest.get("splits", {}).get(split, {})
-    entries = entries.get("shards", entries) if isinstance(entries, dict) else entries
-    by_name = {Path(entry["path"]).name: entry for entry in entries}
+    # shard_paths checked that the split exists; a manifest of this schema version always lists its shards
+    by_name = {Path(entry["path"]).name: entry for entry in manifest["splits"][split]["shards"]}
     shards = []
     for index, path in enumerate(paths):
         entry = by_name.get(path.name)

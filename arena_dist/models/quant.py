@@ -4,7 +4,7 @@
   the tiny CPU students use, since bf16 matmuls on a 2-core CPU are slow and gain nothing).
 - 8bit: LLM.int8() (`Linear8bitLt`), outlier threshold 6.0.
 The classification head (`score`) is never quantised: it is trained in full. Quantisation happens at load time from
-full-precision weights (re-saving an NF4 model and reloading it drifts; 8-bit reloads exactly), so exports
+full-precision weights (re-saving an NF4 model and reloading it drifts, while 8-bit reloads exactly), so exports
 keep the full-precision base + adapter and every load quantises again.
 """
 

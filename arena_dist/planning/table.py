@@ -13,8 +13,8 @@ TABLE_SETTINGS = {"gpu": "a100-80gb", "seq_len": 4096, "micro_batch": 1, "epoch_
 
 
 def table_rows(offloads: tuple[str, ...] = ("none", "optimizer")) -> list[dict]:
+    from arena_dist.planning.config import Config
     from arena_dist.planning.report import plan_job
-    from arena_dist.stages.plan import Config
 
     rows = []
     for model in TABLE_MODELS:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from arena_dist.classes import to_classes
+
 
 @dataclass
 class LoadedModel:
@@ -60,16 +62,6 @@ def load_model(export_path: str, dtype: str = "float32", quantization: str = "au
     if torch.cuda.is_available() and quantization == "none":
         model.to("cuda")
     return LoadedModel(model, tokenizer, meta, format_from_meta(meta))
-
-
-def to_classes(probs: np.ndarray, num_classes: int) -> np.ndarray:
-    """Map a model's (A, B[, tie]) probabilities to `num_classes` columns (2 -> 3 adds tie = 0; 3 -> 2 drops it)."""
-    if probs.shape[1] == num_classes:
-        return probs
-    if probs.shape[1] == 2 and num_classes == 3:
-        return np.hstack([probs, np.zeros((len(probs), 1))])
-    out = probs[:, :2]
-    return out / out.sum(axis=1, keepdims=True)
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:

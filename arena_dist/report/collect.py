@@ -1,7 +1,8 @@
-"""Find what a run directory holds: TensorBoard scalars per stage, evaluations, label-stage stats, configs.
+"""Find what a run directory holds: the stage records (arena_dist.artefacts) and what they name (evaluations,
+label-stage status, the Bayes optimum), TensorBoard scalars per stage, resolved configs.
 
-Discovery is by file shape rather than fixed paths, so the report works for a demo run (every stage under one run
-directory) and for a single stage's directory alike.
+Stages are found by their records, wherever they sit under the run directory, so the report works for a demo run
+(every stage under one run directory) and for a single stage's directory alike.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+
+from arena_dist.artefacts import StageArtefact, find_artefacts
 
 LABEL_STAT_KEYS = ("padding_ratio", "rows_per_s", "tokens_per_s", "rows", "shards_done", "shards_total", "seconds")
 
@@ -37,19 +40,22 @@ def training_logs(run_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]
     return {stage: read_scalars(path) for stage, path in stages.items()}
 
 
-def evaluations(run_dir: Path) -> list[dict]:
-    """Every evaluate-stage output (metrics.json with a log loss or accuracy), with its calibration PNG if any."""
+def stage_records(run_dir: Path, exclude: Path | None = None) -> list[tuple[Path, StageArtefact]]:
+    """Every stage record under the run directory (in the order the stages started), but the one in `exclude`."""
+    skip = None if exclude is None else exclude.resolve()
+    return [(path, record) for path, record in find_artefacts(run_dir) if path.resolve() != skip]
+
+
+def evaluations(records: list[tuple[Path, StageArtefact]]) -> list[dict]:
+    """Every successful evaluate stage: its metrics.json and calibration PNG, as its record names them."""
     found = []
-    for metrics_path in sorted(run_dir.rglob("metrics.json")):
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except (OSError, json.JSONDecodeError):
+    for directory, record in records:
+        if record.stage != "evaluate" or record.status != "succeeded" or "metrics" not in record.outputs:
             continue
-        if not isinstance(metrics, dict) or "accuracy" not in metrics:
-            continue
-        calibration = metrics_path.parent / "calibration.png"
-        found.append({"path": metrics_path, "metrics": metrics,
-                      "calibration": calibration if calibration.exists() else None})
+        metrics_path = Path(record.outputs["metrics"])
+        calibration = record.outputs.get("calibration")
+        found.append({"path": metrics_path, "metrics": json.loads(metrics_path.read_text()),
+                      "calibration": Path(calibration) if calibration and Path(calibration).exists() else None})
     return found
 
 
@@ -65,19 +71,16 @@ def _find_keys(obj, keys, prefix="") -> dict:
     return hits
 
 
-def label_stats(run_dir: Path) -> list[dict]:
-    """Throughput / padding numbers from the label stage's status and manifest files."""
+def label_stats(records: list[tuple[Path, StageArtefact]]) -> list[dict]:
+    """Throughput / padding numbers from the status files the label stages' records name (`<teacher>/status`)."""
     stats = []
-    for path in sorted(run_dir.rglob("*.json")):
-        if "label" not in str(path.relative_to(run_dir)) or path.name.endswith(".done.json"):
+    for directory, record in records:
+        if record.stage != "label":
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        hits = _find_keys(data, LABEL_STAT_KEYS)
-        if "padding_ratio" in " ".join(hits):
-            stats.append({"path": path, "stats": hits})
+        for name, path in record.outputs.items():
+            if name.endswith("/status") and Path(path).is_file():
+                stats.append({"path": Path(path), "stats": _find_keys(json.loads(Path(path).read_text()),
+                                                                    LABEL_STAT_KEYS)})
     return stats
 
 
@@ -87,16 +90,9 @@ def resolved_configs(run_dir: Path) -> list[tuple[Path, str]]:
     return [(path, path.read_text()) for path in paths]
 
 
-def stage_summaries(run_dir: Path) -> dict[str, dict]:
-    """The demo's per-stage summaries (summaries/<stage>.json), in pipeline order of their files' times."""
-    folder = run_dir / "summaries"
-    if not folder.is_dir():
-        return {}
-    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-    return {path.stem: json.loads(path.read_text()) for path in files}
-
-
-def bayes_reference(run_dir: Path) -> dict | None:
-    for path in sorted(run_dir.rglob("bayes.json")):
-        return json.loads(path.read_text())
+def bayes_reference(records: list[tuple[Path, StageArtefact]]) -> dict | None:
+    """The Bayes optimum the synth stage recorded (its `bayes` output), None without a synth stage."""
+    for directory, record in records:
+        if record.stage == "synth" and "bayes" in record.outputs:
+            return json.loads(Path(record.outputs["bayes"]).read_text())
     return None

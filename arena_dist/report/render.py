@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import shutil
 from pathlib import Path
 
@@ -88,6 +87,17 @@ th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}pre{back
 overflow-x:auto;font-size:12px}h2{border-bottom:1px solid #ddd;padding-bottom:3px}"""
 
 
+def stage_rows(records, run_dir: Path) -> list[list[str]]:
+    """One row per stage record: where, which stage, status (or its error), time, rows and its headline metric."""
+    rows = []
+    for directory, record in records:
+        where = directory.relative_to(run_dir).as_posix() if directory != run_dir else "."
+        status = record.status if record.error is None else f"{record.status}: {record.error}"
+        seconds = "" if record.seconds is None else f"{record.seconds:.1f} s"
+        rows.append([where, record.stage, status, seconds, record.rows_text(), record.headline_text()])
+    return rows
+
+
 def render_report(run_dir: Path, output_dir: Path) -> dict:
     """Write output_dir/index.html and its PNGs; returns what was included."""
     images = output_dir / "img"
@@ -95,17 +105,17 @@ def render_report(run_dir: Path, output_dir: Path) -> dict:
     sections: list[str] = []
     included: dict[str, int] = {}
 
-    summaries = collect.stage_summaries(run_dir)
-    bayes = collect.bayes_reference(run_dir)
+    records = collect.stage_records(run_dir, exclude=output_dir)
+    included["stages"] = len(records)
+    bayes = collect.bayes_reference(records)
     if bayes:
         sections.append("<h2>Synthetic benchmark optimum</h2>" + _table(
             [["Bayes log loss", bayes.get("bayes_log_loss")], ["Bayes accuracy", bayes.get("bayes_accuracy")],
              ["uniform log loss (ln 3)", bayes.get("ln3")], ["achievable gain", bayes.get("achievable_gain")],
              ["tie rate", bayes.get("tie_rate")]], ["reference", "value"]))
-    if summaries:
-        rows = [[stage, s.get("seconds"), json.dumps(s.get("rows")) if isinstance(s.get("rows"), dict)
-                 else s.get("rows")] for stage, s in summaries.items()]
-        sections.append("<h2>Stages</h2>" + _table(rows, ["stage", "seconds", "rows"]))
+    if records:
+        sections.append("<h2>Stages</h2>" + _table(stage_rows(records, run_dir),
+                                                   ["directory", "stage", "status", "time", "rows", "headline"]))
 
     logs = collect.training_logs(run_dir)
     plots = []
@@ -117,13 +127,13 @@ def render_report(run_dir: Path, output_dir: Path) -> dict:
     if plots:
         sections.append("<h2>Training</h2>" + "\n".join(plots))
 
-    evaluations = collect.evaluations(run_dir)
+    evaluations = collect.evaluations(records)
     included["evaluations"] = len(evaluations)
     if evaluations:
         sections.append("<h2>Evaluation</h2>" + "\n".join(
             _evaluation_section(ev, images, i) for i, ev in enumerate(evaluations)))
 
-    label = collect.label_stats(run_dir)
+    label = collect.label_stats(records)
     included["label_stats"] = len(label)
     if label:
         rows = [[str(item["path"].relative_to(run_dir)), key, value]

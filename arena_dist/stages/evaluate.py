@@ -23,6 +23,7 @@ class Config(StrictModel):
 
 
 def run(config: Config) -> dict:
+    from arena_dist.artefacts import write_artefact
     from arena_dist.evaluate.report import evaluate_files, format_table, write_report
     from arena_dist.io import claim_output_dir
 
@@ -42,6 +43,10 @@ def run(config: Config) -> dict:
     print(format_table(summary["by_language"], "language"))
     print(format_table(summary["by_source"], "source"))
     print("evaluate: wrote " + ", ".join(str(p) for p in written.values()))
-    return {key: summary.get(key) for key in ("n", "log_loss", "accuracy", "bayes_log_loss",
-                                              "share_of_achievable_gain", "ece_top_label")} | {
-        "outputs": {k: str(v) for k, v in written.items()}}
+    metrics = {key: summary.get(key) for key in ("log_loss", "accuracy", "bayes_log_loss", "share_of_achievable_gain",
+                                                 "ece_top_label")}
+    write_artefact(config.output_dir, "evaluate", config,
+                   inputs={"predictions": config.predictions, "answers": config.answers}, outputs=written,
+                   rows=summary["n"], metrics=metrics,
+                   headline="log_loss" if summary["log_loss"] is not None else "accuracy")
+    return {"n": summary["n"], **metrics, "outputs": {k: str(v) for k, v in written.items()}}

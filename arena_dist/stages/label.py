@@ -152,7 +152,8 @@ def run(config: Config) -> dict:
                       f"({run_summary['shards_scored']} shards scored, {run_summary['shards_skipped']} already done, "
                       f"padding ratio {manifest['padding']['padding_ratio']:.3f}) -> {store.directory}", flush=True)
                 summary["teachers"][teacher.id] = {**run_summary, "store": str(store.directory),
-                                                   "rows": manifest["rows"]}
+                                                   "rows": manifest["rows"],
+                                                   "padding_ratio": manifest["padding"]["padding_ratio"]}
     members = [output_dir / t.id for t in config.teachers] + [Path(p) for p in config.ensemble.merge_stores]
     if config.ensemble.enabled and len(members) >= 2:
         merged = merge_label_stores(members, output_dir / config.ensemble.id, config.ensemble.method,
@@ -160,4 +161,31 @@ def run(config: Config) -> dict:
         summary["ensemble"] = {"store": str(output_dir / config.ensemble.id), "rows": merged["rows"],
                                "members": [m["teacher_id"] for m in merged["ensemble"]["members"]]}
     atomic_write_json(output_dir / "label_summary.json", summary)
+    write_label_artefact(config, output_dir, summary)
     return summary
+
+
+def write_label_artefact(config: Config, output_dir: Path, summary: dict) -> None:
+    """Rows per store; headline: scoring throughput over every teacher of this run (rows scored / scoring time)."""
+    from arena_dist.artefacts import write_artefact
+
+    teachers = summary["teachers"]
+    scored = sum(t.get("rows_scored", 0) for t in teachers.values())
+    scoring_s = sum(t.get("scoring_seconds") or 0.0 for t in teachers.values())
+    paddings = [t["padding_ratio"] for t in teachers.values()]  # of each whole store, not only this run's shards
+    outputs = {"summary": output_dir / "label_summary.json"}
+    for teacher_id, entry in teachers.items():
+        outputs[teacher_id] = entry["store"]
+        outputs[f"{teacher_id}/status"] = Path(entry["store"]) / "status.json"
+    rows = {teacher_id: entry["rows"] for teacher_id, entry in teachers.items()}
+    if "ensemble" in summary:
+        outputs[config.ensemble.id] = summary["ensemble"]["store"]
+        rows[config.ensemble.id] = summary["ensemble"]["rows"]
+    inputs = {f"teacher/{t.id}": t.export_path for t in config.teachers}
+    inputs.update({f"member/{Path(p).name}": p for p in config.ensemble.merge_stores})
+    if config.input is not None and config.teachers:
+        inputs["dataset"] = config.input.dataset_dir
+    write_artefact(output_dir, "label", config, inputs=inputs, outputs=outputs, rows=rows,
+                   metrics={"rows_scored": scored, "rows_per_s": scored / scoring_s if scoring_s > 0 else None,
+                            "padding_ratio": sum(paddings) / len(paddings) if paddings else None},
+                   headline="rows_per_s")

@@ -69,9 +69,10 @@ def check_models(config: Config) -> None:
 
 
 def run(config: Config) -> dict:
-    import numpy as np
     import pandas as pd
 
+    from arena_dist.artefacts import write_artefact
+    from arena_dist.classes import to_classes
     from arena_dist.errors import ConfigError
     from arena_dist.io import atomic_path, atomic_write_json, claim_output_dir
     from arena_dist.predict.infer import load_model, predict
@@ -104,8 +105,7 @@ def run(config: Config) -> dict:
     frame = build_submission(ids, result.probs, competition)
     submission = write_submission(out / config.submission_name, frame, ids, competition)
 
-    three = result.probs if num_classes == 3 else np.hstack([result.probs, np.zeros((len(ids), 1))])
-    three = three / three.sum(axis=1, keepdims=True)
+    three = to_classes(result.probs, 3)
     probabilities = pd.DataFrame({"id": ids, "winner_model_a": three[:, 0], "winner_model_b": three[:, 1],
                                   "winner_tie": three[:, 2], "language": [r["language"] for r in records],
                                   "swap_tta": result.swapped, "second_model": result.second})
@@ -118,6 +118,16 @@ def run(config: Config) -> dict:
                **result.stats}
     atomic_write_json(out / "predict_summary.json", summary)
     save_resolved_config(config, out)
+    write_artefact(
+        out, "predict", config,
+        inputs={"test_file": config.test_file, "model": config.model.export_path,
+                "second_model": config.second_model.export_path if config.second_model else None},
+        outputs={"submission": submission, "probabilities": out / "probabilities.parquet",
+                 "summary": out / "predict_summary.json"},
+        rows=len(ids), metrics={"rows_per_second": summary["rows_per_second"],
+                                "padding_ratio": result.stats["padding"]["padding_ratio"]},
+        headline="rows_per_second",
+    )
     print(f"predict: wrote {submission} ({len(ids)} rows, {seconds:.1f} s, padding ratio "
           f"{result.stats['padding']['padding_ratio']:.3f})", flush=True)
     return summary

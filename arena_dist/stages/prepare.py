@@ -40,8 +40,12 @@ def dataset_hash(config: Config) -> str:
 
 
 def run(config: Config) -> dict:
+    import time
+
+    from arena_dist.artefacts import write_artefact
     from arena_dist.data.store import MANIFEST, build_dataset, current_manifest, format_source_counts
 
+    started = time.time()
     manifest_path = Path(config.output_dir) / MANIFEST
     manifest = None if config.force else current_manifest(config.output_dir, dataset_hash(config), config.sources)
     rebuilt = manifest is None
@@ -62,4 +66,10 @@ def run(config: Config) -> dict:
         )
     rows = {split: entry["rows"] for split, entry in manifest["splits"].items()}
     print(f"prepared {', '.join(f'{split}={n:,}' for split, n in rows.items()) or 'no rows'}; manifest: {manifest_path}")
+    counts = {key: sum(source.get(key, 0) for source in manifest["sources"].values())
+              for key in ("read", "kept", "duplicates", "quarantined")}
+    write_artefact(config.output_dir, "prepare", config, started=started,
+                   inputs={source.name: source.path for source in config.sources},
+                   outputs={"dataset": config.output_dir, "manifest": manifest_path}, rows=rows,
+                   metrics={**counts, "rebuilt": rebuilt}, headline="quarantined")
     return {"manifest": str(manifest_path), "rows": rows, "sources": manifest["sources"], "rebuilt": rebuilt}

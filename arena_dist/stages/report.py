@@ -15,6 +15,7 @@ class Config(StrictModel):
 
 
 def run(config: Config) -> dict:
+    from arena_dist.artefacts import write_artefact
     from arena_dist.io import claim_output_dir
     from arena_dist.report.render import render_report
 
@@ -26,4 +27,6 @@ def run(config: Config) -> dict:
     included = render_report(run_dir, output_dir)
     index = output_dir / "index.html"
     print(f"report: {index} ({', '.join(f'{k}={v}' for k, v in included.items())})")
+    write_artefact(output_dir, "report", config, inputs={"run_dir": run_dir}, outputs={"report": index},
+                   rows=included["stages"], metrics=included, headline="stages")
     return {"report": str(index), **included}

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
+from arena_dist.artefacts import write_artefact
 from arena_dist.config import StrictModel, config_dict, save_resolved_config
 from arena_dist.data import synth
 from arena_dist.io import atomic_write_json, atomic_write_text, claim_output_dir
@@ -69,8 +70,22 @@ def prepare_config(config: Config, out: Path) -> dict:
     }
 
 
+def rows_by_format(files: dict) -> dict[str, int]:
+    """Rows written per competition format (`lmsys` train + test, `wsdm`, `pool`, `pairwise`)."""
+    rows: dict[str, int] = {}
+    for name, summary in files.items():
+        if " " not in name:  # "pool/pool.parquet (2-class)" is the same rows scored another way
+            rows[name.split("/")[0]] = rows.get(name.split("/")[0], 0) + summary["rows"]
+    return rows
+
+
+def _short(name: str) -> str:
+    """`lmsys/train.csv` -> `lmsys/train`: the record's names for the files written."""
+    return name.rsplit(".", 1)[0]
+
+
 def run(config: Config) -> dict:
-    started = time.monotonic()
+    started, wall_started = time.monotonic(), time.time()
     out = claim_output_dir(Path(config.output_dir).resolve(), "output_dir")
     spec = _spec(config)
     world = synth.build_world(spec.preference)
@@ -127,6 +142,15 @@ def run(config: Config) -> dict:
               f"{bayes['achievable_gain']:.4f}, tie rate {bayes['tie_rate']:.3f}")
     print(f"[synth] injected quirks in lmsys/train.csv: {bayes['injected']}")
     print(f"[synth] bayes: {out / 'bayes.json'}  prepare config: {out / 'prepare.yaml'}")
+    write_artefact(
+        out, "synth", config, started=wall_started,
+        outputs={"bayes": out / "bayes.json", "prepare_config": out / "prepare.yaml",
+                 **{_short(name): out / name for name in files if " " not in name},
+                 **({"lmsys/test_answers": out / "lmsys" / "test_answers.csv"} if config.n_test else {})},
+        rows=rows_by_format(files),
+        metrics={key: bayes[key] for key in ("bayes_log_loss", "bayes_accuracy", "achievable_gain", "tie_rate")},
+        headline="bayes_log_loss",
+    )
     return {"output_dir": str(out), "seconds": seconds, "bayes_log_loss": bayes["bayes_log_loss"],
             "achievable_gain": bayes["achievable_gain"], "tie_rate": bayes["tie_rate"], "injected": bayes["injected"],
             "bayes_path": str(out / "bayes.json"), "prepare_config": str(out / "prepare.yaml")}

@@ -135,4 +135,21 @@ def train_stage(config: TrainJobConfig, recipe: str, extra_exports: tuple[str, .
                     and "records" not in k and "rows" not in k)
     print(f"{recipe}: done, {summary['steps']}/{summary['total_steps']} steps, {line}; "
           f"export {summary['export_dir']}", flush=True)
+    record_stage(config, recipe, summary)
     return summary
+
+
+def record_stage(config: TrainJobConfig, recipe: str, summary: dict) -> None:
+    """The stage record (`stage.json` in run_dir) of a teacher or student run, from its summary."""
+    from arena_dist.artefacts import write_artefact
+    from arena_dist.train.loop import SUMMARY_FILE
+
+    final = summary.get("final") or {}
+    rows = {"samples": summary["steps"] * config.training.global_batch, "eval": final.get("eval_records")}
+    inputs = {"dataset": config.data.dataset_dir, "soft_labels": getattr(config.data, "soft_labels", None)}
+    metrics = {key: value for key, value in final.items() if key.startswith("eval_") and "records" not in key
+               and "rows" not in key}
+    write_artefact(config.run_dir, recipe, config, inputs=inputs, headline="eval_log_loss",
+                   outputs={"export": summary.get("export_dir"), "summary": config.run_dir / SUMMARY_FILE},
+                   rows={key: value for key, value in rows.items() if value is not None},
+                   metrics={"eval_log_loss": None, **metrics, "steps": summary["steps"]})

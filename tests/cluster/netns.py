@@ -10,7 +10,7 @@ with its own short `--temp-dir` (the filesystem is shared), waits until every no
 or cut its link, and stops everything it started by pid / by its unique temp dir. Never a host-wide `ray stop`.
 
 Processes enter a namespace with `nsenter --net=/run/netns/NAME` (not `ip netns exec`, which remounts /sys and breaks
-slurmd; see STACK.md).
+slurmd).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from arena_dist.ray_local import processes_mentioning, ray_executable
 SUBNET_PREFIX = "10.200.0."
 IFNAME = "eth0"  # the interface name inside every host: GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME point at it
 
-# Dead nodes are noticed in about 1.5 s instead of 12-14 s (STACK.md).
+# Dead nodes are noticed in about 1.5 s instead of 12-14 s.
 FAST_HEALTH_CHECK = {
     "RAY_health_check_period_ms": "500",
     "RAY_health_check_timeout_ms": "1000",

@@ -172,7 +172,7 @@ def test_zero3_teacher_with_one_worker_per_host_finishes_and_exports(ray_on_host
 
 def test_label_stage_loses_a_whole_host_and_still_labels_every_id_once(ray_on_hosts, tmp_path):
     from arena_dist.label.store import load_store_manifest, read_input_ids, read_labels, input_shards
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
 
     shards, rows = 24, 960
     dataset = make_pool_dataset(tmp_path / "dataset", n_rows=rows, num_shards=shards)

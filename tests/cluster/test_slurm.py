@@ -119,7 +119,7 @@ def test_launcher_runs_the_label_stage_across_both_nodes(slurm_cluster, tmp_path
     """`sbatch --gpus-per-node=2 launch/slurm/label.sbatch label.yaml` (the per-stage wrapper, its 8-GPU default
     overridden on the command line): one teacher actor per node, every id labelled exactly once."""
     from arena_dist.label.store import input_shards, load_store_manifest, read_input_ids, read_labels
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
 
     pool = make_pool_dataset(tmp_path / "pool", n_rows=240, num_shards=8)
     export = make_teacher_export(tmp_path / "teacher", max_length=256)

@@ -43,8 +43,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
+    """Every file but the stage record (stage.json), which holds this run's times."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "stage.json"}
 
 
 # --- the preference model -------------------------------------------------------------------------------------------

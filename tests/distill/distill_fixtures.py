@@ -1,7 +1,7 @@
 """A tiny distillation set-up through the real code paths, for the tests:
 
 synthetic LMSYS train/test + pool (`arena-dist synth`) -> prepared dataset (`arena-dist prepare`) -> a fixed tiny
-random teacher export (`arena_dist.label.tiny`) -> its soft labels for the train and pool splits, scored with the
+random teacher export (`tiny_fixtures`) -> its soft labels for the train and pool splits, scored with the
 label stage's `TeacherScorer` and committed to real label stores (one per split).
 """
 
@@ -22,7 +22,7 @@ def make_distill_fixture(root: str | os.PathLike, n_train: int = 240, n_pool: in
 
     from arena_dist.label.scoring import TeacherScorer
     from arena_dist.label.store import LabelStore, input_shards
-    from arena_dist.label.tiny import make_teacher_export
+    from tiny_fixtures import make_teacher_export
     from arena_dist.stages import prepare as prepare_stage
     from arena_dist.stages import synth as synth_stage
 

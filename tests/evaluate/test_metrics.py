@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from arena_dist.classes import from_p_a, to_classes
 from arena_dist.evaluate import metrics
 
 
@@ -23,7 +24,7 @@ def test_log_loss_normalises_rows_and_clips_zeros():
 
 def test_two_class_restriction_drops_the_tie_mass():
     probs = np.array([[0.3, 0.1, 0.6]])
-    two = metrics.restrict_to_classes(probs, 2)
+    two = to_classes(probs, 2)
     assert np.allclose(two, [[0.75, 0.25]])
     assert metrics.log_loss(two, np.array([1])) == pytest.approx(-math.log(0.25))
 
@@ -53,7 +54,7 @@ def test_calibration_bins_and_ece():
 
 def test_two_class_restriction_refuses_a_row_all_on_tie():
     with pytest.raises(ValueError, match="row 1 has no probability on the first 2 classes"):
-        metrics.restrict_to_classes(np.array([[0.3, 0.1, 0.6], [0.0, 0.0, 1.0]]), 2)
+        to_classes(np.array([[0.3, 0.1, 0.6], [0.0, 0.0, 1.0]]), 2)
 
 
 def test_metrics_of_no_rows_are_none_not_nan():
@@ -61,3 +62,13 @@ def test_metrics_of_no_rows_are_none_not_nan():
     labels = np.zeros(0, dtype=int)
     assert metrics.log_loss(empty, labels) is None and metrics.accuracy(empty, labels) is None
     assert metrics.expected_calibration_error(metrics.top_label_calibration(empty, labels, 5)) is None
+
+
+def test_one_class_layout_converter_both_ways():
+    two = np.array([[0.2, 0.6], [0.5, 0.5]])
+    three = to_classes(two, 3)
+    assert np.allclose(three, [[0.25, 0.75, 0.0], [0.5, 0.5, 0.0]])  # tie 0, rows renormalised
+    assert np.allclose(to_classes(three, 2), [[0.25, 0.75], [0.5, 0.5]])
+    assert np.allclose(to_classes(from_p_a(np.array([0.9])), 3), [[0.9, 0.1, 0.0]])
+    with pytest.raises(ValueError, match="expected"):
+        to_classes(np.ones((2, 4)), 3)

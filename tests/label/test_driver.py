@@ -36,7 +36,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
 
     root = tmp_path_factory.mktemp("label")
     dataset = make_pool_dataset(root / "dataset", n_rows=96, num_shards=8)

@@ -12,7 +12,7 @@ def test_padding_ratio_on_synthetic_pool(tmp_path):
     from arena_dist.formatting.encode import encode_records
     from arena_dist.formatting.templates import FormatConfig
     from arena_dist.formatting.tokenizer import load_tokenizer
-    from arena_dist.label.tiny import make_pool_dataset
+    from tiny_fixtures import make_pool_dataset
 
     records = list(iter_records(make_pool_dataset(tmp_path / "pool", n_rows=600, num_shards=1), "pool"))
     tokenizer, fmt = load_tokenizer("local"), FormatConfig(max_length=1024)

@@ -14,7 +14,7 @@ def test_batched_equals_unbatched_and_swap_mapping(tmp_path):
     from arena_dist.data.store import iter_records
     from arena_dist.formatting.encode import encode_records
     from arena_dist.label.scoring import format_from_meta, score_records
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
     from arena_dist.models.export import load_export
 
     records = list(iter_records(make_pool_dataset(tmp_path / "pool", n_rows=24, num_shards=1), "pool"))
@@ -53,7 +53,7 @@ def test_scorer_runs_shipped_code_only_when_the_label_config_trusts_it(tmp_path,
 
     from arena_dist.errors import InputError
     from arena_dist.label.scoring import TeacherScorer
-    from arena_dist.label.tiny import make_teacher_export
+    from tiny_fixtures import make_teacher_export
 
     marker = tmp_path / "imported.txt"
     export = ship_code(make_teacher_export(tmp_path / "shipping-teacher", max_length=64), marker)

@@ -6,7 +6,7 @@ import torch
 from arena_dist.models.build import build_model, count_parameters
 from arena_dist.models.config import ModelConfig
 from arena_dist.models.heads import MLPHead
-from arena_dist.models.tiny import TINY_ARCHS, tiny_model_config
+from tiny_fixtures import TINY_ARCHS, tiny_model_config
 
 PAD = 0
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from arena_dist.errors import InputError
 from arena_dist.models.build import build_model
 from arena_dist.models.export import load_export, read_export_meta, save_export
-from arena_dist.models.tiny import TINY_ARCHS, tiny_model_config
+from tiny_fixtures import TINY_ARCHS, tiny_model_config
 
 META = {"label_mode": "3way", "template": "plain", "max_length": 64}
 
@@ -89,7 +89,7 @@ def test_not_an_export(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory):
     """A plain and a LoRA tiny teacher export, copied per test (ship_code edits them)."""
-    from arena_dist.label.tiny import make_teacher_export
+    from tiny_fixtures import make_teacher_export
 
     root = tmp_path_factory.mktemp("exports")
     return {"plain": make_teacher_export(root / "plain", max_length=64),

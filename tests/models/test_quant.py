@@ -6,7 +6,7 @@ import torch
 
 from arena_dist.models.build import build_model
 from arena_dist.models.quant import bnb_config, quantized_layer_counts
-from arena_dist.models.tiny import tiny_model_config
+from tiny_fixtures import tiny_model_config
 
 
 def grads(model, ids):

@@ -9,7 +9,7 @@ from arena_dist.formatting.templates import FormatConfig
 from arena_dist.models.build import build_model
 from arena_dist.models.export import load_export, save_export
 from arena_dist.models.segments import OTHER, RESPONSE_A, RESPONSE_B, segment_ids
-from arena_dist.models.tiny import tiny_model_config
+from tiny_fixtures import tiny_model_config
 
 RECORD = dict(id="r1", source="test", label=0, prompt=["first question", "second question"],
               response_a=["alpha one", "alpha two"], response_b=["beta one", "beta two"])

@@ -15,7 +15,7 @@ from arena_dist.predict.testfile import read_test_file
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from arena_dist.label.tiny import make_teacher_export
+    from tiny_fixtures import make_teacher_export
     from arena_dist.stages import synth
 
     root = tmp_path_factory.mktemp("predict")
@@ -56,6 +56,11 @@ def test_lmsys_submission_with_full_swap_tta_matches_the_label_stage_reference(f
     assert main(["evaluate", "--set", f"predictions={tmp_path / 'probabilities.parquet'}",
                  "--set", f"answers={files['lmsys_answers']}", "--set", f"output_dir={tmp_path / 'eval'}"]) == 0
     assert (tmp_path / "eval" / "calibration.png").exists()
+    from arena_dist.artefacts import read_artefact
+
+    record = read_artefact(tmp_path)
+    assert (record.stage, record.rows, record.headline) == ("predict", 30, "rows_per_second")
+    assert record.outputs["probabilities"] == str(tmp_path / "probabilities.parquet") and record.seconds > 0
 
 
 @pytest.mark.slow

@@ -1,10 +1,12 @@
 import json
 import re
+import time
 
 import pandas as pd
 import pytest
 
 from arena_dist import cli
+from arena_dist.artefacts import write_artefact
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -33,9 +35,14 @@ def run_dir(tmp_path):
         if step % 5 == 0:
             writer.add_scalar("eval/loss", 1.05 - 0.005 * step, step)
     writer.close()
-    (run / "labels").mkdir()
-    (run / "labels" / "status.json").write_text(json.dumps({"shards_done": 4, "shards_total": 4,
-                                                            "padding_ratio": 1.04, "rows_per_s": 812.5}))
+    (run / "labels" / "t1").mkdir(parents=True)
+    (run / "labels" / "t1" / "status.json").write_text(json.dumps({"shards_done": 4, "shards_total": 4,
+                                                                   "padding_ratio": 1.04, "rows_per_s": 812.5}))
+    # The label stage's record, as the stage writes it (the stage itself needs Ray and a teacher export).
+    write_artefact(run / "labels", "label", outputs={"t1": run / "labels" / "t1",
+                                                     "t1/status": run / "labels" / "t1" / "status.json"},
+                   rows={"t1": 10}, metrics={"rows_per_s": 812.5, "padding_ratio": 1.04}, headline="rows_per_s",
+                   started=time.time() - 2.5)
     return run
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from arena_dist.label.tiny import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_pool_dataset, make_teacher_export
     from arena_dist.ray_local import LocalRayHead
 
     root = tmp_path_factory.mktemp("label-stage")
@@ -33,6 +33,7 @@ def write_config(path, data):
 
 
 def test_label_two_teachers_and_ensemble(setup, monkeypatch):
+    from arena_dist.artefacts import read_artefact
     from arena_dist.label.store import load_store_manifest, read_labels
 
     out = setup["root"] / "labels"
@@ -61,6 +62,10 @@ def test_label_two_teachers_and_ensemble(setup, monkeypatch):
         np.testing.assert_allclose(p, (np.array(by_id["teacher-a"][record_id])
                                        + np.array(by_id["teacher-b"][record_id])) / 2, atol=1e-12)
     assert by_id["teacher-a"] != by_id["teacher-b"]  # two different teachers really were averaged
+    record = read_artefact(out)
+    assert record.stage == "label" and record.status == "succeeded" and record.headline == "rows_per_s"
+    assert record.rows == {"teacher-a": 60, "teacher-b": 60, "ensemble": 60} and record.headline_value() > 0
+    assert record.outputs["teacher-a/status"] == str(out / "teacher-a" / "status.json")
 
     # A rerun finds everything committed: nothing is scored, no actor is even started.
     assert main(["label", "--config", config, "--set", f"ray.address={setup['head'].address}"]) == 0

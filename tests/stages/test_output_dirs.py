@@ -80,7 +80,7 @@ def test_demo_refuses_a_foreign_run_dir(tmp_path, capsys):
 
 def test_export_refuses_a_foreign_folder(tmp_path):
     from arena_dist.errors import InputError
-    from arena_dist.label.tiny import make_teacher_export
+    from tiny_fixtures import make_teacher_export
 
     directory = foreign_dir(tmp_path)
     with pytest.raises(InputError, match="did not write"):
