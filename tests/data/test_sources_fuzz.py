@@ -132,15 +132,20 @@ def gzip_truncated(rng, data, is_parquet):
     return packed[: rng.randrange(len(packed))]
 
 
+def _permuted_parquet(rng, data, apply):
+    """The parquet file with `apply(table, shuffled column names)` written back (reorder or rename)."""
+    table = pq.read_table(io.BytesIO(data))
+    names = table.column_names[:]
+    rng.shuffle(names)
+    sink = io.BytesIO()
+    pq.write_table(apply(table, names), sink)
+    return sink.getvalue()
+
+
 def shuffle_columns(rng, data, is_parquet):
     """The same rows with the columns (keys) in another order: must read exactly as before."""
     if is_parquet:
-        table = pq.read_table(io.BytesIO(data))
-        names = table.column_names[:]
-        rng.shuffle(names)
-        sink = io.BytesIO()
-        pq.write_table(table.select(names), sink)
-        return sink.getvalue()
+        return _permuted_parquet(rng, data, lambda table, names: table.select(names))
     text = data.decode("utf-8")
     if text.startswith("{"):
         lines = []
@@ -161,12 +166,7 @@ def shuffle_columns(rng, data, is_parquet):
 def shuffle_header(rng, data, is_parquet):
     """Column names permuted, data left in place: values under the wrong names."""
     if is_parquet:
-        table = pq.read_table(io.BytesIO(data))
-        names = table.column_names[:]
-        rng.shuffle(names)
-        sink = io.BytesIO()
-        pq.write_table(table.rename_columns(names), sink)
-        return sink.getvalue()
+        return _permuted_parquet(rng, data, lambda table, names: table.rename_columns(names))
     text = data.decode("utf-8", "surrogateescape")
     if text.startswith("{"):
         return None
