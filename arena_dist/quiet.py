@@ -3,6 +3,7 @@ so a console shows progress lines and real problems. Each entry says why it is h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -42,3 +43,22 @@ def silence_known_warnings() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLine) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(_DropLine(prefix))
+
+
+@contextlib.contextmanager
+def quiet_transformers_loading(enabled: bool = True):
+    """Hide transformers' load report ("score.weight MISSING / newly initialized", unexpected keys) while loading a
+    model whose head / extra modules the caller loads right after: the report would be alarming and false."""
+    if not enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

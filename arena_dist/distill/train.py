@@ -133,16 +133,12 @@ class StudentRecipe(TeacherRecipe):
         """Rank 0: the export (adapter + head) and the optional checked merge."""
         if trainer.rank != 0:
             return {}
-        from arena_dist.distill.export import merge_export, save_student_export
+        from arena_dist.models.export import save_export
+        from arena_dist.models.merge import merge_export
 
-        cfg, model = self.config, trainer.parallel.module
-        export_dir = cfg.export_dir
-        if cfg.model.lora is not None:
-            save_student_export(model, trainer.tokenizer, export_dir, cfg.model, meta)
-        else:
-            from arena_dist.models.export import save_export
-
-            save_export(model, trainer.tokenizer, export_dir, meta, model_config=cfg.model)
+        cfg = self.config
+        export_dir = save_export(trainer.parallel.module, trainer.tokenizer, cfg.export_dir, meta,
+                                 model_config=cfg.model)
         out = {"export_dir": str(export_dir)}
         if cfg.merge.enabled:
             check = trainer.encoder.encode(trainer.eval_samples[: cfg.merge.check_rows],

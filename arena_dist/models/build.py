@@ -3,21 +3,19 @@
 Models only: nothing here knows about ranks, process groups or DeepSpeed. ZeRO-3 partitioning happens when the
 training loop hands the built model to `deepspeed.initialize`.
 
-Quantisation hook: `quantization` other than "none" needs `arena_dist.models.quant` with
-`from_pretrained_kwargs(quantization: str, dtype: torch.dtype) -> dict` (merged into `from_pretrained`) and optionally
-`prepare_model(model, cfg) -> model` (e.g. peft's prepare_model_for_kbit_training), called before LoRA is applied.
+Quantisation (`quantization` other than "none") comes from `arena_dist.models.quant`: its `from_pretrained` arguments,
+and for training its `prepare_model` (peft's k-bit preparation) before LoRA is applied.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import tempfile
 
 import torch
 
 from arena_dist.errors import ConfigError
-from arena_dist.models.config import FALLBACK_VOCAB_SIZE, ModelConfig
+from arena_dist.models.config import ModelConfig
 from arena_dist.models.heads import install_mlp_head
 from arena_dist.models.segments import MODULE_NAME as SEGMENT_MODULE
 from arena_dist.models.segments import install_segment_embeddings
@@ -30,11 +28,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def default_vocab_size() -> int:
-    """The local tokenizer's vocabulary size (fallback 4096 while the tokenizer module is missing)."""
-    try:
-        from arena_dist.formatting.tokenizer import load_tokenizer
-    except ImportError:
-        return FALLBACK_VOCAB_SIZE
+    """The local tokenizer's vocabulary size."""
+    from arena_dist.formatting.tokenizer import load_tokenizer
+
     return len(load_tokenizer("local"))
 
 
@@ -69,38 +65,26 @@ def hf_config(cfg: ModelConfig, num_labels: int, pad_token_id: int):
     return config
 
 
-def quant_module():
-    try:
-        return importlib.import_module("arena_dist.models.quant")
-    except ImportError:
-        raise ConfigError(
-            "model.quantization: 4bit/8bit loading needs arena_dist.models.quant, which is not available yet"
-        ) from None
-
-
 def quantization_kwargs(quantization: str, dtype: torch.dtype) -> dict:
     if quantization == "none":
         return {}
     if quantization not in ("4bit", "8bit"):
         raise ConfigError(f"model.quantization: unknown value {quantization!r}")
-    return quant_module().from_pretrained_kwargs(quantization, dtype)
+    from arena_dist.models.quant import from_pretrained_kwargs
+
+    return from_pretrained_kwargs(quantization, dtype)
 
 
-def _pretrained(path: str, cfg: ModelConfig, num_labels: int, pad_token_id: int, **extra):
+def _pretrained(path: str, cfg: ModelConfig, num_labels: int, pad_token_id: int | None, **extra):
     from transformers import AutoModelForSequenceClassification
 
     dtype = torch_dtype(cfg.dtype)
+    kwargs = {**quantization_kwargs(cfg.quantization, dtype), **extra}  # a caller's device_map wins
+    if pad_token_id is not None:
+        kwargs["pad_token_id"] = pad_token_id
     return AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=num_labels,
-        pad_token_id=pad_token_id,
-        dtype=dtype,
-        attn_implementation=cfg.attn_implementation,
-        trust_remote_code=cfg.trust_remote_code,
-        use_safetensors=True,
-        **quantization_kwargs(cfg.quantization, dtype),
-        **extra,
-    )
+        path, num_labels=num_labels, dtype=dtype, attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code, use_safetensors=True, **kwargs)
 
 
 def build_base(cfg: ModelConfig, num_labels: int, pad_token_id: int, **from_pretrained_extra):
@@ -149,22 +133,26 @@ def seeded(seed: int):
         yield
 
 
-def build_model(cfg: ModelConfig, num_labels: int, pad_token_id: int, segment_markers: dict | None = None):
+def build_model(cfg: ModelConfig, num_labels: int, pad_token_id: int | None, segment_markers: dict | None = None,
+                for_training: bool = True, **from_pretrained_extra):
     """Sequence classifier per `cfg`: base -> (MLP head) -> (segment embeddings) -> (quantisation prep) -> (LoRA) ->
     (grad checkpointing). `segment_markers` (`arena_dist.formatting.encode.segment_markers`) is needed when
-    `cfg.segment_embeddings` is on."""
+    `cfg.segment_embeddings` is on. `for_training=False` (the export loader): no k-bit training preparation,
+    gradient checkpointing or LoRA (an export's adapter is loaded onto the result)."""
     if num_labels < 2:
         raise ConfigError(f"num_labels must be at least 2 (got {num_labels})")
     if cfg.segment_embeddings and segment_markers is None:
         raise ConfigError("model.segment_embeddings is on but no segment markers were given (a bug in the caller)")
     with seeded(cfg.init_seed):
-        return _build(cfg, num_labels, pad_token_id, segment_markers if cfg.segment_embeddings else None)
+        return _build(cfg, num_labels, pad_token_id, segment_markers if cfg.segment_embeddings else None,
+                      for_training, from_pretrained_extra)
 
 
 def build_classifier(cfg: ModelConfig, tokenizer, fmt):
     """The classifier a stage trains or scores, for a tokenizer and a FormatConfig: its number of labels (the
     format's label mode), pad id, and everything `cfg` asks for, the segment markers of the format's template
-    included. Trainers, label scorers, predict and the merge check build through this one function."""
+    included. The trainers build through it; label, predict and the merge check load exports through the same
+    `build_model` (`arena_dist.models.export.load_export`)."""
     from arena_dist.formatting.templates import num_labels
 
     markers = None
@@ -175,25 +163,34 @@ def build_classifier(cfg: ModelConfig, tokenizer, fmt):
     return build_model(cfg, num_labels(fmt.label_mode), int(tokenizer.pad_token_id), segment_markers=markers)
 
 
-def _build(cfg: ModelConfig, num_labels: int, pad_token_id: int, segment_markers: dict | None):
-    model = build_base(cfg, num_labels, pad_token_id)
+def _build(cfg: ModelConfig, num_labels: int, pad_token_id: int | None, segment_markers: dict | None,
+           for_training: bool, from_pretrained_extra: dict):
+    model = build_base(cfg, num_labels, pad_token_id, **from_pretrained_extra)
     if cfg.head == "mlp":
         install_mlp_head(model, num_labels, cfg.head_dropout)
     if segment_markers is not None:
         install_segment_embeddings(model, segment_markers, cfg.initializer_range, cfg.segment_gate_std)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
-    if cfg.quantization != "none" and hasattr(quant_module(), "prepare_model"):
-        model = quant_module().prepare_model(model, cfg)
+    if for_training:
+        model = _prepare_training(model, cfg)
+    # The export needs to know how to rebuild this model (base spec, head, lora).
+    model.arena_model_config = cfg
+    return model
+
+
+def _prepare_training(model, cfg: ModelConfig):
+    if cfg.quantization != "none":
+        from arena_dist.models.quant import prepare_model
+
+        model = prepare_model(model, cfg)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora is not None:
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
         model = apply_lora(model, cfg)
-    # The export needs to know how to rebuild this model (base spec, head, lora).
-    model.arena_model_config = cfg
     return model
 
 

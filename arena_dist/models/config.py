@@ -10,7 +10,6 @@ from arena_dist.config import StrictModel
 
 Arch = Literal["llama", "qwen2", "gemma2"]
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-FALLBACK_VOCAB_SIZE = 4096  # used only when the local tokenizer is not available
 
 
 class LoraSettings(StrictModel):

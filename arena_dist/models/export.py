@@ -1,4 +1,4 @@
-"""The export format: what the teacher writes and the label / predict stages load.
+"""The export format: the one writer every training recipe uses, and the loader label / predict / merge use.
 
 A folder with
 - `config.json` + `model.safetensors` (transformers `save_pretrained`; safetensors only) — the full classifier, or
@@ -6,11 +6,15 @@ A folder with
   modules_to_save) plus the base: `base/` (config + safetensors) when the base was random-init, else its hub id / dir
   recorded in the metadata;
 - the tokenizer files;
-- `arena_dist.json`: {label_mode, num_labels, template, max_length, head, lora, base, teacher_extra_inputs,
-  created_by, config_hash, format_version}.
+- `arena_dist.json`: {label_mode, num_labels, template, max_length, head, lora, base, quantization,
+  teacher_extra_inputs, created_by, config_hash, format_version}.
 
 An MLP head is saved in the same safetensors under `score.*` (transformers' own loader only understands the linear
 head; `load_export` restores either). Under ZeRO-3 the caller gathers the full state dict and passes `state_dict=`.
+
+A quantised (QLoRA) base is never stored: re-saving bitsandbytes' packed tensors and reloading them drifts. A
+random-init quantised base is rebuilt in full precision from its seeded spec under `base/`; `meta["quantization"]`
+says how the model was trained, and `load_export(path, quantization=meta["quantization"])` rebuilds exactly it.
 
 Loading never runs Python code shipped inside an export: `trust_remote_code` is the caller's (the config of the stage
 the user runs), never the export's metadata, and an export whose configs map classes to its own code (`auto_map`) is
@@ -84,16 +88,17 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
         raise InputError(f"export metadata is missing {', '.join(missing)} (writing {out_dir})")
     model_config = model_config or getattr(model, "arena_model_config", None)
     is_lora = _is_peft(model)
-    state = state_dict if state_dict is not None else model.state_dict()
+    base_model = model.get_base_model() if is_lora else model
     base_spec = model_config.base_spec() if model_config is not None else None
     full_meta = {
         **meta,
-        "num_labels": int((model.get_base_model() if is_lora else model).config.num_labels),
-        "pad_token_id": (model.get_base_model() if is_lora else model).config.pad_token_id,
+        "num_labels": int(base_model.config.num_labels),
+        "pad_token_id": base_model.config.pad_token_id,
         "head": _head_kind(model),
         "lora": is_lora,
         "base": base_spec,
         "model_config": model_config.model_dump() if model_config is not None else None,
+        "quantization": model_config.quantization if model_config is not None else "none",
         "teacher_extra_inputs": meta.get("teacher_extra_inputs", []),
         "segment_markers": _segment_markers(model),
         "created_by": meta.get("created_by", "arena_dist"),
@@ -101,28 +106,41 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
     }
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
         if is_lora:
-            model.save_pretrained(tmp, state_dict=state)
             adapter = tmp / "adapter_model.safetensors"
             if not adapter.exists() or adapter.stat().st_size < 1024:
                 raise RuntimeError(f"LoRA adapter came out empty in {out_dir} (gather the ZeRO-3 params first)")
             if base_spec is None or "name_or_path" not in base_spec:
-                _save_base(model, tmp / BASE_DIR, base_state_dict_from_peft(state))
+                _save_random_init_base(model, tmp / BASE_DIR, state_dict, model_config, full_meta["segment_markers"])
                 full_meta["base_dir"] = BASE_DIR
-        else:
-            model.save_pretrained(tmp, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _write_meta(tmp, full_meta)
     return out_dir
 
 
-def _save_base(peft_model, directory: Path, state: dict) -> None:
+def _save_random_init_base(peft_model, directory: Path, state: dict | None, model_config,
+                           markers: dict | None) -> None:
+    """The base of a LoRA export whose base has no hub id / dir. Full precision from the state dict, or, for a
+    quantised base (whose packed tensors must not be stored), rebuilt from its seeded spec; its head and segment
+    embeddings are replaced by the adapter's trained ones at load time."""
+    if model_config is not None and model_config.quantization != "none":
+        import torch
+
+        from arena_dist.models.build import build_model
+
+        plain = model_config.model_copy(update={"quantization": "none", "lora": None, "gradient_checkpointing": False})
+        base = peft_model.get_base_model()
+        with torch.no_grad():
+            rebuilt = build_model(plain, int(base.config.num_labels), base.config.pad_token_id, segment_markers=markers)
+        rebuilt.save_pretrained(directory, safe_serialization=True)
+        return
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    base = peft_model.get_base_model()
-    base.config.save_pretrained(directory)
+    peft_model.get_base_model().config.save_pretrained(directory)
+    state = base_state_dict_from_peft(state if state is not None else peft_model.state_dict())
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
@@ -160,13 +178,14 @@ def _load_module_weights(module, directory: Path, prefix: str, what: str) -> Non
     module.load_state_dict({k: v.to(dtype=param.dtype, device=param.device) for k, v in state.items()}, strict=True)
 
 
-def _has_segment_embeddings(directory: Path) -> bool:
+def _config_markers(directory: Path) -> dict | None:
+    """The segment markers a saved config.json records (None for a hub id or a folder without them)."""
     from arena_dist.models.segments import CONFIG_KEY
 
     try:
-        return CONFIG_KEY in json.loads((directory / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False  # a hub id or an unreadable folder: transformers reports it
+        return json.loads((directory / "config.json").read_text()).get(CONFIG_KEY)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None  # a hub id or an unreadable folder: transformers reports it
 
 
 REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
@@ -218,50 +237,33 @@ def _attention(model_config: dict, directory: Path) -> str:
     return attention
 
 
-def _load_classifier(directory: Path, head: str, meta: dict, dtype, device_map, quantization: str,
+def _load_classifier(directory: Path, meta: dict, dtype: str, device_map, quantization: str,
                      own_weights: bool = True, trust_remote_code: bool = False):
-    import warnings
+    """The export's classifier through the one builder (`build_model`), for inference. `own_weights`: the folder
+    holds the head (and segment embeddings) too; a LoRA base does not, the adapter brings them."""
+    from arena_dist.models.build import build_model
+    from arena_dist.models.config import ModelConfig
+    from arena_dist.models.segments import MODULE_NAME
+    from arena_dist.quiet import quiet_transformers_loading
 
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    from arena_dist.models.build import quantization_kwargs
-    from arena_dist.models.heads import install_mlp_head
-    from arena_dist.models.segments import MODULE_NAME, install_segment_embeddings, recorded_markers
-
-    num_labels = meta["num_labels"]
+    markers = meta.get("segment_markers") or _config_markers(directory)
     # Same attention kernel as in training, so logits reproduce exactly. trust_remote_code is the caller's: the
     # export's own metadata records the training run's, which must not decide what runs here.
-    attention = _attention(meta.get("model_config") or {}, directory)
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, num_labels=num_labels,
-                  attn_implementation=attention,
-                  **quantization_kwargs(quantization, dtype))
-    if meta.get("pad_token_id") is not None:
-        kwargs["pad_token_id"] = meta["pad_token_id"]
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    if head == "mlp" or _has_segment_embeddings(directory):
-        # The saved `score.*` keys of an MLP head do not fit the linear head transformers builds, and it does not
-        # know `segment_embedding.*`: both modules are installed and loaded right after (its warnings are moot).
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs)
-    if head == "mlp":
-        install_mlp_head(model, num_labels)
-        if own_weights:
-            _load_module_weights(model.score, directory, "score.", "head")
-    markers = recorded_markers(model.config) or meta.get("segment_markers")
-    if markers is not None:
-        install_segment_embeddings(model, markers, init_std=0.0)
-        if own_weights:
-            _load_module_weights(getattr(model, MODULE_NAME), directory, f"{MODULE_NAME}.", "segment embedding")
+    cfg = ModelConfig(name_or_path=str(directory), head=meta["head"], dtype=dtype, quantization=quantization,
+                      trust_remote_code=trust_remote_code, segment_embeddings=markers is not None,
+                      attn_implementation=_attention(meta.get("model_config") or {}, directory))
+    extra = {} if device_map is None else {"device_map": device_map}
+    # An MLP head's `score.*` keys do not fit the linear head transformers builds, it does not know
+    # `segment_embedding.*`, and a LoRA base has neither: both are loaded right after, so transformers' "newly
+    # initialized" report would be false.
+    replaced_after = meta["head"] == "mlp" or markers is not None or not own_weights
+    with quiet_transformers_loading(replaced_after):
+        model = build_model(cfg, meta["num_labels"], meta.get("pad_token_id"), segment_markers=markers,
+                            for_training=False, **extra)
+    if own_weights and meta["head"] == "mlp":
+        _load_module_weights(model.score, directory, "score.", "head")
+    if own_weights and markers is not None:
+        _load_module_weights(getattr(model, MODULE_NAME), directory, f"{MODULE_NAME}.", "segment embedding")
     return model
 
 
@@ -275,20 +277,16 @@ def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None
     check_remote_code(path, trust_remote_code)  # before transformers is even imported
     from transformers import AutoTokenizer
 
-    from arena_dist.models.build import torch_dtype
-
-    torch_type = torch_dtype(dtype)
     if meta["lora"]:
         from peft import PeftModel
 
         # The trained head and segment embeddings come back from the adapter (modules_to_save); the base only has
         # to match their shapes.
-        base = _load_classifier(_base_path(path, meta), meta["head"], meta, torch_type, device_map, quantization,
-                                own_weights=False, trust_remote_code=trust_remote_code)
+        base = _load_classifier(_base_path(path, meta), meta, dtype, device_map, quantization, own_weights=False,
+                                trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
     else:
-        model = _load_classifier(path, meta["head"], meta, torch_type, device_map, quantization,
-                                 trust_remote_code=trust_remote_code)
+        model = _load_classifier(path, meta, dtype, device_map, quantization, trust_remote_code=trust_remote_code)
     model.eval()
     tokenizer = None
     if (path / "tokenizer_config.json").exists():

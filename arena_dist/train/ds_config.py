@@ -1,7 +1,8 @@
 """The DeepSpeed config of a run: ZeRO knobs from `ds_configs/*.json`, everything else from the run config.
 
 Batch sizes, accumulation, precision, clipping, optimizer and LR schedule come from the run config only; a ds_config
-file or override that sets them is a ConfigError (one source of truth per setting).
+file or override that sets them is a ConfigError (one source of truth per setting). The LR schedule is not in the
+DeepSpeed config at all: both parallelisms step the same `arena_dist.train.parallel.lr_schedule`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> 
     return global_batch // per_step
 
 
-def build_ds_config(knobs: dict, training, dtype: str, world_size: int, total_steps: int, use_gpu: bool) -> dict:
+def build_ds_config(knobs: dict, training, dtype: str, world_size: int, use_gpu: bool) -> dict:
     """The full DeepSpeed config for `world_size` ranks (accumulation keeps the global batch fixed)."""
     config = copy.deepcopy(knobs)
     config["train_micro_batch_size_per_gpu"] = training.micro_batch
@@ -85,21 +86,6 @@ def build_ds_config(knobs: dict, training, dtype: str, world_size: int, total_st
             "torch_adam": impl == "torch",
         },
     }
-    warmup = max(1, training.warmup_steps)  # DeepSpeed's schedulers need a positive warm-up
-    start = 0.0 if training.warmup_steps else 1.0  # no warm-up asked: the first step already uses the full LR
-    if training.schedule == "linear":
-        scheduler = {"type": "WarmupDecayLR", "params": {
-            "total_num_steps": max(total_steps, warmup), "warmup_min_lr": start * training.lr,
-            "warmup_max_lr": training.lr, "warmup_num_steps": warmup, "warmup_type": "linear"}}
-    elif training.schedule == "cosine":
-        scheduler = {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": max(total_steps, warmup), "warmup_min_ratio": start, "warmup_num_steps": warmup,
-            "cos_min_ratio": training.min_lr_ratio, "warmup_type": "linear"}}
-    else:
-        scheduler = {"type": "WarmupLR", "params": {
-            "warmup_min_lr": start * training.lr, "warmup_max_lr": training.lr, "warmup_num_steps": warmup,
-            "warmup_type": "linear"}}
-    config["scheduler"] = scheduler
     config.setdefault("steps_per_print", 10**9)  # our own progress line instead
     config.setdefault("wall_clock_breakdown", False)
     return config

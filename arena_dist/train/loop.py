@@ -116,7 +116,7 @@ class TeacherRecipe:
         from arena_dist.train.ds_config import build_ds_config
 
         self.ds_config = build_ds_config(self.zero_knobs, self.config.training, self.config.model.dtype,
-                                         trainer.world_size, trainer.total_steps, self.config.ray.use_gpu)
+                                         trainer.world_size, self.config.ray.use_gpu)
         trainer.log(f"accumulation {self.ds_config['gradient_accumulation_steps']}")
 
     def resume_tag(self, trainer, tag: str, marker: dict) -> str:
@@ -145,7 +145,7 @@ class TeacherRecipe:
 
             hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 (must stay alive while building)
         model = build_classifier(self.config.model, trainer.tokenizer, self.config.format)
-        parallel = ZeroParallel(model, self.ds_config)
+        parallel = ZeroParallel(model, self.ds_config, self.config.training, trainer.total_steps)
         self._hf_ds_config = hf_ds_config
         return parallel
 

@@ -40,16 +40,27 @@ def all_reduce(tensor, device=None):
     return tensor
 
 
+def lr_schedule(optimizer, training, total_steps: int):
+    """The LR schedule of both implementations (`training.schedule`, `warmup_steps`, `min_lr_ratio`), stepped once
+    per optimizer step."""
+    from transformers import get_scheduler
+
+    name, extra = {"linear": ("linear", {}), "constant": ("constant_with_warmup", {}),
+                   "cosine": ("cosine_with_min_lr", {"min_lr_rate": training.min_lr_ratio})}[training.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=training.warmup_steps,
+                         num_training_steps=max(total_steps, 1), scheduler_specific_kwargs=extra)
+
+
 class ZeroParallel:
-    def __init__(self, model, ds_config: dict):
+    def __init__(self, model, ds_config: dict, training, total_steps: int):
         import deepspeed
 
         params = [p for p in model.parameters() if p.requires_grad]
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, model_parameters=params,
-                                                                 config=ds_config)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=params, config=ds_config,
+            lr_scheduler=lambda optimizer: lr_schedule(optimizer, training, total_steps))
         self.module = self.engine.module
         self.zero3 = int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
-        self.default_lr = ds_config["optimizer"]["params"]["lr"]
 
     def forward(self, **inputs):
         return self.engine(**inputs)
@@ -62,7 +73,7 @@ class ZeroParallel:
 
     @property
     def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0]) if self.scheduler is not None else self.default_lr
+        return float(self.scheduler.get_last_lr()[0])
 
     def train(self) -> None:
         self.engine.train()
@@ -113,7 +124,6 @@ class ReplicatedParallel:
 
     def __init__(self, model, training, total_steps: int, world_size: int, device):
         import torch
-        from transformers import get_scheduler
 
         self.module, self.training, self.world_size, self.device = model, training, world_size, device
         self.accumulation = training.global_batch // (training.micro_batch * world_size)
@@ -125,10 +135,7 @@ class ReplicatedParallel:
         groups = [{"params": body, "lr": training.lr}, {"params": head, "lr": training.head_lr or training.lr}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(training.betas),
                                            weight_decay=training.weight_decay)
-        name, extra = {"linear": ("linear", {}), "constant": ("constant_with_warmup", {}),
-                       "cosine": ("cosine_with_min_lr", {"min_lr_rate": training.min_lr_ratio})}[training.schedule]
-        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=training.warmup_steps,
-                                       num_training_steps=max(total_steps, 1), scheduler_specific_kwargs=extra)
+        self.scheduler = lr_schedule(self.optimizer, training, total_steps)
         self.micro_steps = 0
 
     def forward(self, **inputs):

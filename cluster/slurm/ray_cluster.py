@@ -29,12 +29,12 @@ def wait_gcs(host: str, port: int, timeout: float) -> int:
 
 
 def alive_node_ips(gcs_address: str) -> list[str]:
-    from ray._raylet import GcsClient
-    from ray.core.generated import gcs_pb2
+    """Node IPs the cluster reports alive (public API: a driver connected to the cluster, `ray.nodes()`)."""
+    import ray
 
-    client = GcsClient(address=gcs_address)
-    nodes = client.get_all_node_info(timeout=10).values()
-    return sorted(node.node_manager_address for node in nodes if node.state == gcs_pb2.GcsNodeInfo.ALIVE)
+    if not ray.is_initialized():
+        ray.init(address=gcs_address, logging_level="ERROR", log_to_driver=False)
+    return sorted(node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"])
 
 
 def wait_nodes(gcs_address: str, count: int, timeout: float) -> int:

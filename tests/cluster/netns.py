@@ -293,11 +293,10 @@ class RayOnHosts:
     def alive_nodes(self) -> list[str]:
         """Node IPs the GCS reports alive (asked from inside host 1, the only place that can reach it)."""
         script = (
-            "import sys\nfrom ray._raylet import GcsClient\n"
-            "from ray.core.generated import gcs_pb2\n"
-            "client = GcsClient(address=sys.argv[1])\n"
-            "for node in client.get_all_node_info(timeout=10).values():\n"
-            "    if node.state == gcs_pb2.GcsNodeInfo.ALIVE: print(node.node_manager_address)\n"
+            "import sys, ray\n"
+            "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)\n"
+            "for node in ray.nodes():\n"
+            "    if node['Alive']: print(node['NodeManagerAddress'])\n"
         )
         result = self.hosts.run(0, [sys.executable, "-c", script, self.address], timeout=60, env=self.env)
         if result.returncode != 0:

@@ -32,7 +32,7 @@ def test_4bit_layers_keep_their_layout_and_checkpointing_keeps_gradients():
     assert not any(m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     plain = grads(model, ids)
     checkpointing = build_model(cfg.model_copy(update={"gradient_checkpointing": True}), 3, 8)
-    assert checkpointing.get_base_model().is_gradient_checkpointing  # the comparison below is not plain vs plain
+    assert checkpointing.get_base_model().is_activation_checkpointing  # the comparison below is not plain vs plain
     checkpointed = grads(checkpointing, ids)
     assert plain.keys() == checkpointed.keys() and len(plain) > 0
     for name in plain:

@@ -117,7 +117,7 @@ def test_qlora_student_trains_only_adapters_and_head(fixture, tmp_path, quantiza
 @pytest.mark.slow
 @pytest.mark.parametrize("random_init_recipe", [False, True], ids=["plain", "segments+embeddings"])
 def test_distillation_kl_falls_well_below_start_and_export_round_trips(fixture, tmp_path, random_init_recipe):
-    from arena_dist.distill.export import logits_of
+    from arena_dist.models.merge import logits_of
     from arena_dist.models.export import load_export
     from arena_dist.models.quant import keep_training_layout
 
@@ -161,7 +161,7 @@ def test_distillation_kl_falls_well_below_start_and_export_round_trips(fixture, 
 
 @pytest.mark.slow
 def test_merge_refused_above_the_limit(fixture, tmp_path):
-    from arena_dist.distill.export import MergeCheckError, merge_export
+    from arena_dist.models.merge import MergeCheckError, merge_export
 
     _, summary = fit(student_config(fixture, tmp_path / "run", "4bit", max_steps=4))
     with pytest.raises(MergeCheckError, match="merge refused"):

@@ -21,15 +21,15 @@ def test_accumulation_keeps_global_batch():
     assert knobs["zero_optimization"]["stage"] == 3
     training = TrainingSettings(global_batch=32, micro_batch=2, lr=1e-4, clip=0.5, warmup_steps=10)
     for world, accumulation in ((1, 16), (2, 8), (16, 1)):
-        config = build_ds_config(knobs, training, "bfloat16", world, total_steps=100, use_gpu=False)
+        config = build_ds_config(knobs, training, "bfloat16", world, use_gpu=False)
         assert config["gradient_accumulation_steps"] == accumulation
         assert config["train_micro_batch_size_per_gpu"] * world * accumulation == config["train_batch_size"] == 32
     assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
     assert config["gradient_clipping"] == 0.5
     assert config["optimizer"]["params"]["torch_adam"] is True  # CPU: no compiled op
-    assert config["scheduler"]["params"]["warmup_num_steps"] == 10
+    assert "scheduler" not in config  # one LR schedule for both parallelisms (parallel.lr_schedule)
     with pytest.raises(ConfigError, match="not a multiple"):
-        build_ds_config(knobs, training, "float32", 3, total_steps=100, use_gpu=False)
+        build_ds_config(knobs, training, "float32", 3, use_gpu=False)
 
 
 def test_batch_keys_in_ds_file_are_rejected(tmp_path):

@@ -1,22 +1,13 @@
-"""Student exports (the same folder format as `arena_dist.models.export`, read back by its `load_export`) and the
-checked LoRA merge.
+"""The checked LoRA merge: fold an export's adapter into a full-precision base and write a plain classifier export.
 
-A QLoRA student's base is quantised at load time from full-precision weights: re-saving bitsandbytes' packed NF4
-tensors and reloading them drifts, so the export never stores quantised weights. It holds the adapter
-(LoRA + the fully trained head via modules_to_save) and either the base's hub id / dir (pretrained students) or, for
-a random-init base, that base rebuilt in full precision from its seeded spec under `base/`. `meta["quantization"]`
-says how the student was trained; `load_export(path, quantization=meta["quantization"])` rebuilds exactly that model.
-
-The merge (optional) folds the adapter into a full-precision base and writes a plain classifier. Top LMSYS teams saw
-merges of QLoRA adapters degrade scores (the adapter learnt on the quantised base, the merged model uses the
-de-quantised one), so the check is part of the merge: max |logit difference| merged vs the unmerged model as trained,
-on held-out rows, recorded in the merged export's metadata, and a limit above which the merge is refused.
+Top LMSYS teams saw merges of QLoRA adapters degrade scores (the adapter learnt on the quantised base, the merged model
+uses the de-quantised one), so the check is part of the merge: max |logit difference| merged vs the unmerged model as
+trained, on held-out rows, recorded in the merged export's metadata, and a limit above which the merge is refused.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 from arena_dist.errors import ArenaDistError
@@ -24,55 +15,6 @@ from arena_dist.errors import ArenaDistError
 
 class MergeCheckError(ArenaDistError):
     """The merged model's logits differ from the unmerged model's by more than the configured limit."""
-
-
-def save_student_export(model, tokenizer, out_dir: str | os.PathLike, model_config, meta: dict) -> Path:
-    """Adapter + head (+ full-precision random-init base) + tokenizer + arena_dist.json, written atomically."""
-    import torch
-
-    from arena_dist.io import atomic_directory, atomic_write_json
-    from arena_dist.models.build import build_model
-    from arena_dist.models.export import BASE_DIR, FORMAT_VERSION, META_FILE, _head_kind
-    from arena_dist.models.segments import recorded_markers
-
-    base_model = model.get_base_model()
-    num_labels = int(base_model.config.num_labels)
-    pad_token_id = base_model.config.pad_token_id
-    base_spec = model_config.base_spec()
-    markers = recorded_markers(base_model.config)
-    full_meta = {
-        **meta,
-        "num_labels": num_labels,
-        "pad_token_id": pad_token_id,
-        "head": _head_kind(model),
-        "lora": True,
-        "base": base_spec,
-        "model_config": model_config.model_dump(),
-        "quantization": model_config.quantization,
-        "teacher_extra_inputs": [],
-        "segment_markers": markers,
-        "created_by": meta.get("created_by", "arena_dist.student"),
-        "format_version": FORMAT_VERSION,
-    }
-    out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json (LoRA + modules_to_save head)
-        adapter = tmp / "adapter_model.safetensors"
-        if not adapter.exists() or adapter.stat().st_size < 1024:
-            raise RuntimeError(f"LoRA adapter came out empty in {out_dir}")
-        if "name_or_path" not in base_spec:
-            # The same seeded random init as the student's base, without quantisation (its head is replaced by the
-            # adapter's trained one at load time).
-            plain = model_config.model_copy(update={"quantization": "none", "lora": None,
-                                                    "gradient_checkpointing": False})
-            with torch.no_grad():
-                base = build_model(plain, num_labels, pad_token_id, segment_markers=markers)
-            base.save_pretrained(tmp / BASE_DIR, safe_serialization=True)
-            full_meta["base_dir"] = BASE_DIR
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / META_FILE, full_meta)
-    return out_dir
 
 
 def logits_of(model, sequences: Sequence[Sequence[int]], pad_id: int, max_tokens: int = 8192):
@@ -103,8 +45,8 @@ def merge_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, chec
     `trust_remote_code`: the student config's own (`model.trust_remote_code`), as for its training."""
     import numpy as np
 
-    from arena_dist.models.export import load_export, read_export_meta, save_export
     from arena_dist.models.config import ModelConfig
+    from arena_dist.models.export import load_export, read_export_meta, save_export
 
     meta = read_export_meta(export_dir)
     quantization = meta.get("quantization", "none")
