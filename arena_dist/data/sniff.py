@@ -166,13 +166,8 @@ class TextFile:
         InputErrors too."""
         try:
             with self.open_binary() as binary, io.TextIOWrapper(binary, self.codec, "strict", newline) as text:
-                first = True
-                for line in text:
-                    if first:
-                        first = False
-                        if line.startswith("\ufeff"):
-                            line = line[1:]
-                    yield line
+                for number, line in enumerate(text):
+                    yield line[1:] if number == 0 and line.startswith("\ufeff") else line
         except (UnicodeDecodeError, *GZIP_ERRORS) as exc:
             raise cannot_read(self.path, exc) from None
 

@@ -65,18 +65,13 @@ def load_manifest(dataset_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def _split_entry(manifest: dict, dataset_dir, split: str) -> dict:
-    splits = manifest.get("splits", {})
+def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
+    splits = load_manifest(dataset_dir).get("splits", {})
     if split not in splits:
         raise InputError(
             f"{Path(dataset_dir) / MANIFEST}: no split {split!r} (has: {', '.join(sorted(splits)) or 'none'})"
         )
-    return splits[split]
-
-
-def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
-    manifest = load_manifest(dataset_dir)
-    return [Path(dataset_dir) / shard["path"] for shard in _split_entry(manifest, dataset_dir, split)["shards"]]
+    return [Path(dataset_dir) / shard["path"] for shard in splits[split]["shards"]]
 
 
 def read_shard(path: str | os.PathLike) -> list[Record]:
@@ -415,9 +410,7 @@ def current_manifest(output_dir: str | os.PathLike, expected_config_hash: str, s
             return None
         for source in sources:
             recorded = manifest["sources"].get(source.name, {})
-            if not Path(source.path).is_file() or recorded.get("input_sha256") != input_fingerprint(source.path)[
-                "input_sha256"
-            ]:
+            if not Path(source.path).is_file() or recorded.get("input_sha256") != sha256_file(source.path):
                 return None
         verify_dataset(output_dir)
     except (InputError, KeyError, TypeError):
