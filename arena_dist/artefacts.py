@@ -20,7 +20,7 @@ from typing import Literal, Mapping, Optional, Union
 
 from pydantic import Field, model_validator
 
-from arena_dist.config import StrictModel
+from arena_dist.config import StrictModel, config_hash
 
 ARTEFACT_FILE = "stage.json"
 SCHEMA_VERSION = 1
@@ -109,12 +109,6 @@ def _numbers(metrics: Mapping[str, object] | None) -> dict[str, float | None]:
     return out
 
 
-def _config_hash(config) -> str | None:
-    from arena_dist.config import config_hash
-
-    return None if config is None else config_hash(config)
-
-
 def write_artefact(
     directory: str | os.PathLike,
     stage: str,
@@ -137,9 +131,10 @@ def write_artefact(
     finished = time.time()
     started = claim_time(directory) if started is None else started
     artefact = StageArtefact(
-        stage=stage, status=status, config_hash=_config_hash(config), started=_iso(started), finished=_iso(finished),
-        seconds=None if started is None else round(finished - started, 3), inputs=_paths(inputs),
-        outputs=_paths(outputs), rows=rows, metrics=_numbers(metrics), headline=headline, error=error,
+        stage=stage, status=status, config_hash=None if config is None else config_hash(config), started=_iso(started),
+        finished=_iso(finished), seconds=None if started is None else round(finished - started, 3),
+        inputs=_paths(inputs), outputs=_paths(outputs), rows=rows, metrics=_numbers(metrics), headline=headline,
+        error=error,
     )
     atomic_write_json(directory / ARTEFACT_FILE, artefact.model_dump(mode="json"))
     return artefact

@@ -9,6 +9,7 @@ directory, the CLI writes the `failed` record there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -70,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.insert(0, f"run_dir={args.run_dir}")
     try:
         config = load_config(module.Config, args.config, overrides)
-    except ArenaDistError as err:
-        print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_recorded(args.stage, module, config)
-        write_summary(summary)
+        write_summary(run_recorded(args.stage, module, config))
     except ArenaDistError as err:
         print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
         return 2
@@ -97,10 +93,8 @@ def run_recorded(stage: str, module, config):
         if claimed:
             from arena_dist.artefacts import record_failure
 
-            try:
+            with contextlib.suppress(OSError):  # the directory is gone or read-only: the error is what matters
                 record_failure(claimed[0], stage, err, config)
-            except OSError:
-                pass  # the directory is gone or read-only: the error itself is what the user needs
         raise
 
 

@@ -189,19 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", default=str(REPO / "launch" / "configs" / "demo.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(DemoConfig, args.config, args.overrides)
-    except ArenaDistError as err:
-        print(err, file=sys.stderr)
-        return 2
-
+    from arena_dist.io import claim_output_dir
     from arena_dist.ray_local import LocalRayHead
 
-    from arena_dist.io import claim_output_dir
-
-    run = Path(config.run_dir).resolve()
     try:
-        claim_output_dir(run, "run_dir")
+        config = load_config(DemoConfig, args.config, args.overrides)
+        run = claim_output_dir(Path(config.run_dir).resolve(), "run_dir")
     except ArenaDistError as err:
         print(err, file=sys.stderr)
         return 2

@@ -37,26 +37,20 @@ _REPLACED_SUFFIX = ".replaced"
 
 
 # ------------------------------------------------------------------------------------------------------------ files
-def _new_temp_file(directory: Path, name: str) -> Path:
-    """An empty file with a fresh hidden name in `directory`, mode 0o666 minus the umask (mkstemp would give 0600)."""
+def _new_temp(directory: Path, name: str, create) -> Path:
+    """A fresh hidden name in `directory`, made by `create` (which raises FileExistsError when it is taken): an empty
+    file with mode 0o666 or a directory with 0o777, minus the umask (mkstemp / mkdtemp would give 0600 / 0700)."""
     while True:
         path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            create(path)
             return path
         except FileExistsError:
             continue
 
 
-def _new_temp_dir(directory: Path, name: str) -> Path:
-    """A fresh hidden directory in `directory`, mode 0o777 minus the umask (mkdtemp would give 0700)."""
-    while True:
-        path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -64,7 +58,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it is renamed onto `target`, on error removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _new_temp_file(target.parent, target.name)
+    tmp_path = _new_temp(target.parent, target.name, _create_file)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -231,7 +225,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_dir(target.parent, target.name)
+    tmp = _new_temp(target.parent, target.name, Path.mkdir)
     try:
         _mark(tmp)
         yield tmp

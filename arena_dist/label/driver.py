@@ -26,6 +26,7 @@ How it runs:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -198,10 +199,8 @@ def label_shards(
                 progress.update("scoring")
     finally:
         for slot in slots:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(slot.handle, no_restart=True)
-            except Exception:  # already gone
-                pass
     progress.update("done", force=True)
     finished = time.monotonic()
     scoring = finished - (first_ready or started)

@@ -16,19 +16,14 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from arena_dist.errors import ConfigError
 from arena_dist.io import sha256_file
 from arena_dist.label.probs import logit_mean, prob_mean
-from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore, load_store_manifest
+from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore, load_store_manifest, read_store_shard
 
 EnsembleMethod = Literal["prob_mean", "logit_mean"]
 METHODS = {"prob_mean": prob_mean, "logit_mean": logit_mean}
-
-
-def _matrix(column) -> np.ndarray:
-    return np.asarray(column.to_pylist(), dtype=np.float64)
 
 
 def merge_label_stores(
@@ -64,15 +59,15 @@ def merge_label_stores(
     shards = []
     ids_by_shard: dict[int, list[str]] = {}
     for entry in reference["shards"]:
-        tables = [_read_member_shard(d, _entry(m, entry["index"], d)) for d, m in zip(dirs, manifests)]
+        tables = [read_store_shard(d, _entry(m, entry["index"], d)) for d, m in zip(dirs, manifests)]
         ids = ids_by_shard[entry["index"]] = tables[0].column("id").to_pylist()
-        aligned = [tables[0]]
-        for member_dir, table in zip(dirs[1:], tables[1:]):
-            aligned.append(_align(table, ids, member_dir, entry["index"]))
-        p_ab = combine([_matrix(t.column("p_ab")) for t in aligned], weights)
-        p_mean = combine([_matrix(t.column("p_mean")) for t in aligned], weights)
+        aligned = [tables[0], *(_align(t, ids, d, entry["index"]) for d, t in zip(dirs[1:], tables[1:]))]
+
+        def mean(column: str) -> np.ndarray:
+            return combine([np.asarray(t.column(column).to_pylist(), dtype=np.float64) for t in aligned], weights)
+
         has_swap = all(t.column("p_ba_mapped").null_count == 0 for t in aligned)
-        p_ba = combine([_matrix(t.column("p_ba_mapped")) for t in aligned], weights) if has_swap else None
+        p_ab, p_ba, p_mean = mean("p_ab"), mean("p_ba_mapped") if has_swap else None, mean("p_mean")
         # The merged shard is tied to the same input shard (name + checksum) as its members.
         shard = InputShard(index=entry["index"], path=Path(entry["input"]), sha256=entry["input_sha256"],
                            rows=entry["rows"])
@@ -92,14 +87,6 @@ def _entry(manifest: dict, index: int, store_dir: Path) -> dict:
         if entry["index"] == index:
             return entry
     raise LabelIntegrityError(f"{store_dir}: no shard {index} in its manifest")
-
-
-def _read_member_shard(store_dir: Path, entry: dict):
-    path = store_dir / entry["path"]
-    if sha256_file(path) != entry["sha256"]:
-        raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'} (changed after it "
-                                  "was finalized)")
-    return pq.read_table(path)
 
 
 def _align(table, ids: list[str], store_dir: Path, index: int):

@@ -132,6 +132,11 @@ class LabelStore:
 
     # -- per-shard commits -------------------------------------------------------------------------------------
 
+    def commit_identity(self, shard: InputShard) -> dict:
+        """What a shard's commit record must say, besides its output checksum, for the shard to count as done."""
+        return {"teacher_id": self.teacher_id, "config_hash": self.config_hash, "input_name": shard.name,
+                "input_sha256": shard.sha256, "rows": shard.rows}
+
     def check_committed(self, shard: InputShard) -> tuple[bool, str]:
         """(done, reason): done only when the commit record matches the parquet, the input and the config."""
         done_path, parquet_path = self.done_path(shard.index), self.parquet_path(shard.index)
@@ -141,11 +146,7 @@ class LabelStore:
             record = json.loads(done_path.read_text())
         except (OSError, ValueError):
             return False, "unreadable commit record"
-        expected = {
-            "teacher_id": self.teacher_id, "config_hash": self.config_hash,
-            "input_name": shard.name, "input_sha256": shard.sha256, "rows": shard.rows,
-        }
-        for key, value in expected.items():
+        for key, value in self.commit_identity(shard).items():
             if record.get(key) != value:
                 return False, f"commit record {key}={record.get(key)!r}, expected {value!r}"
         if not parquet_path.exists():
@@ -154,50 +155,27 @@ class LabelStore:
             return False, "output checksum differs from the commit record"
         return True, "committed"
 
-    def commit(
-        self,
-        shard: InputShard,
-        ids: Sequence[str],
-        p_ab,
-        p_ba_mapped,
-        p_mean,
-        extra: dict | None = None,
-    ) -> dict:
+    def commit(self, shard: InputShard, ids: Sequence[str], p_ab, p_ba_mapped, p_mean,
+               extra: dict | None = None) -> dict:
         """Write the shard's labels atomically, then its commit record; returns the record."""
         rows = len(ids)
         if rows != shard.rows:
-            raise LabelIntegrityError(
-                f"{shard.path}: scored {rows} rows but the dataset manifest says {shard.rows}"
-            )
+            raise LabelIntegrityError(f"{shard.path}: scored {rows} rows but the dataset manifest says {shard.rows}")
         p_ab = _as_matrix(p_ab, rows, "p_ab")
         p_mean = _as_matrix(p_mean, rows, "p_mean")
         p_ba_mapped = None if p_ba_mapped is None else _as_matrix(p_ba_mapped, rows, "p_ba_mapped")
-        table = pa.Table.from_arrays(
-            [
-                pa.array(list(ids), type=pa.string()),
-                _list_column(p_ab, rows),
-                _list_column(p_ba_mapped, rows),
-                _list_column(p_mean, rows),
-                pa.array([self.teacher_id] * rows, type=pa.string()),
-                pa.array([self.config_hash] * rows, type=pa.string()),
-            ],
-            schema=LABEL_SCHEMA,
-        )
+        table = pa.Table.from_arrays([
+            pa.array(list(ids), type=pa.string()), _list_column(p_ab, rows), _list_column(p_ba_mapped, rows),
+            _list_column(p_mean, rows), pa.array([self.teacher_id] * rows, type=pa.string()),
+            pa.array([self.config_hash] * rows, type=pa.string()),
+        ], schema=LABEL_SCHEMA)
         # A stale record must not vouch for the new parquet even for an instant.
         self.done_path(shard.index).unlink(missing_ok=True)
         parquet_path = self.parquet_path(shard.index)
         with atomic_path(parquet_path) as tmp:
             pq.write_table(table, tmp)
-        record = {
-            "teacher_id": self.teacher_id,
-            "config_hash": self.config_hash,
-            "input_name": shard.name,
-            "input_sha256": shard.sha256,
-            "rows": rows,
-            "output": parquet_path.name,
-            "output_sha256": sha256_file(parquet_path),
-            **(extra or {}),
-        }
+        record = {**self.commit_identity(shard), "output": parquet_path.name,
+                  "output_sha256": sha256_file(parquet_path), **(extra or {})}
         atomic_write_json(self.done_path(shard.index), record)
         return record
 
@@ -247,15 +225,9 @@ class LabelStore:
                 f"label store {self.directory} is incomplete or inconsistent: " + "; ".join(problems[:5])
                 + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
             )
-        manifest = {
-            "format_version": STORE_FORMAT_VERSION,
-            "teacher_id": self.teacher_id,
-            "config_hash": self.config_hash,
-            "rows": total_rows,
-            "num_shards": len(shard_entries),
-            "shards": shard_entries,
-            **(info or {}),
-        }
+        manifest = {"format_version": STORE_FORMAT_VERSION, "teacher_id": self.teacher_id,
+                    "config_hash": self.config_hash, "rows": total_rows, "num_shards": len(shard_entries),
+                    "shards": shard_entries, **(info or {})}
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
@@ -267,16 +239,20 @@ def load_store_manifest(store_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+def read_store_shard(store_dir: Path, entry: dict, columns: Sequence[str] | None = None,
+                     verify: bool = True) -> pa.Table:
+    """One shard of a finalized store, as its manifest `entry` names it, checked against the manifest's checksum."""
+    path = store_dir / entry["path"]
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'} (changed after it "
+                                  "was finalized)")
+    return pq.read_table(path, columns=list(columns) if columns else None)
+
+
 def read_labels(store_dir: str | os.PathLike, columns: Sequence[str] | None = None, verify: bool = True) -> pa.Table:
     """All labels of a finalized store as one table (shard order, input order within a shard)."""
     store_dir = Path(store_dir)
-    manifest = load_store_manifest(store_dir)
-    tables = []
-    for entry in manifest["shards"]:
-        path = store_dir / entry["path"]
-        if verify and sha256_file(path) != entry["sha256"]:
-            raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'}")
-        tables.append(pq.read_table(path, columns=list(columns) if columns else None))
+    tables = [read_store_shard(store_dir, entry, columns, verify) for entry in load_store_manifest(store_dir)["shards"]]
     if not tables:
         return LABEL_SCHEMA.empty_table() if not columns else LABEL_SCHEMA.empty_table().select(list(columns))
     return pa.concat_tables(tables)

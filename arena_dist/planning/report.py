@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from arena_dist.planning.hardware import gpu_spec
@@ -11,8 +12,7 @@ from arena_dist.planning.memory import (
 from arena_dist.planning.models import ModelDims, count_params, known_model, with_overrides
 from arena_dist.planning.time import epoch_estimate, labelling_estimate
 
-DIM_FIELDS = ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab", "head_dim", "tied_embeddings",
-              "qkv_bias", "norms_per_layer")
+DIM_FIELDS = tuple(field.name for field in dataclasses.fields(ModelDims))  # the six core dims come first
 
 
 def resolve_dims(model) -> ModelDims:
