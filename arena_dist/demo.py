@@ -9,6 +9,7 @@ quality against the Bayes optimum of the synthetic data) and always stops its he
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -170,18 +171,12 @@ def summary_table(steps: list[Step], run: Path) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"total {sum(step.seconds for step in steps):.0f} s")
-    try:
+    with contextlib.suppress(ArenaDistError, OSError):  # a run without the synth stage has no optimum to show
         bayes = json.loads(Path(output_of(run, "synth", "bayes")).read_text())
-    except (ArenaDistError, OSError):
-        bayes = None
-    if bayes is not None:
-        lines.append(f"Bayes optimum on the test set: {bayes_line(bayes)}")
+        lines.append(f"Bayes optimum on the test set: log loss {bayes['bayes_log_loss']:.4f}, accuracy "
+                     f"{bayes['bayes_accuracy']:.4f} (uniform: log loss {bayes['ln3']:.4f}, achievable gain "
+                     f"{bayes['achievable_gain']:.4f})")
     return "\n".join(lines)
-
-
-def bayes_line(bayes: dict) -> str:
-    return (f"log loss {bayes['bayes_log_loss']:.4f}, accuracy {bayes['bayes_accuracy']:.4f} "
-            f"(uniform: log loss {bayes['ln3']:.4f}, achievable gain {bayes['achievable_gain']:.4f})")
 
 
 def main(argv: list[str] | None = None) -> int:

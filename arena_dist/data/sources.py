@@ -57,10 +57,6 @@ EMPTY_RESPONSE = "empty_response"
 IDENTICAL_RESPONSES = "identical_responses"
 INVALID_LABEL = "invalid_label"
 DUPLICATE_ID = "duplicate_id"
-REASONS = (
-    BAD_ROW, BAD_JSON, BAD_VALUE, BAD_TRANSCRIPT, MISSING_ID, MISSING_PROMPT, TURN_COUNT_MISMATCH, EMPTY_RESPONSE,
-    IDENTICAL_RESPONSES, INVALID_LABEL, DUPLICATE_ID,
-)
 
 
 class SourceConfig(StrictModel):
@@ -572,12 +568,6 @@ class BalancedAssigner:
         to_b = self.chosen_to_b(self.count)
         self.count += 1
         return swap_record(record) if to_b else record
-
-    def state_dict(self) -> dict:
-        return {"count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count = int(state["count"])
 
 
 # ------------------------------------------------------------------------------------------------------------ factory

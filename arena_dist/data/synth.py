@@ -120,8 +120,6 @@ MODEL_NAMES = (
     "atlas-70b", "borealis-8b", "cirrus-14b", "dynamo-3b", "ember-9b", "fjord-32b", "gale-7b", "helix-72b",
 )
 
-_LANG_WORDS = sum(len(FILLER[code]) for code in LANGUAGE_CODES)
-
 
 def _word_table() -> tuple[np.ndarray, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
     """One object array of every word: quality words first (ids 0..Q-1), then filler per language, then topics."""
@@ -551,8 +549,6 @@ def hh_transcript(prompt: Sequence[str], responses: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 # Streaming pool writer (public: used for the 1M-row memory benchmark)
 # --------------------------------------------------------------------------------------------------------------------
-
-POOL_SCHEMA_FIELDS = ("id", "prompt", "response_a", "response_b", "language")
 
 
 def generate_pool(

@@ -48,19 +48,13 @@ def _spec(config: Config) -> synth.SynthSpec:
 
 def prepare_config(config: Config, out: Path) -> dict:
     """The `arena-dist prepare` config over the files written (absolute paths: usable from any directory)."""
-    sources = []
-    if config.n_train:
-        sources.append({"name": "lmsys", "kind": "lmsys_csv", "path": str(out / "lmsys" / "train.csv"),
-                        "split": "train"})
-    if config.n_wsdm_train:
-        sources.append({"name": "wsdm", "kind": "wsdm_parquet", "path": str(out / "wsdm" / "train.parquet"),
-                        "split": "train"})
-    if config.n_pairwise:
-        for style in ("pairs", "hh"):
-            sources.append({"name": style, "kind": "pairwise_jsonl",
-                            "path": str(out / "pairwise" / f"{style}.jsonl"), "split": "train"})
-    if config.n_pool:
-        sources.append({"name": "pool", "kind": "pool", "path": str(out / "pool" / "pool.parquet"), "split": "pool"})
+    written = [(config.n_train, "lmsys", "lmsys_csv", "lmsys/train.csv", "train"),
+               (config.n_wsdm_train, "wsdm", "wsdm_parquet", "wsdm/train.parquet", "train"),
+               (config.n_pairwise, "pairs", "pairwise_jsonl", "pairwise/pairs.jsonl", "train"),
+               (config.n_pairwise, "hh", "pairwise_jsonl", "pairwise/hh.jsonl", "train"),
+               (config.n_pool, "pool", "pool", "pool/pool.parquet", "pool")]
+    sources = [{"name": name, "kind": kind, "path": str(out / path), "split": split}
+               for rows, name, kind, path, split in written if rows]
     return {
         "output_dir": config.prepare.output_dir or str(out / "dataset"),
         "num_shards": config.prepare.num_shards,
