@@ -27,14 +27,10 @@ T = TypeVar("T", bound="StrictModel")
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, numbers.Integral):
-        return "an integer"
-    if isinstance(value, numbers.Real):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
+    for kind, name in ((bool, "a boolean"), (numbers.Integral, "an integer"), (numbers.Real, "a float"),
+                       (str, "a string")):  # bool first: a bool is an Integral too
+        if isinstance(value, kind):
+            return name
     return f"a {type(value).__name__}"
 
 
