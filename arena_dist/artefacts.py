@@ -172,9 +172,6 @@ def read_artefact(directory: str | os.PathLike) -> StageArtefact | None:
 
 def find_artefacts(root: str | os.PathLike) -> list[tuple[Path, StageArtefact]]:
     """(directory, record) for every stage record under `root` (itself included), in the order the stages started."""
-    found = []
-    for path in Path(root).rglob(ARTEFACT_FILE):
-        artefact = read_artefact(path.parent)
-        if artefact is not None:
-            found.append((path.parent, artefact))
+    found = [(path.parent, record) for path in Path(root).rglob(ARTEFACT_FILE)
+             if (record := read_artefact(path.parent)) is not None]  # None: removed since the listing
     return sorted(found, key=lambda item: (item[1].started or item[1].finished, str(item[0])))

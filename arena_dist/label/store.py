@@ -77,19 +77,12 @@ def input_shards(dataset_dir: str | os.PathLike, split: str) -> list[InputShard]
     from arena_dist.data.store import load_manifest, shard_paths
 
     dataset_dir = Path(dataset_dir)
-    manifest = load_manifest(dataset_dir)
-    paths = [Path(p) for p in shard_paths(dataset_dir, split)]
+    paths = shard_paths(dataset_dir, split)  # refuses a split the manifest does not have
     if not paths:
         raise InputError(f"{dataset_dir}: split {split!r} has no shards")
-    # shard_paths checked that the split exists; a manifest of this schema version always lists its shards
-    by_name = {Path(entry["path"]).name: entry for entry in manifest["splits"][split]["shards"]}
-    shards = []
-    for index, path in enumerate(paths):
-        entry = by_name.get(path.name)
-        if entry is None:
-            raise InputError(f"{dataset_dir / 'manifest.json'}: no entry for shard {path.name} of split {split!r}")
-        shards.append(InputShard(index=index, path=path, sha256=entry["sha256"], rows=int(entry["rows"])))
-    return shards
+    entries = load_manifest(dataset_dir)["splits"][split]["shards"]  # the entries `paths` were made from, in order
+    return [InputShard(index=index, path=path, sha256=entry["sha256"], rows=int(entry["rows"]))
+            for index, (path, entry) in enumerate(zip(paths, entries))]
 
 
 def read_input_ids(path: str | os.PathLike) -> list[str]:
