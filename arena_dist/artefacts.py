@@ -110,18 +110,9 @@ def _numbers(metrics: Mapping[str, object] | None) -> dict[str, float | None]:
 
 
 def write_artefact(
-    directory: str | os.PathLike,
-    stage: str,
-    config=None,
-    *,
-    outputs: Mapping[str, object] | None = None,
-    inputs: Mapping[str, object] | None = None,
-    rows: Rows = None,
-    metrics: Mapping[str, object] | None = None,
-    headline: str | None = None,
-    started: float | None = None,
-    status: str = "succeeded",
-    error: str | None = None,
+    directory: str | os.PathLike, stage: str, config=None, *, outputs: Mapping[str, object] | None = None,
+    inputs: Mapping[str, object] | None = None, rows: Rows = None, metrics: Mapping[str, object] | None = None,
+    headline: str | None = None, started: float | None = None, status: str = "succeeded", error: str | None = None,
 ) -> StageArtefact:
     """Validate and write `<directory>/stage.json` atomically. `started` (unix time) defaults to when this process
     claimed `directory` (arena_dist.io records it), which is how a recipe that did not time itself is timed."""

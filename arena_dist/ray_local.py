@@ -62,15 +62,9 @@ class LocalRayHead:
     """`with LocalRayHead(num_cpus=2) as head:` -> `head.address`, `head.dashboard_url`."""
 
     def __init__(
-        self,
-        num_cpus: int | None = None,
-        num_gpus: int | None = None,
-        dashboard: bool = True,
-        temp_root: str | os.PathLike | None = None,
-        node_ip: str = "127.0.0.1",
-        env: dict[str, str] | None = None,
-        resources: dict[str, float] | None = None,
-        auth_token: str | None = None,
+        self, num_cpus: int | None = None, num_gpus: int | None = None, dashboard: bool = True,
+        temp_root: str | os.PathLike | None = None, node_ip: str = "127.0.0.1", env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None, auth_token: str | None = None,
     ):
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -195,12 +189,8 @@ class LocalRayHead:
 
 
 def submit_job(
-    head: LocalRayHead | str,
-    entrypoint: list[str],
-    working_dir: str | os.PathLike | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-    log_path: str | os.PathLike | None = None,
+    head: LocalRayHead | str, entrypoint: list[str], working_dir: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None, timeout: float | None = None, log_path: str | os.PathLike | None = None,
     echo: bool = False,
 ) -> subprocess.CompletedProcess:
     """Submit a job to a dashboard (`ray.job_submission.JobSubmissionClient`) and wait for it; the returned exit

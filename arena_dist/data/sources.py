@@ -336,9 +336,8 @@ class ParquetRows:
             value_type = self.parquet.schema_arrow.field(name).type
             while pa.types.is_list(value_type) or pa.types.is_large_list(value_type):
                 value_type = value_type.value_type
-            if pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type) or (
-                pa.types.is_fixed_size_binary(value_type)
-            ):
+            if any(is_bytes(value_type) for is_bytes in (pa.types.is_binary, pa.types.is_large_binary,
+                                                         pa.types.is_fixed_size_binary)):
                 raise InputError(f"{self.path}: column {name!r} holds bytes ({value_type}), not text: write it as a "
                                  "string column")
 

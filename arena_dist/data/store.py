@@ -111,14 +111,8 @@ def count_records(dataset_dir, split: str = "train", folds=None, exclude_folds=N
     return sum(sum(mask) for mask in _shard_masks(shard_paths(dataset_dir, split), accept))
 
 
-def read_records(
-    dataset_dir: str | os.PathLike,
-    split: str = "train",
-    rank: int = 0,
-    world_size: int = 1,
-    folds: Iterable[int] | None = None,
-    exclude_folds: Iterable[int] | None = None,
-) -> list[Record]:
+def read_records(dataset_dir: str | os.PathLike, split: str = "train", rank: int = 0, world_size: int = 1,
+                 folds: Iterable[int] | None = None, exclude_folds: Iterable[int] | None = None) -> list[Record]:
     """`rank`'s contiguous slice of the (fold-filtered) records of `split`, in canonical order.
 
     The slices of ranks 0..world_size-1 are disjoint, cover every selected record exactly once and differ in size by
@@ -265,12 +259,8 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
     progress.close()
     if counts["read"] != counts["kept"] + counts["duplicates"] + counts["quarantined"]:  # never silently lose a row
         raise AssertionError(f"{reader.config.name}: counts do not add up: {counts}")
-    result = {
-        **counts,
-        "reasons": dict(sorted(reasons.items())),
-        "repaired_surrogates": reader.repaired_surrogates,
-        "quarantine_file": quarantine_name,
-    }
+    result = {**counts, "reasons": dict(sorted(reasons.items())), "repaired_surrogates": reader.repaired_surrogates,
+              "quarantine_file": quarantine_name}
     check_source_counts(reader.config, result)
     return result
 
@@ -305,16 +295,8 @@ def _count_line(counts: dict) -> str:
     )
 
 
-def build_dataset(
-    sources: list,
-    output_dir: str | os.PathLike,
-    num_shards: int = 8,
-    num_folds: int = 5,
-    seed: int = 0,
-    batch_rows: int = 2048,
-    resolved_config=None,
-    config_hash_value: str | None = None,
-) -> dict:
+def build_dataset(sources: list, output_dir: str | os.PathLike, num_shards: int = 8, num_folds: int = 5, seed: int = 0,
+                  batch_rows: int = 2048, resolved_config=None, config_hash_value: str | None = None) -> dict:
     """Sources (list of SourceConfig) -> a dataset directory; returns the manifest.
 
     Every source is opened (and its columns checked) before any row is read; the dataset is built in a temporary
@@ -372,13 +354,9 @@ def build_dataset(
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "config_hash": config_hash_value or (config_hash(resolved_config) if resolved_config is not None else None),
-            "num_shards": num_shards,
-            "num_folds": num_folds,
-            "seed": seed,
-            "splits": splits,
+            "num_shards": num_shards, "num_folds": num_folds, "seed": seed, "splits": splits,
             "sources": manifest_sources,
-            "fold_sizes": {split: entry["fold_sizes"] for split, entry in splits.items()},
-            "label_counts": {split: entry["label_counts"] for split, entry in splits.items()},
+            **{key: {split: entry[key] for split, entry in splits.items()} for key in ("fold_sizes", "label_counts")},
         }
         if resolved_config is not None:
             save_resolved_config(resolved_config, tmp)

@@ -96,17 +96,9 @@ def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bo
 
 
 def label_shards(
-    teacher_id: str,
-    export_path: str,
-    shards: list[InputShard],
-    store: LabelStore,
-    settings: ActorSettings,
-    max_tokens: int,
-    max_rows: int | None = None,
-    swap_tta: bool = True,
-    progress: Progress | None = None,
-    on_dispatch: Callable[[_Slot, InputShard], None] | None = None,
-    trust_remote_code: bool = False,
+    teacher_id: str, export_path: str, shards: list[InputShard], store: LabelStore, settings: ActorSettings,
+    max_tokens: int, max_rows: int | None = None, swap_tta: bool = True, progress: Progress | None = None,
+    on_dispatch: Callable[[_Slot, InputShard], None] | None = None, trust_remote_code: bool = False,
 ) -> dict:
     """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised.
     `trust_remote_code`: the label config's for this teacher (never the export's)."""

@@ -26,13 +26,9 @@ EnsembleMethod = Literal["prob_mean", "logit_mean"]
 METHODS = {"prob_mean": prob_mean, "logit_mean": logit_mean}
 
 
-def merge_label_stores(
-    store_dirs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    method: EnsembleMethod = "prob_mean",
-    weights: Sequence[float] | None = None,
-    ensemble_id: str | None = None,
-) -> dict:
+def merge_label_stores(store_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                       method: EnsembleMethod = "prob_mean", weights: Sequence[float] | None = None,
+                       ensemble_id: str | None = None) -> dict:
     """Average finalized label stores shard by shard into `out_dir`; returns the merged store's manifest."""
     if method not in METHODS:
         raise ConfigError(f"ensemble method {method!r}: expected one of {', '.join(METHODS)}")

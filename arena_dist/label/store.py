@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -181,9 +182,7 @@ class LabelStore:
         `expected_ids(shard)`: the ids the shard must hold (default: the input shard's id column)."""
         expected_ids = expected_ids or (lambda shard: read_input_ids(shard.path))
         problems: list[str] = []
-        seen: dict[str, str] = {}
-        duplicates: list[str] = []
-        total_rows = 0
+        seen: Counter[str] = Counter()  # times each id was labelled
         shard_entries = []
         for shard in shards:
             done, reason = self.check_committed(shard)
@@ -198,18 +197,16 @@ class LabelStore:
                 problems.append(f"{shard_stem(shard.index)}: {len(missing)} input ids missing, e.g. {missing[:3]}")
             if extra:
                 problems.append(f"{shard_stem(shard.index)}: {len(extra)} ids not in the input, e.g. {extra[:3]}")
-            for record_id in out_ids:
-                if record_id in seen:
-                    duplicates.append(record_id)
-                seen[record_id] = shard.name
-            total_rows += len(out_ids)
+            seen.update(out_ids)
             record = json.loads(self.done_path(shard.index).read_text())
             shard_entries.append({
                 "index": shard.index, "input": shard.name, "input_sha256": shard.sha256, "rows": len(out_ids),
                 "path": self.parquet_path(shard.index).name, "sha256": record["output_sha256"],
             })
+        duplicates = {record_id: count - 1 for record_id, count in seen.items() if count > 1}
         if duplicates:
-            problems.append(f"{len(duplicates)} ids labelled more than once, e.g. {sorted(set(duplicates))[:3]}")
+            problems.append(f"{sum(duplicates.values())} ids labelled more than once, e.g. {sorted(duplicates)[:3]}")
+        total_rows = sum(seen.values())
         expected_rows = sum(shard.rows for shard in shards)
         if not problems and total_rows != expected_rows:
             problems.append(f"{total_rows} labelled rows but the input has {expected_rows}")
