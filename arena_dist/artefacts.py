@@ -102,11 +102,8 @@ def _numbers(metrics: Mapping[str, object] | None) -> dict[str, float | None]:
     """Metrics as floats (booleans and ints too); a non-finite value is None, as in every JSON file of the project."""
     import math
 
-    out = {}
-    for name, value in (metrics or {}).items():
-        number = None if value is None else float(value)
-        out[name] = number if number is None or math.isfinite(number) else None
-    return out
+    numbers = {name: None if value is None else float(value) for name, value in (metrics or {}).items()}
+    return {name: number if number is None or math.isfinite(number) else None for name, number in numbers.items()}
 
 
 def write_artefact(

@@ -151,12 +151,8 @@ class SourceReader:
 
     def canonical_row(self, row: dict) -> dict:
         """Keep only known columns, under canonical names."""
-        out = {}
-        for canonical in (*self.required, *self.optional):
-            name = self.file_column(canonical)
-            if name in row:
-                out[canonical] = row[name]
-        return out
+        names = {canonical: self.file_column(canonical) for canonical in (*self.required, *self.optional)}
+        return {canonical: row[name] for canonical, name in names.items() if name in row}
 
     # --- texts
     def text(self, value: Any, field: str) -> str:

@@ -92,11 +92,8 @@ def iter_records(dataset_dir: str | os.PathLike, split: str = "train", batch_siz
 
 def _shard_masks(paths: list[Path], accept) -> list[list[bool]]:
     """Per shard, which rows pass the fold filter (reads only the small `fold` column)."""
-    masks = []
-    for path in paths:
-        folds = pq.read_table(path, columns=["fold"]).column("fold").to_pylist()
-        masks.append([accept(fold) for fold in folds])
-    return masks
+    return [[accept(fold) for fold in pq.read_table(path, columns=["fold"]).column("fold").to_pylist()]
+            for path in paths]
 
 
 def rank_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:

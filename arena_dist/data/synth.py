@@ -612,11 +612,9 @@ class QuirkParams(StrictModel):
     identical_responses_share: float = Field(0.003, ge=0, le=0.2, description="response_b equal to response_a")
 
     def counts(self, n_rows: int) -> dict[str, int]:
-        counts = {}
-        for kind in QUIRK_KINDS:
-            share = getattr(self, f"{kind}_share")
-            counts[kind] = min(n_rows, math.ceil(share * n_rows)) if share > 0 and n_rows > 1 else 0
-        return counts
+        shares = {kind: getattr(self, f"{kind}_share") for kind in QUIRK_KINDS}
+        return {kind: min(n_rows, math.ceil(share * n_rows)) if share > 0 and n_rows > 1 else 0
+                for kind, share in shares.items()}
 
 
 def assign_quirks(n_rows: int, seed: int, quirks: QuirkParams) -> dict[int, str]:

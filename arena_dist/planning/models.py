@@ -39,9 +39,6 @@ class ModelDims:
     def kv_dim(self) -> int:
         return self.kv_heads * self.dim_per_head
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 # hub id -> dims (config.json of each model). Aliases map the -Instruct / base variants to one entry.
 KNOWN_MODELS: dict[str, ModelDims] = {

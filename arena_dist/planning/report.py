@@ -47,11 +47,11 @@ def plan_job(job, cluster, mfu: float) -> dict:
     epoch = epoch_estimate(dims, params, job.epoch_tokens, t.seq_len, t.method, t.activation_checkpointing, gpus,
                            gpu.peak_tflops_bf16, mfu)
     return {
-        "model": job.model.name or "custom", "dims": dims.as_dict(), "params": params.as_dict(),
+        "model": job.model.name or "custom", "dims": dataclasses.asdict(dims), "params": params.as_dict(),
         "nodes": nodes, "gpus": gpus, "gpu": gpu.name, "method": t.method, "dtype": t.dtype, "zero_stage": t.zero_stage,
         "offload": t.offload, "seq_len": t.seq_len, "micro_batch": t.micro_batch,
-        "activation_checkpointing": t.activation_checkpointing, "memory": memory.as_dict(), "adapters": detail,
-        "epoch": epoch,
+        "activation_checkpointing": t.activation_checkpointing, "memory": dataclasses.asdict(memory),
+        "adapters": detail, "epoch": epoch,
     }
 
 
