@@ -135,8 +135,7 @@ def run_step(step: Step, config: DemoConfig, run: Path, head) -> None:
     config_path = step.config_path(config, run)
     if config_path is not None:
         entrypoint += ["--config", str(config_path)]
-    for override in step.overrides(run):
-        entrypoint += ["--set", override]
+    entrypoint += [arg for override in step.overrides(run) for arg in ("--set", override)]
     print(f"\n=== {step.name}: ray job submit -- {' '.join(entrypoint)}", flush=True)
     started, submitted = time.monotonic(), time.time()
     done = submit_job(head, entrypoint, working_dir=REPO, timeout=config.stage_timeout_s,

@@ -114,9 +114,7 @@ def _mark(directory: Path) -> None:
 def _foreign_entry(directory: Path) -> str | None:
     """The name of one entry of a non-empty directory (for the error), None when it is empty."""
     with os.scandir(directory) as entries:
-        for entry in entries:
-            return entry.name
-    return None
+        return next((entry.name for entry in entries), None)
 
 
 def check_replaceable(target: str | os.PathLike, what: str = "output directory") -> Path:

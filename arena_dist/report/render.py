@@ -34,9 +34,7 @@ def plot_training(stage: str, series: dict[str, list[tuple[int, float]]], target
             axis.plot(steps, smooth, "-", color=line.get_color(), label=f"{tag} (moving mean of {window})")
         else:
             axis.plot(steps, values, "o-", markersize=4, linewidth=2, label=tag)
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.set_title(f"{stage}: training and evaluation loss")
+    axis.set(xlabel="step", ylabel="loss", title=f"{stage}: training and evaluation loss")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
