@@ -131,10 +131,8 @@ def check_replaceable(target: str | os.PathLike, what: str = "output directory")
         return target
     entry = _foreign_entry(target)
     if entry is not None:
-        raise InputError(
-            f"{target}: {what} holds files arena_dist did not write (e.g. {entry!r}); "
-            "choose a new or empty directory"
-        )
+        raise InputError(f"{target}: {what} holds files arena_dist did not write (e.g. {entry!r}); "
+                         "choose a new or empty directory")
     return target
 
 

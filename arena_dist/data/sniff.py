@@ -208,10 +208,8 @@ def _check_bom(path: Path, head: bytes, codec: str, encoding: str) -> None:
         if head.startswith(boms):
             if family == bom_family:
                 return
-            raise InputError(
-                f"{path}: starts with a {bom_family.upper()} byte order mark but is read as {encoding}; "
-                f"set encoding: {bom_family} for this source"
-            )
+            raise InputError(f"{path}: starts with a {bom_family.upper()} byte order mark but is read as {encoding}; "
+                             f"set encoding: {bom_family} for this source")
     if head.startswith(codecs.BOM_UTF8) and family != "utf-8":
         raise InputError(
             f"{path}: starts with a UTF-8 byte order mark but is read as {encoding}; remove the encoding option"

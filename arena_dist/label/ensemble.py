@@ -109,10 +109,8 @@ def _check_compatible(dirs: list[Path], manifests: list[dict]) -> None:
             raise ConfigError(f"ensemble: {directory} repeats member {manifest['teacher_id']} (same config)")
         seen_ids.add(key)
         if manifest.get("num_labels") != first.get("num_labels"):
-            raise ConfigError(
-                f"ensemble: {directory} has {manifest.get('num_labels')} classes but {dirs[0]} has "
-                f"{first.get('num_labels')}: 2-class (no tie) and 3-class teachers cannot be averaged"
-            )
+            raise ConfigError(f"ensemble: {directory} has {manifest.get('num_labels')} classes but {dirs[0]} has "
+                              f"{first.get('num_labels')}: 2-class (no tie) and 3-class teachers cannot be averaged")
         inputs = [(e["index"], e["input"], e["input_sha256"], e["rows"]) for e in manifest["shards"]]
         first_inputs = [(e["index"], e["input"], e["input_sha256"], e["rows"]) for e in first["shards"]]
         if inputs != first_inputs:
