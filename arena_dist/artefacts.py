@@ -12,15 +12,18 @@ headline; the CLI writes the `failed` record when a recipe raises after it claim
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from arena_dist.config import StrictModel, config_hash
+from arena_dist.errors import ArenaDistError, InputError
+from arena_dist.io import atomic_write_json, claim_time
 
 ARTEFACT_FILE = "stage.json"
 SCHEMA_VERSION = 1
@@ -100,8 +103,6 @@ def _paths(mapping: Mapping[str, object] | None) -> dict[str, str]:
 
 def _numbers(metrics: Mapping[str, object] | None) -> dict[str, float | None]:
     """Metrics as floats (booleans and ints too); a non-finite value is None, as in every JSON file of the project."""
-    import math
-
     numbers = {name: None if value is None else float(value) for name, value in (metrics or {}).items()}
     return {name: number if number is None or math.isfinite(number) else None for name, number in numbers.items()}
 
@@ -113,8 +114,6 @@ def write_artefact(
 ) -> StageArtefact:
     """Validate and write `<directory>/stage.json` atomically. `started` (unix time) defaults to when this process
     claimed `directory` (arena_dist.io records it), which is how a recipe that did not time itself is timed."""
-    from arena_dist.io import atomic_write_json, claim_time
-
     directory = Path(directory)
     finished = time.time()
     started = claim_time(directory) if started is None else started
@@ -131,8 +130,6 @@ def write_artefact(
 def record_failure(directory: str | os.PathLike, stage: str, error: BaseException, config=None) -> StageArtefact:
     """The `failed` record of a stage that raised after claiming `directory`: its first error line, no outputs.
     Errors of the project are one line meant for the user; any other error is prefixed with its type."""
-    from arena_dist.errors import ArenaDistError
-
     lines = str(error).strip().splitlines()
     line = lines[0] if lines else ""
     if not isinstance(error, ArenaDistError):
@@ -143,10 +140,6 @@ def record_failure(directory: str | os.PathLike, stage: str, error: BaseExceptio
 def read_artefact(directory: str | os.PathLike) -> StageArtefact | None:
     """The record in `directory` (None when there is none). A damaged or foreign record is an InputError naming the
     file: a reader must never fall back to guessing."""
-    from pydantic import ValidationError
-
-    from arena_dist.errors import InputError
-
     path = Path(directory) / ARTEFACT_FILE
     try:
         text = path.read_text()

@@ -213,6 +213,4 @@ def save_resolved_config(config: BaseModel, directory: str | os.PathLike, name: 
     """Dump the resolved config beside the stage's output, atomically."""
     from arena_dist.io import atomic_write_text
 
-    target = Path(directory) / name
-    atomic_write_text(target, yaml.safe_dump(config_dict(config), sort_keys=False))
-    return target
+    return atomic_write_text(Path(directory) / name, yaml.safe_dump(config_dict(config), sort_keys=False))

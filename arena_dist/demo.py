@@ -20,9 +20,11 @@ from typing import Callable
 
 from pydantic import Field, field_validator
 
-from arena_dist.artefacts import StageArtefact, metric_text
+from arena_dist.artefacts import StageArtefact, metric_text, read_artefact
 from arena_dist.config import StrictModel, load_config, save_resolved_config
 from arena_dist.errors import ArenaDistError
+from arena_dist.io import claim_output_dir
+from arena_dist.ray_local import LocalRayHead, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,8 +73,6 @@ class Step:
 
 def output_of(run: Path, directory: str, name: str) -> str:
     """The path an earlier stage recorded as its output `name` (its stage record in run/directory)."""
-    from arena_dist.artefacts import read_artefact
-
     record = read_artefact(run / directory)
     if record is None or record.status != "succeeded" or name not in record.outputs:
         raise ArenaDistError(f"{run / directory}: no successful stage record with an output {name!r} "
@@ -128,9 +128,6 @@ def pipeline() -> list[Step]:
 
 
 def run_step(step: Step, config: DemoConfig, run: Path, head) -> None:
-    from arena_dist.artefacts import read_artefact
-    from arena_dist.ray_local import submit_job
-
     entrypoint = ["python", step.script]
     config_path = step.config_path(config, run)
     if config_path is not None:
@@ -164,8 +161,7 @@ def summary_table(steps: list[Step], run: Path) -> str:
     """Per stage: job time (submission to exit), the stage's own time, rows, headline metric and the other metrics
     of its record; the Bayes optimum below."""
     rows = [("stage", "job time", "stage time", "rows", "headline", "metrics")]
-    for step in steps:
-        rows.append((step.name, f"{step.seconds:6.1f} s", *describe(step.record)))
+    rows += [(step.name, f"{step.seconds:6.1f} s", *describe(step.record)) for step in steps]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -183,9 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", default=str(REPO / "launch" / "configs" / "demo.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    from arena_dist.io import claim_output_dir
-    from arena_dist.ray_local import LocalRayHead
-
     try:
         config = load_config(DemoConfig, args.config, args.overrides)
         run = claim_output_dir(Path(config.run_dir).resolve(), "run_dir")

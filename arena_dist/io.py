@@ -26,6 +26,7 @@ import math
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -143,8 +144,6 @@ _CLAIMS: dict[Path, float] = {}
 
 def claim_output_dir(target: str | os.PathLike, what: str = "output directory") -> Path:
     """Make `target` a directory of ours to write into (see the module docstring); returns it."""
-    import time
-
     target = check_replaceable(target, what)
     target.mkdir(parents=True, exist_ok=True)
     _mark(target)

@@ -121,9 +121,8 @@ class LocalRayHead:
         # Jobs run `python ...` from the head's PATH: make that this interpreter's environment (the project venv).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         log = open(self.temp_dir / "head.log", "wb")
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
         self._wait_ready(timeout)
         return self
 
@@ -147,9 +146,8 @@ class LocalRayHead:
 
     def _dashboard_up(self) -> bool:
         try:
-            request = urllib.request.Request(
-                f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.auth_token}"}
-            )
+            request = urllib.request.Request(f"{self.dashboard_url}/api/version",
+                                             headers={"Authorization": f"Bearer {self.auth_token}"})
             with urllib.request.urlopen(request, timeout=2) as response:
                 return response.status == 200
         except OSError:

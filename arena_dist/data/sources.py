@@ -25,14 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from arena_dist.config import StrictModel
 from arena_dist.data.normalize import hash64, repair_text
 from arena_dist.data.records import (
-    LABEL_A,
-    LABEL_B,
-    LABEL_TIE,
-    SPLIT_POOL,
-    SPLIT_TRAIN,
-    UNKNOWN_LANGUAGE,
-    Record,
-    swap_record,
+    LABEL_A, LABEL_B, LABEL_TIE, SPLIT_POOL, SPLIT_TRAIN, UNKNOWN_LANGUAGE, Record, swap_record,
 )
 from arena_dist.data.sniff import cannot_read, check_parquet, check_text, codec_name, one_line
 from arena_dist.errors import InputError

@@ -207,12 +207,8 @@ class ShardedSplitWriter:
             self._writer(index).close()
             path = self.relative_path(index)
             shards.append({"path": path, "rows": self._rows[index], "sha256": sha256_file(self.root / path)})
-        return {
-            "rows": sum(self._rows),
-            "shards": shards,
-            "fold_sizes": list(self.fold_sizes),
-            "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")},
-        }
+        return {"rows": sum(self._rows), "shards": shards, "fold_sizes": list(self.fold_sizes),
+                "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")}}
 
     def abort(self) -> None:
         for writer in self._writers:

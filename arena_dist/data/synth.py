@@ -94,8 +94,7 @@ def _cjk_words() -> tuple[str, ...]:
     """A fixed Chinese-like filler vocabulary: 1- and 2-character words from common characters (fixed seed)."""
     rng = np.random.default_rng(20261120)
     chars = list(_CJK_CHARS)
-    words = list(dict.fromkeys(chars[:40] + ["".join(rng.choice(chars, 2)) for _ in range(140)]))
-    return tuple(words)
+    return tuple(dict.fromkeys(chars[:40] + ["".join(rng.choice(chars, 2)) for _ in range(140)]))
 
 
 FILLER["zh"] = _cjk_words()
@@ -739,11 +738,8 @@ def write_lmsys(
                                         *[repr(float(p)) for p in batch.probs[i]], batch.language[i]])
     test_summary = test_meter.summary()
     test_summary["by_language"] = {code: m.summary() for code, m in sorted(by_language.items())}
-    return {
-        "files": {"lmsys/train.csv": train_all.summary(), "lmsys/test.csv": test_summary},
-        "train_valid_rows": train_valid.summary(),
-        "injected": injected,
-    }
+    return {"files": {"lmsys/train.csv": train_all.summary(), "lmsys/test.csv": test_summary},
+            "train_valid_rows": train_valid.summary(), "injected": injected}
 
 
 # --------------------------------------------------------------------------------------------------------------------

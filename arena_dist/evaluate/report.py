@@ -140,10 +140,8 @@ def load_answers(path: str | os.PathLike) -> pd.DataFrame:
     if out["id"].duplicated().any():
         raise InputError(f"{path}: duplicate id {out['id'][out['id'].duplicated()].iloc[0]!r}")
     out["language"] = frame["language"].fillna("unknown").astype(str) if "language" in frame.columns else "unknown"
-    if "source" in frame.columns:
-        out["source"] = frame["source"].fillna("unknown").astype(str)
-    else:
-        out["source"] = [i.split("/", 1)[0] if "/" in i else "all" for i in out["id"]]
+    out["source"] = (frame["source"].fillna("unknown").astype(str) if "source" in frame.columns
+                     else [i.split("/", 1)[0] if "/" in i else "all" for i in out["id"]])
     true = true_probabilities(frame, path)
     return out if true is None else pd.concat([out, true], axis=1)
 
@@ -267,8 +265,7 @@ def write_metrics_json(path: Path, summary: dict) -> Path:
     and raises here (allow_nan=False) instead of writing bare `NaN`, which no JSON reader accepts."""
     from arena_dist.io import atomic_write_text
 
-    atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
 def write_report(summary: dict, output_dir: str | os.PathLike) -> dict[str, Path]:

@@ -138,8 +138,7 @@ def label_shards(
                     slot.inflight[ref] = shard
                     if on_dispatch is not None:
                         on_dispatch(slot, shard)
-            live = [s for s in slots if not s.dead]
-            if not live:
+            if all(slot.dead for slot in slots):
                 raise LabelRunError(f"teacher {teacher_id}: every actor died; last error: {last_error}")
             waiting = list(ready_refs) + [ref for slot in slots for ref in slot.inflight]
             done_refs, _ = ray.wait(waiting, num_returns=1, timeout=2.0)
@@ -208,11 +207,9 @@ def _commit(store: LabelStore, shard: InputShard, result: dict) -> dict:
             f"{shard.path}: sha256 {result['input_sha256'][:12]}… differs from the dataset manifest "
             f"({shard.sha256[:12]}…): the input changed after it was prepared"
         )
-    return store.commit(
-        shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"],
-        extra={"padding": result["stats"], "seconds": round(result["seconds"], 3),
-               "cpu_seconds": round(result["cpu_seconds"], 3), "actor_pid": result["pid"]},
-    )
+    return store.commit(shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"],
+                        extra={"padding": result["stats"], "seconds": round(result["seconds"], 3),
+                               "cpu_seconds": round(result["cpu_seconds"], 3), "actor_pid": result["pid"]})
 
 
 def _actor_failed(slot: _Slot, settings: ActorSettings, ready_refs: dict, summary: dict) -> None:
@@ -220,10 +217,9 @@ def _actor_failed(slot: _Slot, settings: ActorSettings, ready_refs: dict, summar
     slot.ready = False
     slot.failures += 1
     summary["actor_failures"] += 1
-    if slot.failures > settings.max_restarts:
-        slot.dead = True
-        return
-    ready_refs[slot.handle.info.remote()] = slot
+    slot.dead = slot.failures > settings.max_restarts  # failures only grow: a dead slot stays dead
+    if not slot.dead:
+        ready_refs[slot.handle.info.remote()] = slot
 
 
 def _one_line(exc: BaseException) -> str:

@@ -40,12 +40,10 @@ def merge_label_stores(store_dirs: Sequence[str | os.PathLike], out_dir: str | o
     dirs = [Path(d) for d in store_dirs]
     manifests = [load_store_manifest(d) for d in dirs]
     _check_compatible(dirs, manifests)
-    members = [
-        {"teacher_id": m["teacher_id"], "store": str(d), "config_hash": m["config_hash"],
-         "manifest_sha256": sha256_file(d / "manifest.json"), "rows": m["rows"],
-         "weight": None if weights is None else float(weights[i])}
-        for i, (d, m) in enumerate(zip(dirs, manifests))
-    ]
+    members = [{"teacher_id": m["teacher_id"], "store": str(d), "config_hash": m["config_hash"],
+                "manifest_sha256": sha256_file(d / "manifest.json"), "rows": m["rows"],
+                "weight": None if weights is None else float(weights[i])}
+               for i, (d, m) in enumerate(zip(dirs, manifests))]
     members_hash = hashlib.sha256(
         json.dumps([[m["teacher_id"], m["config_hash"], m["weight"]] for m in members] + [method]).encode()
     ).hexdigest()[:16]

@@ -38,17 +38,14 @@ from arena_dist.io import atomic_path, atomic_write_json, claim_output_dir, sha2
 
 STORE_FORMAT_VERSION = 1
 
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("p_ab", pa.list_(pa.float64()), nullable=False),
-        pa.field("p_ba_mapped", pa.list_(pa.float64())),
-        pa.field("p_mean", pa.list_(pa.float64()), nullable=False),
-        pa.field("teacher_id", pa.string(), nullable=False),
-        pa.field("config_hash", pa.string(), nullable=False),
-    ],
-    metadata={"arena_dist.label_store_version": str(STORE_FORMAT_VERSION)},
-)
+LABEL_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("p_ab", pa.list_(pa.float64()), nullable=False),
+    pa.field("p_ba_mapped", pa.list_(pa.float64())),
+    pa.field("p_mean", pa.list_(pa.float64()), nullable=False),
+    pa.field("teacher_id", pa.string(), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+], metadata={"arena_dist.label_store_version": str(STORE_FORMAT_VERSION)})
 
 
 class LabelIntegrityError(ArenaDistError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from arena_dist.errors import ConfigError
 from arena_dist.planning.hardware import gpu_spec
 from arena_dist.planning.memory import (
     GIB, activation_bytes, adapter_states, full_finetune_states, plan_memory,
@@ -20,8 +21,6 @@ def resolve_dims(model) -> ModelDims:
     explicit = {field: getattr(model, field) for field in DIM_FIELDS}
     if model.name:
         return with_overrides(known_model(model.name), **explicit)
-    from arena_dist.errors import ConfigError
-
     missing = [f for f in DIM_FIELDS[:6] if explicit[f] is None]
     if missing:
         raise ConfigError(f"model: give model.name or all of the dims; missing {', '.join(missing)}")
