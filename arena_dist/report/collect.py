@@ -86,6 +86,6 @@ def resolved_configs(run_dir: Path) -> list[tuple[Path, str]]:
 
 def bayes_reference(records: list[tuple[Path, StageArtefact]]) -> dict | None:
     """The Bayes optimum the synth stage recorded (its `bayes` output), None without a synth stage."""
-    path = next((record.outputs["bayes"] for _, record in records if record.stage == "synth" and "bayes" in record.outputs),
-                None)
+    path = next((record.outputs["bayes"] for _, record in records
+                 if record.stage == "synth" and "bayes" in record.outputs), None)
     return None if path is None else json.loads(Path(path).read_text())

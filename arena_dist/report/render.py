@@ -128,8 +128,8 @@ def render_report(run_dir: Path, output_dir: Path) -> dict:
     section("evaluations", collect.evaluations(records), "Evaluation", lambda evaluations: "\n".join(
         _evaluation_section(ev, images, i) for i, ev in enumerate(evaluations)))
     section("label_stats", collect.label_stats(records), "Pseudo-labelling throughput", lambda label: _table(
-        [[str(item["path"].relative_to(run_dir)), key, value] for item in label for key, value in item["stats"].items()],
-        ["file", "metric", "value"]))
+        [[str(item["path"].relative_to(run_dir)), key, value]
+         for item in label for key, value in item["stats"].items()], ["file", "metric", "value"]))
     section("configs", collect.resolved_configs(run_dir), "Resolved configs", lambda configs: "\n".join(
         f"<details><summary>{html.escape(str(path.relative_to(run_dir)))}</summary>"
         f"<pre>{html.escape(text)}</pre></details>" for path, text in configs))
