@@ -12,15 +12,18 @@ headline; the CLI writes the `failed` record when a recipe raises after it claim
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from arena_dist.config import StrictModel
+from arena_dist.config import StrictModel, config_hash
+from arena_dist.errors import ArenaDistError, InputError
+from arena_dist.io import atomic_write_json, claim_time
 
 ARTEFACT_FILE = "stage.json"
 SCHEMA_VERSION = 1
@@ -100,46 +103,25 @@ def _paths(mapping: Mapping[str, object] | None) -> dict[str, str]:
 
 def _numbers(metrics: Mapping[str, object] | None) -> dict[str, float | None]:
     """Metrics as floats (booleans and ints too); a non-finite value is None, as in every JSON file of the project."""
-    import math
-
-    out = {}
-    for name, value in (metrics or {}).items():
-        number = None if value is None else float(value)
-        out[name] = number if number is None or math.isfinite(number) else None
-    return out
-
-
-def _config_hash(config) -> str | None:
-    from arena_dist.config import config_hash
-
-    return None if config is None else config_hash(config)
+    numbers = {name: None if value is None else float(value) for name, value in (metrics or {}).items()}
+    return {name: number if number is None or math.isfinite(number) else None for name, number in numbers.items()}
 
 
 def write_artefact(
-    directory: str | os.PathLike,
-    stage: str,
-    config=None,
-    *,
-    outputs: Mapping[str, object] | None = None,
-    inputs: Mapping[str, object] | None = None,
-    rows: Rows = None,
-    metrics: Mapping[str, object] | None = None,
-    headline: str | None = None,
-    started: float | None = None,
-    status: str = "succeeded",
-    error: str | None = None,
+    directory: str | os.PathLike, stage: str, config=None, *, outputs: Mapping[str, object] | None = None,
+    inputs: Mapping[str, object] | None = None, rows: Rows = None, metrics: Mapping[str, object] | None = None,
+    headline: str | None = None, started: float | None = None, status: str = "succeeded", error: str | None = None,
 ) -> StageArtefact:
     """Validate and write `<directory>/stage.json` atomically. `started` (unix time) defaults to when this process
     claimed `directory` (arena_dist.io records it), which is how a recipe that did not time itself is timed."""
-    from arena_dist.io import atomic_write_json, claim_time
-
     directory = Path(directory)
     finished = time.time()
     started = claim_time(directory) if started is None else started
     artefact = StageArtefact(
-        stage=stage, status=status, config_hash=_config_hash(config), started=_iso(started), finished=_iso(finished),
-        seconds=None if started is None else round(finished - started, 3), inputs=_paths(inputs),
-        outputs=_paths(outputs), rows=rows, metrics=_numbers(metrics), headline=headline, error=error,
+        stage=stage, status=status, config_hash=None if config is None else config_hash(config), started=_iso(started),
+        finished=_iso(finished), seconds=None if started is None else round(finished - started, 3),
+        inputs=_paths(inputs), outputs=_paths(outputs), rows=rows, metrics=_numbers(metrics), headline=headline,
+        error=error,
     )
     atomic_write_json(directory / ARTEFACT_FILE, artefact.model_dump(mode="json"))
     return artefact
@@ -148,8 +130,6 @@ def write_artefact(
 def record_failure(directory: str | os.PathLike, stage: str, error: BaseException, config=None) -> StageArtefact:
     """The `failed` record of a stage that raised after claiming `directory`: its first error line, no outputs.
     Errors of the project are one line meant for the user; any other error is prefixed with its type."""
-    from arena_dist.errors import ArenaDistError
-
     lines = str(error).strip().splitlines()
     line = lines[0] if lines else ""
     if not isinstance(error, ArenaDistError):
@@ -160,10 +140,6 @@ def record_failure(directory: str | os.PathLike, stage: str, error: BaseExceptio
 def read_artefact(directory: str | os.PathLike) -> StageArtefact | None:
     """The record in `directory` (None when there is none). A damaged or foreign record is an InputError naming the
     file: a reader must never fall back to guessing."""
-    from pydantic import ValidationError
-
-    from arena_dist.errors import InputError
-
     path = Path(directory) / ARTEFACT_FILE
     try:
         text = path.read_text()
@@ -177,9 +153,6 @@ def read_artefact(directory: str | os.PathLike) -> StageArtefact | None:
 
 def find_artefacts(root: str | os.PathLike) -> list[tuple[Path, StageArtefact]]:
     """(directory, record) for every stage record under `root` (itself included), in the order the stages started."""
-    found = []
-    for path in Path(root).rglob(ARTEFACT_FILE):
-        artefact = read_artefact(path.parent)
-        if artefact is not None:
-            found.append((path.parent, artefact))
+    found = [(path.parent, record) for path in Path(root).rglob(ARTEFACT_FILE)
+             if (record := read_artefact(path.parent)) is not None]  # None: removed since the listing
     return sorted(found, key=lambda item: (item[1].started or item[1].finished, str(item[0])))

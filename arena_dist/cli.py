@@ -9,13 +9,16 @@ directory, the CLI writes the `failed` record there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
+import time
 
 from arena_dist.config import load_config
 from arena_dist.errors import ArenaDistError
+from arena_dist.io import atomic_write_text, claim_time, claimed_dirs
 
 STAGES = {
     "synth": "write a synthetic arena benchmark with a known preference model",
@@ -36,10 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in STAGES.items():
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("--config", "-c", help="YAML file validated into the stage's typed config")
-        stage.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-            help="override one config key (dotted path), repeatable",
-        )
+        stage.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override one config key (dotted path), repeatable")
         if name == "report":
             stage.add_argument("run_dir", nargs="?", help="run directory (same as --set run_dir=...)")
     return parser
@@ -54,8 +55,6 @@ def write_summary(summary) -> None:
     in a child process and check details the stage record (`stage.json`) does not carry."""
     target = os.environ.get("ARENA_DIST_SUMMARY")
     if target and isinstance(summary, dict):
-        from arena_dist.io import atomic_write_text
-
         atomic_write_text(target, json.dumps(summary, indent=2, default=str) + "\n")
 
 
@@ -70,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.insert(0, f"run_dir={args.run_dir}")
     try:
         config = load_config(module.Config, args.config, overrides)
-    except ArenaDistError as err:
-        print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_recorded(args.stage, module, config)
-        write_summary(summary)
+        write_summary(run_recorded(args.stage, module, config))
     except ArenaDistError as err:
         print(f"arena-dist {args.stage}: {err}", file=sys.stderr)
         return 2
@@ -85,10 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_recorded(stage: str, module, config):
     """`module.run(config)`; if it raises after claiming an output directory, the first directory it claimed gets
     a `failed` stage record with the error's first line (then the error goes on as before)."""
-    import time
-
-    from arena_dist.io import claim_time, claimed_dirs
-
     started = time.time()
     try:
         return module.run(config)
@@ -97,10 +87,8 @@ def run_recorded(stage: str, module, config):
         if claimed:
             from arena_dist.artefacts import record_failure
 
-            try:
+            with contextlib.suppress(OSError):  # the directory is gone or read-only: the error is what matters
                 record_failure(claimed[0], stage, err, config)
-            except OSError:
-                pass  # the directory is gone or read-only: the error itself is what the user needs
         raise
 
 

@@ -27,14 +27,10 @@ T = TypeVar("T", bound="StrictModel")
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, numbers.Integral):
-        return "an integer"
-    if isinstance(value, numbers.Real):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
+    for kind, name in ((bool, "a boolean"), (numbers.Integral, "an integer"), (numbers.Real, "a float"),
+                       (str, "a string")):  # bool first: a bool is an Integral too
+        if isinstance(value, kind):
+            return name
     return f"a {type(value).__name__}"
 
 
@@ -217,6 +213,4 @@ def save_resolved_config(config: BaseModel, directory: str | os.PathLike, name: 
     """Dump the resolved config beside the stage's output, atomically."""
     from arena_dist.io import atomic_write_text
 
-    target = Path(directory) / name
-    atomic_write_text(target, yaml.safe_dump(config_dict(config), sort_keys=False))
-    return target
+    return atomic_write_text(Path(directory) / name, yaml.safe_dump(config_dict(config), sort_keys=False))

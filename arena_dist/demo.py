@@ -9,6 +9,7 @@ quality against the Bayes optimum of the synthetic data) and always stops its he
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -19,9 +20,11 @@ from typing import Callable
 
 from pydantic import Field, field_validator
 
-from arena_dist.artefacts import StageArtefact, metric_text
+from arena_dist.artefacts import StageArtefact, metric_text, read_artefact
 from arena_dist.config import StrictModel, load_config, save_resolved_config
 from arena_dist.errors import ArenaDistError
+from arena_dist.io import claim_output_dir
+from arena_dist.ray_local import LocalRayHead, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,8 +73,6 @@ class Step:
 
 def output_of(run: Path, directory: str, name: str) -> str:
     """The path an earlier stage recorded as its output `name` (its stage record in run/directory)."""
-    from arena_dist.artefacts import read_artefact
-
     record = read_artefact(run / directory)
     if record is None or record.status != "succeeded" or name not in record.outputs:
         raise ArenaDistError(f"{run / directory}: no successful stage record with an output {name!r} "
@@ -127,15 +128,11 @@ def pipeline() -> list[Step]:
 
 
 def run_step(step: Step, config: DemoConfig, run: Path, head) -> None:
-    from arena_dist.artefacts import read_artefact
-    from arena_dist.ray_local import submit_job
-
     entrypoint = ["python", step.script]
     config_path = step.config_path(config, run)
     if config_path is not None:
         entrypoint += ["--config", str(config_path)]
-    for override in step.overrides(run):
-        entrypoint += ["--set", override]
+    entrypoint += [arg for override in step.overrides(run) for arg in ("--set", override)]
     print(f"\n=== {step.name}: ray job submit -- {' '.join(entrypoint)}", flush=True)
     started, submitted = time.monotonic(), time.time()
     done = submit_job(head, entrypoint, working_dir=REPO, timeout=config.stage_timeout_s,
@@ -164,24 +161,17 @@ def summary_table(steps: list[Step], run: Path) -> str:
     """Per stage: job time (submission to exit), the stage's own time, rows, headline metric and the other metrics
     of its record; the Bayes optimum below."""
     rows = [("stage", "job time", "stage time", "rows", "headline", "metrics")]
-    for step in steps:
-        rows.append((step.name, f"{step.seconds:6.1f} s", *describe(step.record)))
+    rows += [(step.name, f"{step.seconds:6.1f} s", *describe(step.record)) for step in steps]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"total {sum(step.seconds for step in steps):.0f} s")
-    try:
+    with contextlib.suppress(ArenaDistError, OSError):  # a run without the synth stage has no optimum to show
         bayes = json.loads(Path(output_of(run, "synth", "bayes")).read_text())
-    except (ArenaDistError, OSError):
-        bayes = None
-    if bayes is not None:
-        lines.append(f"Bayes optimum on the test set: {bayes_line(bayes)}")
+        lines.append(f"Bayes optimum on the test set: log loss {bayes['bayes_log_loss']:.4f}, accuracy "
+                     f"{bayes['bayes_accuracy']:.4f} (uniform: log loss {bayes['ln3']:.4f}, achievable gain "
+                     f"{bayes['achievable_gain']:.4f})")
     return "\n".join(lines)
-
-
-def bayes_line(bayes: dict) -> str:
-    return (f"log loss {bayes['bayes_log_loss']:.4f}, accuracy {bayes['bayes_accuracy']:.4f} "
-            f"(uniform: log loss {bayes['ln3']:.4f}, achievable gain {bayes['achievable_gain']:.4f})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,17 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(DemoConfig, args.config, args.overrides)
-    except ArenaDistError as err:
-        print(err, file=sys.stderr)
-        return 2
-
-    from arena_dist.ray_local import LocalRayHead
-
-    from arena_dist.io import claim_output_dir
-
-    run = Path(config.run_dir).resolve()
-    try:
-        claim_output_dir(run, "run_dir")
+        run = claim_output_dir(Path(config.run_dir).resolve(), "run_dir")
     except ArenaDistError as err:
         print(err, file=sys.stderr)
         return 2

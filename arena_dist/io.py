@@ -26,6 +26,7 @@ import math
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -37,26 +38,20 @@ _REPLACED_SUFFIX = ".replaced"
 
 
 # ------------------------------------------------------------------------------------------------------------ files
-def _new_temp_file(directory: Path, name: str) -> Path:
-    """An empty file with a fresh hidden name in `directory`, mode 0o666 minus the umask (mkstemp would give 0600)."""
+def _new_temp(directory: Path, name: str, create) -> Path:
+    """A fresh hidden name in `directory`, made by `create` (which raises FileExistsError when it is taken): an empty
+    file with mode 0o666 or a directory with 0o777, minus the umask (mkstemp / mkdtemp would give 0600 / 0700)."""
     while True:
         path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            create(path)
             return path
         except FileExistsError:
             continue
 
 
-def _new_temp_dir(directory: Path, name: str) -> Path:
-    """A fresh hidden directory in `directory`, mode 0o777 minus the umask (mkdtemp would give 0700)."""
-    while True:
-        path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -64,7 +59,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it is renamed onto `target`, on error removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _new_temp_file(target.parent, target.name)
+    tmp_path = _new_temp(target.parent, target.name, _create_file)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -120,9 +115,7 @@ def _mark(directory: Path) -> None:
 def _foreign_entry(directory: Path) -> str | None:
     """The name of one entry of a non-empty directory (for the error), None when it is empty."""
     with os.scandir(directory) as entries:
-        for entry in entries:
-            return entry.name
-    return None
+        return next((entry.name for entry in entries), None)
 
 
 def check_replaceable(target: str | os.PathLike, what: str = "output directory") -> Path:
@@ -139,10 +132,8 @@ def check_replaceable(target: str | os.PathLike, what: str = "output directory")
         return target
     entry = _foreign_entry(target)
     if entry is not None:
-        raise InputError(
-            f"{target}: {what} holds files arena_dist did not write (e.g. {entry!r}); "
-            "choose a new or empty directory"
-        )
+        raise InputError(f"{target}: {what} holds files arena_dist did not write (e.g. {entry!r}); "
+                         "choose a new or empty directory")
     return target
 
 
@@ -153,8 +144,6 @@ _CLAIMS: dict[Path, float] = {}
 
 def claim_output_dir(target: str | os.PathLike, what: str = "output directory") -> Path:
     """Make `target` a directory of ours to write into (see the module docstring); returns it."""
-    import time
-
     target = check_replaceable(target, what)
     target.mkdir(parents=True, exist_ok=True)
     _mark(target)
@@ -231,7 +220,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_dir(target.parent, target.name)
+    tmp = _new_temp(target.parent, target.name, Path.mkdir)
     try:
         _mark(tmp)
         yield tmp

@@ -62,15 +62,9 @@ class LocalRayHead:
     """`with LocalRayHead(num_cpus=2) as head:` -> `head.address`, `head.dashboard_url`."""
 
     def __init__(
-        self,
-        num_cpus: int | None = None,
-        num_gpus: int | None = None,
-        dashboard: bool = True,
-        temp_root: str | os.PathLike | None = None,
-        node_ip: str = "127.0.0.1",
-        env: dict[str, str] | None = None,
-        resources: dict[str, float] | None = None,
-        auth_token: str | None = None,
+        self, num_cpus: int | None = None, num_gpus: int | None = None, dashboard: bool = True,
+        temp_root: str | os.PathLike | None = None, node_ip: str = "127.0.0.1", env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None, auth_token: str | None = None,
     ):
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -106,13 +100,9 @@ class LocalRayHead:
             ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
             f"--node-ip-address={self.node_ip}", f"--port={self.gcs_port}",
             f"--temp-dir={self.temp_dir}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
+            *(f"--{name}-port={free_port()}" for name in ("ray-client-server", "dashboard-agent-grpc",
+                                                          "dashboard-agent-listen", "metrics-export",
+                                                          "runtime-env-agent", "node-manager", "object-manager")),
         ]
         if self.dashboard:
             cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
@@ -131,9 +121,8 @@ class LocalRayHead:
         # Jobs run `python ...` from the head's PATH: make that this interpreter's environment (the project venv).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         log = open(self.temp_dir / "head.log", "wb")
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
         self._wait_ready(timeout)
         return self
 
@@ -157,9 +146,8 @@ class LocalRayHead:
 
     def _dashboard_up(self) -> bool:
         try:
-            request = urllib.request.Request(
-                f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.auth_token}"}
-            )
+            request = urllib.request.Request(f"{self.dashboard_url}/api/version",
+                                             headers={"Authorization": f"Bearer {self.auth_token}"})
             with urllib.request.urlopen(request, timeout=2) as response:
                 return response.status == 200
         except OSError:
@@ -174,10 +162,8 @@ class LocalRayHead:
     def stop(self, timeout: float = 6.0) -> None:
         """End this head's processes only: its process group, then anything still naming its temp dir."""
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -187,10 +173,8 @@ class LocalRayHead:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = processes_mentioning(marker)
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             if pids:
                 time.sleep(1.0)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -203,12 +187,8 @@ class LocalRayHead:
 
 
 def submit_job(
-    head: LocalRayHead | str,
-    entrypoint: list[str],
-    working_dir: str | os.PathLike | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-    log_path: str | os.PathLike | None = None,
+    head: LocalRayHead | str, entrypoint: list[str], working_dir: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None, timeout: float | None = None, log_path: str | os.PathLike | None = None,
     echo: bool = False,
 ) -> subprocess.CompletedProcess:
     """Submit a job to a dashboard (`ray.job_submission.JobSubmissionClient`) and wait for it; the returned exit
@@ -258,10 +238,11 @@ def submit_job(
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with _quiet_ray_client():
-                asyncio.run(_follow_logs(client, job_id, emit, timeout))
+                asyncio.run(asyncio.wait_for(_tail_logs(client, job_id, emit), timeout))
             info = _final_info(client, job_id, deadline)
         except BaseException as err:
-            _stop_quietly(client, job_id)
+            with contextlib.suppress(Exception):  # the head may be gone already (Ctrl-C stops it too)
+                client.stop_job(job_id)
             if isinstance(err, asyncio.TimeoutError):
                 raise subprocess.TimeoutExpired(entrypoint, timeout, output="".join(chunks)) from None
             raise
@@ -289,14 +270,10 @@ def _quiet_ray_client() -> Iterator[None]:
             logger.setLevel(level)
 
 
-async def _follow_logs(client, job_id: str, emit, timeout: float | None) -> None:
-    """Every log chunk of the job as it arrives, until the job ends; asyncio.TimeoutError past `timeout`."""
-
-    async def tail() -> None:
-        async for chunk in client.tail_job_logs(job_id):
-            emit(chunk)
-
-    await asyncio.wait_for(tail(), timeout)
+async def _tail_logs(client, job_id: str, emit) -> None:
+    """Every log chunk of the job as it arrives, until the job ends."""
+    async for chunk in client.tail_job_logs(job_id):
+        emit(chunk)
 
 
 def _final_info(client, job_id: str, deadline: float | None):
@@ -309,13 +286,6 @@ def _final_info(client, job_id: str, deadline: float | None):
         if deadline is not None and time.monotonic() > deadline:
             raise asyncio.TimeoutError
         time.sleep(0.2)
-
-
-def _stop_quietly(client, job_id: str) -> None:
-    try:
-        client.stop_job(job_id)
-    except Exception:  # the head may be gone already (Ctrl-C stops it too): nothing left to stop
-        pass
 
 
 def auth_headers(head: LocalRayHead | str) -> dict[str, str]:

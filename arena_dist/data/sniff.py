@@ -91,16 +91,15 @@ def _ascii_compatible(codec: str) -> bool:
 
 
 def _head(path: Path, size: int = BLOCK) -> bytes:
+    """The first bytes of a source, which must not be a Git LFS pointer (a stand-in for the real file)."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(size)
+            head = handle.read(size)
     except OSError as exc:
         raise cannot_read(path, exc) from None
-
-
-def _check_lfs(path: Path, head: bytes) -> None:
     if head.startswith(LFS_POINTER):
         raise InputError(f"{path}: a Git LFS pointer, not the data: fetch the real file (git lfs pull)")
+    return head
 
 
 def _looks_like(head: bytes) -> str | None:
@@ -117,7 +116,6 @@ def _looks_like(head: bytes) -> str | None:
 def check_parquet(path: Path) -> None:
     """A parquet source starts and ends with PAR1; anything else is one InputError saying what the file looks like."""
     head = _head(path)
-    _check_lfs(path, head)
     if head.startswith(GZIP_MAGIC):
         raise InputError(f"{path}: gzip-compressed, not a parquet file (parquet compresses itself: gunzip it)")
     if not head:
@@ -166,13 +164,8 @@ class TextFile:
         InputErrors too."""
         try:
             with self.open_binary() as binary, io.TextIOWrapper(binary, self.codec, "strict", newline) as text:
-                first = True
-                for line in text:
-                    if first:
-                        first = False
-                        if line.startswith("\ufeff"):
-                            line = line[1:]
-                    yield line
+                for number, line in enumerate(text):
+                    yield line[1:] if number == 0 and line.startswith("\ufeff") else line
         except (UnicodeDecodeError, *GZIP_ERRORS) as exc:
             raise cannot_read(self.path, exc) from None
 
@@ -181,7 +174,6 @@ def check_text(path: Path, encoding: str, what: str) -> TextFile:
     """Sniff a csv/JSONL source (`what` names the kind in messages), then validate every byte in its encoding."""
     codec = codec_name(encoding)
     head = _head(path)
-    _check_lfs(path, head)
     compressed = head.startswith(GZIP_MAGIC)
     if compressed:
         head = _gunzip_head(path)
@@ -213,10 +205,8 @@ def _check_bom(path: Path, head: bytes, codec: str, encoding: str) -> None:
         if head.startswith(boms):
             if family == bom_family:
                 return
-            raise InputError(
-                f"{path}: starts with a {bom_family.upper()} byte order mark but is read as {encoding}; "
-                f"set encoding: {bom_family} for this source"
-            )
+            raise InputError(f"{path}: starts with a {bom_family.upper()} byte order mark but is read as {encoding}; "
+                             f"set encoding: {bom_family} for this source")
     if head.startswith(codecs.BOM_UTF8) and family != "utf-8":
         raise InputError(
             f"{path}: starts with a UTF-8 byte order mark but is read as {encoding}; remove the encoding option"

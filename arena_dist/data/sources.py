@@ -25,14 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from arena_dist.config import StrictModel
 from arena_dist.data.normalize import hash64, repair_text
 from arena_dist.data.records import (
-    LABEL_A,
-    LABEL_B,
-    LABEL_TIE,
-    SPLIT_POOL,
-    SPLIT_TRAIN,
-    UNKNOWN_LANGUAGE,
-    Record,
-    swap_record,
+    LABEL_A, LABEL_B, LABEL_TIE, SPLIT_POOL, SPLIT_TRAIN, UNKNOWN_LANGUAGE, Record, swap_record,
 )
 from arena_dist.data.sniff import cannot_read, check_parquet, check_text, codec_name, one_line
 from arena_dist.errors import InputError
@@ -57,10 +50,6 @@ EMPTY_RESPONSE = "empty_response"
 IDENTICAL_RESPONSES = "identical_responses"
 INVALID_LABEL = "invalid_label"
 DUPLICATE_ID = "duplicate_id"
-REASONS = (
-    BAD_ROW, BAD_JSON, BAD_VALUE, BAD_TRANSCRIPT, MISSING_ID, MISSING_PROMPT, TURN_COUNT_MISMATCH, EMPTY_RESPONSE,
-    IDENTICAL_RESPONSES, INVALID_LABEL, DUPLICATE_ID,
-)
 
 
 class SourceConfig(StrictModel):
@@ -155,12 +144,8 @@ class SourceReader:
 
     def canonical_row(self, row: dict) -> dict:
         """Keep only known columns, under canonical names."""
-        out = {}
-        for canonical in (*self.required, *self.optional):
-            name = self.file_column(canonical)
-            if name in row:
-                out[canonical] = row[name]
-        return out
+        names = {canonical: self.file_column(canonical) for canonical in (*self.required, *self.optional)}
+        return {canonical: row[name] for canonical, name in names.items() if name in row}
 
     # --- texts
     def text(self, value: Any, field: str) -> str:
@@ -193,6 +178,10 @@ class SourceReader:
                 raise Quarantined(BAD_JSON, f"{field}[{i}]: JSON {type(item).__name__}, expected a string or null")
         return self.turns(value, field)
 
+    def texts(self, row: dict, parse) -> list[list[str]]:
+        """prompt, response_a and response_b as turns, in that order, each read by `parse` (turns or json_turns)."""
+        return [parse(row[field], field) for field in ("prompt", "response_a", "response_b")]
+
     def optional_text(self, row: dict, field: str) -> str | None:
         value = self.text(row.get(field), field).strip()
         return value or None
@@ -217,16 +206,9 @@ class SourceReader:
             raise Quarantined(IDENTICAL_RESPONSES, "response_a equals response_b")
         language = self.optional_text(row, "language") or self.config.language
         return Record(
-            id=f"{self.config.name}/{source_id}",
-            source=self.config.name,
-            prompt=list(prompt),
-            response_a=list(response_a),
-            response_b=list(response_b),
-            model_a=self.optional_text(row, "model_a"),
-            model_b=self.optional_text(row, "model_b"),
-            language=language,
-            label=label,
-            fold=0,
+            id=f"{self.config.name}/{source_id}", source=self.config.name, prompt=list(prompt),
+            response_a=list(response_a), response_b=list(response_b), model_a=self.optional_text(row, "model_a"),
+            model_b=self.optional_text(row, "model_b"), language=language, label=label, fold=0,
         )
 
     # --- iteration
@@ -282,12 +264,7 @@ class LmsysCsvReader(SourceReader):
         with contextlib.closing(self.text_file.lines(newline="")) as lines:
             reader = csv.reader(lines)
             next(reader)
-            row_number = 0
-            while True:
-                values = self.next_row(reader)
-                if values is None:
-                    return
-                row_number += 1
+            for row_number, values in enumerate(iter(lambda: self.next_row(reader), None), start=1):
                 if len(values) != len(self.header):
                     yield row_number, {"_fields": values}
                 else:
@@ -298,10 +275,7 @@ class LmsysCsvReader(SourceReader):
             raise Quarantined(BAD_ROW, f"{len(row['_fields'])} fields, header has {len(self.header)}")
         row = self.canonical_row(row)
         label = self.label(row) if self.labelled else None
-        prompt = self.json_turns(row["prompt"], "prompt")
-        response_a = self.json_turns(row["response_a"], "response_a")
-        response_b = self.json_turns(row["response_b"], "response_b")
-        return self.record(row, row["id"], prompt, response_a, response_b, label)
+        return self.record(row, row["id"], *self.texts(row, self.json_turns), label)
 
     @staticmethod
     def label(row: dict) -> int:
@@ -351,9 +325,8 @@ class ParquetRows:
             value_type = self.parquet.schema_arrow.field(name).type
             while pa.types.is_list(value_type) or pa.types.is_large_list(value_type):
                 value_type = value_type.value_type
-            if pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type) or (
-                pa.types.is_fixed_size_binary(value_type)
-            ):
+            if any(is_bytes(value_type) for is_bytes in (pa.types.is_binary, pa.types.is_large_binary,
+                                                         pa.types.is_fixed_size_binary)):
                 raise InputError(f"{self.path}: column {name!r} holds bytes ({value_type}), not text: write it as a "
                                  "string column")
 
@@ -391,7 +364,9 @@ class JsonlRows:
         with contextlib.closing(self.text_file.lines(newline="\n")) as lines:
             for line in lines:
                 if line.strip():
-                    first = _json_or_none(line)
+                    first = None
+                    with contextlib.suppress(ValueError, RecursionError):  # a bad line is quarantined as a row
+                        first = json.loads(line)
                     if isinstance(first, dict):
                         self.check_columns(list(first), required)
                     break
@@ -414,13 +389,6 @@ class JsonlRows:
                     yield line_number, {"_line": line.rstrip("\n"), "_error": f"missing key {missing[0]!r}"}
                     continue
                 yield line_number, self.canonical_row(value)
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
 
 
 def _json_error(exc: Exception) -> str:
@@ -452,10 +420,7 @@ class WsdmParquetReader(ParquetRows, SourceReader):
             if winner not in WSDM_WINNERS:
                 raise Quarantined(INVALID_LABEL, f"winner {winner!r} is not model_a or model_b")
             label = WSDM_WINNERS[winner]
-        prompt = self.turns(row["prompt"], "prompt")
-        response_a = self.turns(row["response_a"], "response_a")
-        response_b = self.turns(row["response_b"], "response_b")
-        return self.record(row, row["id"], prompt, response_a, response_b, label)
+        return self.record(row, row["id"], *self.texts(row, self.turns), label)
 
 
 # -------------------------------------------------------------------------------------------------------------- pool
@@ -465,11 +430,7 @@ class _PoolMixin:
 
     def convert(self, row_number: int, row: Any) -> Record:
         _reject_bad_line(row)
-        prompt = self.turns(row["prompt"], "prompt")
-        response_a = self.turns(row["response_a"], "response_a")
-        response_b = self.turns(row["response_b"], "response_b")
-        source_id = row["id"] if "id" in row else row_number
-        return self.record(row, source_id, prompt, response_a, response_b, None)
+        return self.record(row, row["id"] if "id" in row else row_number, *self.texts(row, self.turns), None)
 
 
 class PoolParquetReader(_PoolMixin, ParquetRows, SourceReader):
@@ -596,12 +557,6 @@ class BalancedAssigner:
         self.count += 1
         return swap_record(record) if to_b else record
 
-    def state_dict(self) -> dict:
-        return {"count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count = int(state["count"])
-
 
 # ------------------------------------------------------------------------------------------------------------ factory
 def open_source(config: SourceConfig) -> SourceReader:
@@ -609,12 +564,9 @@ def open_source(config: SourceConfig) -> SourceReader:
     path = Path(config.path)
     if not path.is_file():
         raise InputError(f"{path}: cannot read (no such file)" if not path.exists() else f"{path}: not a file")
-    if config.kind == "lmsys_csv":
-        return LmsysCsvReader(config)
-    if config.kind == "wsdm_parquet":
-        return WsdmParquetReader(config)
-    if config.kind == "pairwise_jsonl":
-        return PairwiseJsonlReader(config)
+    readers = {"lmsys_csv": LmsysCsvReader, "wsdm_parquet": WsdmParquetReader, "pairwise_jsonl": PairwiseJsonlReader}
+    if config.kind in readers:
+        return readers[config.kind](config)
     suffix = data_suffix(path)
     if suffix == ".parquet":
         return PoolParquetReader(config)

@@ -65,18 +65,13 @@ def load_manifest(dataset_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def _split_entry(manifest: dict, dataset_dir, split: str) -> dict:
-    splits = manifest.get("splits", {})
+def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
+    splits = load_manifest(dataset_dir).get("splits", {})
     if split not in splits:
         raise InputError(
             f"{Path(dataset_dir) / MANIFEST}: no split {split!r} (has: {', '.join(sorted(splits)) or 'none'})"
         )
-    return splits[split]
-
-
-def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
-    manifest = load_manifest(dataset_dir)
-    return [Path(dataset_dir) / shard["path"] for shard in _split_entry(manifest, dataset_dir, split)["shards"]]
+    return [Path(dataset_dir) / shard["path"] for shard in splits[split]["shards"]]
 
 
 def read_shard(path: str | os.PathLike) -> list[Record]:
@@ -97,11 +92,8 @@ def iter_records(dataset_dir: str | os.PathLike, split: str = "train", batch_siz
 
 def _shard_masks(paths: list[Path], accept) -> list[list[bool]]:
     """Per shard, which rows pass the fold filter (reads only the small `fold` column)."""
-    masks = []
-    for path in paths:
-        folds = pq.read_table(path, columns=["fold"]).column("fold").to_pylist()
-        masks.append([accept(fold) for fold in folds])
-    return masks
+    return [[accept(fold) for fold in pq.read_table(path, columns=["fold"]).column("fold").to_pylist()]
+            for path in paths]
 
 
 def rank_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -116,14 +108,8 @@ def count_records(dataset_dir, split: str = "train", folds=None, exclude_folds=N
     return sum(sum(mask) for mask in _shard_masks(shard_paths(dataset_dir, split), accept))
 
 
-def read_records(
-    dataset_dir: str | os.PathLike,
-    split: str = "train",
-    rank: int = 0,
-    world_size: int = 1,
-    folds: Iterable[int] | None = None,
-    exclude_folds: Iterable[int] | None = None,
-) -> list[Record]:
+def read_records(dataset_dir: str | os.PathLike, split: str = "train", rank: int = 0, world_size: int = 1,
+                 folds: Iterable[int] | None = None, exclude_folds: Iterable[int] | None = None) -> list[Record]:
     """`rank`'s contiguous slice of the (fold-filtered) records of `split`, in canonical order.
 
     The slices of ranks 0..world_size-1 are disjoint, cover every selected record exactly once and differ in size by
@@ -221,12 +207,8 @@ class ShardedSplitWriter:
             self._writer(index).close()
             path = self.relative_path(index)
             shards.append({"path": path, "rows": self._rows[index], "sha256": sha256_file(self.root / path)})
-        return {
-            "rows": sum(self._rows),
-            "shards": shards,
-            "fold_sizes": list(self.fold_sizes),
-            "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")},
-        }
+        return {"rows": sum(self._rows), "shards": shards, "fold_sizes": list(self.fold_sizes),
+                "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")}}
 
     def abort(self) -> None:
         for writer in self._writers:
@@ -270,12 +252,8 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
     progress.close()
     if counts["read"] != counts["kept"] + counts["duplicates"] + counts["quarantined"]:  # never silently lose a row
         raise AssertionError(f"{reader.config.name}: counts do not add up: {counts}")
-    result = {
-        **counts,
-        "reasons": dict(sorted(reasons.items())),
-        "repaired_surrogates": reader.repaired_surrogates,
-        "quarantine_file": quarantine_name,
-    }
+    result = {**counts, "reasons": dict(sorted(reasons.items())), "repaired_surrogates": reader.repaired_surrogates,
+              "quarantine_file": quarantine_name}
     check_source_counts(reader.config, result)
     return result
 
@@ -310,16 +288,8 @@ def _count_line(counts: dict) -> str:
     )
 
 
-def build_dataset(
-    sources: list,
-    output_dir: str | os.PathLike,
-    num_shards: int = 8,
-    num_folds: int = 5,
-    seed: int = 0,
-    batch_rows: int = 2048,
-    resolved_config=None,
-    config_hash_value: str | None = None,
-) -> dict:
+def build_dataset(sources: list, output_dir: str | os.PathLike, num_shards: int = 8, num_folds: int = 5, seed: int = 0,
+                  batch_rows: int = 2048, resolved_config=None, config_hash_value: str | None = None) -> dict:
     """Sources (list of SourceConfig) -> a dataset directory; returns the manifest.
 
     Every source is opened (and its columns checked) before any row is read; the dataset is built in a temporary
@@ -377,13 +347,9 @@ def build_dataset(
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "config_hash": config_hash_value or (config_hash(resolved_config) if resolved_config is not None else None),
-            "num_shards": num_shards,
-            "num_folds": num_folds,
-            "seed": seed,
-            "splits": splits,
+            "num_shards": num_shards, "num_folds": num_folds, "seed": seed, "splits": splits,
             "sources": manifest_sources,
-            "fold_sizes": {split: entry["fold_sizes"] for split, entry in splits.items()},
-            "label_counts": {split: entry["label_counts"] for split, entry in splits.items()},
+            **{key: {split: entry[key] for split, entry in splits.items()} for key in ("fold_sizes", "label_counts")},
         }
         if resolved_config is not None:
             save_resolved_config(resolved_config, tmp)
@@ -415,9 +381,7 @@ def current_manifest(output_dir: str | os.PathLike, expected_config_hash: str, s
             return None
         for source in sources:
             recorded = manifest["sources"].get(source.name, {})
-            if not Path(source.path).is_file() or recorded.get("input_sha256") != input_fingerprint(source.path)[
-                "input_sha256"
-            ]:
+            if not Path(source.path).is_file() or recorded.get("input_sha256") != sha256_file(source.path):
                 return None
         verify_dataset(output_dir)
     except (InputError, KeyError, TypeError):

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Container, Iterator, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -94,8 +94,7 @@ def _cjk_words() -> tuple[str, ...]:
     """A fixed Chinese-like filler vocabulary: 1- and 2-character words from common characters (fixed seed)."""
     rng = np.random.default_rng(20261120)
     chars = list(_CJK_CHARS)
-    words = list(dict.fromkeys(chars[:40] + ["".join(rng.choice(chars, 2)) for _ in range(140)]))
-    return tuple(words)
+    return tuple(dict.fromkeys(chars[:40] + ["".join(rng.choice(chars, 2)) for _ in range(140)]))
 
 
 FILLER["zh"] = _cjk_words()
@@ -119,8 +118,6 @@ TOPIC_NAMES = tuple(TOPICS)
 MODEL_NAMES = (
     "atlas-70b", "borealis-8b", "cirrus-14b", "dynamo-3b", "ember-9b", "fjord-32b", "gale-7b", "helix-72b",
 )
-
-_LANG_WORDS = sum(len(FILLER[code]) for code in LANGUAGE_CODES)
 
 
 def _word_table() -> tuple[np.ndarray, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
@@ -382,13 +379,12 @@ def _segments(
         word_id[slots] = picked
         qsum = np.bincount(seg[slots], weights=world.scores[picked], minlength=n_seg)
     tokens = WORDS[word_id]
+    last = start + length - 1  # the last word of each segment, which always ends a sentence (or the question)
     ends = rng.random(total) < text.sentence_end_rate
-    ends[start + length - 1] = True
-    end_marks = np.array([QUESTION_END[c] if question else SENTENCE_END[c] for c in LANGUAGE_CODES], dtype=object)
-    last = np.zeros(total, dtype=bool)
-    last[start + length - 1] = True
-    marks = np.where(last, end_marks[lang[seg]],
-                     np.array([SENTENCE_END[c] for c in LANGUAGE_CODES], dtype=object)[lang[seg]])
+    ends[last] = True
+    marks = np.array([SENTENCE_END[c] for c in LANGUAGE_CODES], dtype=object)[lang[seg]]
+    if question:
+        marks[last] = np.array([QUESTION_END[c] for c in LANGUAGE_CODES], dtype=object)[lang[seg[last]]]
     tokens[ends] = tokens[ends] + marks[ends]
     token_list = tokens.tolist()
     bounds = np.concatenate([start, [total]]).tolist()
@@ -467,16 +463,25 @@ def draw_three_class(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 
 
 def iter_batches(
-    n: int, seed: int, stream: str, spec: SynthSpec, **kwargs
+    n: int, seed: int, stream: str, spec: SynthSpec, multi_turn_rows: Container[int] = (), progress: str | None = None,
+    **kwargs,
 ) -> Iterator[tuple[int, Batch, np.random.Generator]]:
     """Yield (offset, batch, rng) over n rows in chunks of CHUNK_ROWS, each chunk from its own seeded stream.
 
     The chunk's generator is handed on so labels are drawn from the same stream (after any edits of the batch).
+    Rows in `multi_turn_rows` are generated multi-turn (a null turn must replace one of several turns to keep the
+    row valid). `progress` names a progress bar, advanced once the caller is done with each batch.
     """
+    bar = progress_bar(progress, n) if progress else None
     for chunk, offset in enumerate(range(0, n, CHUNK_ROWS)):
         size = min(CHUNK_ROWS, n - offset)
         rng = chunk_rng(seed, stream, chunk)
-        yield offset, generate_batch(rng, size, spec, **kwargs), rng
+        force = np.array([offset + i in multi_turn_rows for i in range(size)], dtype=bool)
+        yield offset, generate_batch(rng, size, spec, force_multi_turn=force, **kwargs), rng
+        if bar is not None:
+            bar.update(size)
+    if bar is not None:
+        bar.close()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -544,8 +549,6 @@ def hh_transcript(prompt: Sequence[str], responses: Sequence[str]) -> str:
 # Streaming pool writer (public: used for the 1M-row memory benchmark)
 # --------------------------------------------------------------------------------------------------------------------
 
-POOL_SCHEMA_FIELDS = ("id", "prompt", "response_a", "response_b", "language")
-
 
 def generate_pool(
     n: int, seed: int, out_path: str | Path, spec: SynthSpec | None = None, answers_path: str | Path | None = None,
@@ -558,9 +561,6 @@ def generate_pool(
     Returns the Bayes summary (expected log loss etc.) and the paths. Memory stays at one chunk.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from arena_dist.io import atomic_path
 
     spec = spec or SynthSpec()
     out_path = Path(out_path)
@@ -573,24 +573,19 @@ def generate_pool(
                                ("p_tie", pa.float64()), ("p_a_2class", pa.float64())])
     meter = BayesMeter(3)
     meter2 = BayesMeter(2)
-    report = progress_bar("[synth] pool", n) if progress else None
-    with atomic_path(out_path) as tmp_pool, atomic_path(answers_path) as tmp_answers:
-        with pq.ParquetWriter(tmp_pool, pool_schema) as pool_writer, \
-                pq.ParquetWriter(tmp_answers, answer_schema) as answer_writer:
-            for offset, batch, _ in iter_batches(n, seed, "pool", spec):
-                ids = [f"pool-{offset + i:08d}" for i in range(len(batch))]
-                pool_writer.write_table(pa.table({
-                    "id": ids, "prompt": batch.prompt, "response_a": batch.response_a,
-                    "response_b": batch.response_b, "language": batch.language}, schema=pool_schema))
-                answer_writer.write_table(pa.table({
-                    "id": ids, "p_a": batch.probs[:, 0], "p_b": batch.probs[:, 1], "p_tie": batch.probs[:, 2],
-                    "p_a_2class": batch.p2}, schema=answer_schema))
-                meter.add(batch.probs, None)
-                meter2.add(from_p_a(batch.p2), None)
-                if report:
-                    report.update(len(batch))
-    if report:
-        report.close()
+    with contextlib.ExitStack() as stack:
+        pool_writer = _parquet_writer(stack, out_path, pool_schema)
+        answer_writer = _parquet_writer(stack, answers_path, answer_schema)
+        for offset, batch, _ in iter_batches(n, seed, "pool", spec, progress="[synth] pool" if progress else None):
+            ids = [f"pool-{offset + i:08d}" for i in range(len(batch))]
+            pool_writer.write_table(pa.table({
+                "id": ids, "prompt": batch.prompt, "response_a": batch.response_a,
+                "response_b": batch.response_b, "language": batch.language}, schema=pool_schema))
+            answer_writer.write_table(pa.table({
+                "id": ids, "p_a": batch.probs[:, 0], "p_b": batch.probs[:, 1], "p_tie": batch.probs[:, 2],
+                "p_a_2class": batch.p2}, schema=answer_schema))
+            meter.add(batch.probs, None)
+            meter2.add(from_p_a(batch.p2), None)
     return {"path": str(out_path), "answers": str(answers_path), "three_class": meter.summary(labelled=False),
             "two_class": meter2.summary(labelled=False)}
 
@@ -616,11 +611,9 @@ class QuirkParams(StrictModel):
     identical_responses_share: float = Field(0.003, ge=0, le=0.2, description="response_b equal to response_a")
 
     def counts(self, n_rows: int) -> dict[str, int]:
-        counts = {}
-        for kind in QUIRK_KINDS:
-            share = getattr(self, f"{kind}_share")
-            counts[kind] = min(n_rows, math.ceil(share * n_rows)) if share > 0 and n_rows > 1 else 0
-        return counts
+        shares = {kind: getattr(self, f"{kind}_share") for kind in QUIRK_KINDS}
+        return {kind: min(n_rows, math.ceil(share * n_rows)) if share > 0 and n_rows > 1 else 0
+                for kind, share in shares.items()}
 
 
 def assign_quirks(n_rows: int, seed: int, quirks: QuirkParams) -> dict[int, str]:
@@ -637,15 +630,14 @@ def assign_quirks(n_rows: int, seed: int, quirks: QuirkParams) -> dict[int, str]
 def _apply_quirk(batch: Batch, i: int, kind: str, rng: np.random.Generator, spec: SynthSpec, quirk_rows: set[int],
                  offset: int) -> bool:
     """Edit row i in place and re-derive its probabilities from the edited text; False if it cannot apply."""
-    if kind == "null_turn":  # the row was generated multi-turn (forced)
-        side = batch.response_a if rng.random() < 0.5 else batch.response_b
-        side[i] = list(side[i])
-        side[i][int(rng.integers(0, len(side[i])))] = None  # type: ignore[call-overload]
-    elif kind == "lone_surrogate":
+    if kind in ("null_turn", "lone_surrogate"):  # a null turn: the row was generated multi-turn (forced)
         side = batch.response_a if rng.random() < 0.5 else batch.response_b
         side[i] = list(side[i])
         turn = int(rng.integers(0, len(side[i])))
-        side[i][turn] = f"{side[i][turn]} {_SURROGATES[int(rng.integers(0, len(_SURROGATES)))]}"
+        if kind == "null_turn":
+            side[i][turn] = None  # type: ignore[call-overload]
+        else:
+            side[i][turn] = f"{side[i][turn]} {_SURROGATES[int(rng.integers(0, len(_SURROGATES)))]}"
     elif kind == "duplicate":
         # Copy the nearest clean row of the same chunk; every other copy has A and B swapped.
         n = len(batch)
@@ -669,11 +661,23 @@ def _apply_quirk(batch: Batch, i: int, kind: str, rng: np.random.Generator, spec
     return True
 
 
-def _open_csv(path: Path):
+def _parquet_writer(stack: contextlib.ExitStack, path: Path, schema):
+    """A ParquetWriter whose file replaces `path` atomically when `stack` closes without an error."""
+    import pyarrow.parquet as pq
+
+    from arena_dist.io import atomic_path
+
+    return stack.enter_context(pq.ParquetWriter(stack.enter_context(atomic_path(path)), schema))
+
+
+def _csv_writer(stack: contextlib.ExitStack, path: Path):
+    """A csv writer (UTF-8, "\\n" line ends) whose file replaces `path` atomically when `stack` closes cleanly."""
     import csv
 
-    handle = open(path, "w", newline="", encoding="utf-8")
-    return handle, csv.writer(handle, lineterminator="\n")
+    from arena_dist.io import atomic_path
+
+    handle = stack.enter_context(open(stack.enter_context(atomic_path(path)), "w", newline="", encoding="utf-8"))
+    return csv.writer(handle, lineterminator="\n")
 
 
 def write_lmsys(
@@ -681,81 +685,61 @@ def write_lmsys(
     progress: bool = True,
 ) -> dict:
     """lmsys/train.csv (with quirks), lmsys/test.csv (no labels), lmsys/test_answers.csv (one-hot + p + language)."""
-    from arena_dist.io import atomic_path
-
     out_dir = Path(out_dir)
     quirk_of = assign_quirks(n_train, seed, quirks)
     quirk_rows = set(quirk_of)
     injected = {kind: 0 for kind in QUIRK_KINDS}
     train_all, train_valid = BayesMeter(3), BayesMeter(3)
-    report = progress_bar("[synth] lmsys train", n_train) if progress else None
-    with atomic_path(out_dir / "lmsys" / "train.csv") as tmp:
-        handle, writer = _open_csv(tmp)
-        with handle:
-            writer.writerow(["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a",
-                             "winner_model_b", "winner_tie"])
-            for offset, batch, rng in _lmsys_train_batches(n_train, seed, spec, quirk_of):
-                for i in range(len(batch)):
-                    kind = quirk_of.get(offset + i)
-                    if kind and kind != "bad_json" and not _apply_quirk(batch, i, kind, rng, spec, quirk_rows, offset):
-                        del quirk_of[offset + i]  # not injected, so not counted
-                labels = draw_three_class(rng, batch.probs)
-                malformed = np.array([quirk_of.get(offset + i) in MALFORMED_KINDS for i in range(len(batch))])
-                train_all.add(batch.probs, labels)
-                train_valid.add(batch.probs[~malformed], labels[~malformed])
-                for i in range(len(batch)):
-                    kind = quirk_of.get(offset + i)
-                    if kind:
-                        injected[kind] += 1
-                    response_a = json_cell(batch.response_a[i])
-                    if kind == "bad_json":
-                        response_a = response_a[:-1]  # unterminated list
-                    onehot = [int(labels[i] == k) for k in range(3)]
-                    writer.writerow([10_000_000 + offset + i, batch.model_a[i], batch.model_b[i],
-                                     json_cell(batch.prompt[i]), response_a, json_cell(batch.response_b[i]), *onehot])
-                if report:
-                    report.update(len(batch))
-    if report:
-        report.close()
+    with contextlib.ExitStack() as stack:
+        writer = _csv_writer(stack, out_dir / "lmsys" / "train.csv")
+        writer.writerow(["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a",
+                         "winner_model_b", "winner_tie"])
+        null_turn_rows = {row for row, kind in quirk_of.items() if kind == "null_turn"}
+        for offset, batch, rng in iter_batches(n_train, seed, "lmsys_train", spec, multi_turn_rows=null_turn_rows,
+                                               progress="[synth] lmsys train" if progress else None):
+            for i in range(len(batch)):
+                kind = quirk_of.get(offset + i)
+                if kind and kind != "bad_json" and not _apply_quirk(batch, i, kind, rng, spec, quirk_rows, offset):
+                    del quirk_of[offset + i]  # not injected, so not counted
+            labels = draw_three_class(rng, batch.probs)
+            malformed = np.array([quirk_of.get(offset + i) in MALFORMED_KINDS for i in range(len(batch))])
+            train_all.add(batch.probs, labels)
+            train_valid.add(batch.probs[~malformed], labels[~malformed])
+            for i in range(len(batch)):
+                kind = quirk_of.get(offset + i)
+                if kind:
+                    injected[kind] += 1
+                response_a = json_cell(batch.response_a[i])
+                if kind == "bad_json":
+                    response_a = response_a[:-1]  # unterminated list
+                onehot = [int(labels[i] == k) for k in range(3)]
+                writer.writerow([10_000_000 + offset + i, batch.model_a[i], batch.model_b[i],
+                                 json_cell(batch.prompt[i]), response_a, json_cell(batch.response_b[i]), *onehot])
 
     test_meter = BayesMeter(3)
     by_language: dict[str, BayesMeter] = {}
-    with atomic_path(out_dir / "lmsys" / "test.csv") as tmp_test, \
-            atomic_path(out_dir / "lmsys" / "test_answers.csv") as tmp_answers:
-        test_handle, test_writer = _open_csv(tmp_test)
-        answer_handle, answer_writer = _open_csv(tmp_answers)
-        with test_handle, answer_handle:
-            test_writer.writerow(["id", "prompt", "response_a", "response_b"])
-            answer_writer.writerow(["id", "winner_model_a", "winner_model_b", "winner_tie", "p_a", "p_b", "p_tie",
-                                    "language"])
-            for offset, batch, rng in iter_batches(n_test, seed, "lmsys_test", spec):
-                labels = draw_three_class(rng, batch.probs)
-                test_meter.add(batch.probs, labels)
-                for code in sorted(set(batch.language)):
-                    rows = np.array([lang == code for lang in batch.language])
-                    by_language.setdefault(code, BayesMeter(3)).add(batch.probs[rows], labels[rows])
-                for i in range(len(batch)):
-                    row_id = 20_000_000 + offset + i
-                    test_writer.writerow([row_id, json_cell(batch.prompt[i]), json_cell(batch.response_a[i]),
-                                          json_cell(batch.response_b[i])])
-                    answer_writer.writerow([row_id, *[int(labels[i] == k) for k in range(3)],
-                                            *[repr(float(p)) for p in batch.probs[i]], batch.language[i]])
+    with contextlib.ExitStack() as stack:
+        test_writer = _csv_writer(stack, out_dir / "lmsys" / "test.csv")
+        answer_writer = _csv_writer(stack, out_dir / "lmsys" / "test_answers.csv")
+        test_writer.writerow(["id", "prompt", "response_a", "response_b"])
+        answer_writer.writerow(["id", "winner_model_a", "winner_model_b", "winner_tie", "p_a", "p_b", "p_tie",
+                                "language"])
+        for offset, batch, rng in iter_batches(n_test, seed, "lmsys_test", spec):
+            labels = draw_three_class(rng, batch.probs)
+            test_meter.add(batch.probs, labels)
+            for code in sorted(set(batch.language)):
+                rows = np.array([lang == code for lang in batch.language])
+                by_language.setdefault(code, BayesMeter(3)).add(batch.probs[rows], labels[rows])
+            for i in range(len(batch)):
+                row_id = 20_000_000 + offset + i
+                test_writer.writerow([row_id, json_cell(batch.prompt[i]), json_cell(batch.response_a[i]),
+                                      json_cell(batch.response_b[i])])
+                answer_writer.writerow([row_id, *[int(labels[i] == k) for k in range(3)],
+                                        *[repr(float(p)) for p in batch.probs[i]], batch.language[i]])
     test_summary = test_meter.summary()
     test_summary["by_language"] = {code: m.summary() for code, m in sorted(by_language.items())}
-    return {
-        "files": {"lmsys/train.csv": train_all.summary(), "lmsys/test.csv": test_summary},
-        "train_valid_rows": train_valid.summary(),
-        "injected": injected,
-    }
-
-
-def _lmsys_train_batches(n_train: int, seed: int, spec: SynthSpec, quirk_of: dict[int, str]):
-    """Train batches; rows that get a null turn are generated multi-turn so the row stays valid."""
-    for chunk, offset in enumerate(range(0, n_train, CHUNK_ROWS)):
-        size = min(CHUNK_ROWS, n_train - offset)
-        force = np.array([quirk_of.get(offset + i) == "null_turn" for i in range(size)], dtype=bool)
-        rng = chunk_rng(seed, "lmsys_train", chunk)
-        yield offset, generate_batch(rng, size, spec, force_multi_turn=force), rng
+    return {"files": {"lmsys/train.csv": train_all.summary(), "lmsys/test.csv": test_summary},
+            "train_valid_rows": train_valid.summary(), "injected": injected}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -775,9 +759,6 @@ def write_wsdm(out_dir: str | Path, n_train: int, n_test: int, seed: int, spec: 
     One turn per row (plain strings); 2 classes: P(A) = sigmoid(sA - sB + position bias), no ties.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from arena_dist.io import atomic_path
 
     out_dir = Path(out_dir)
     text_fields = [("id", pa.string()), ("prompt", pa.string()), ("response_a", pa.string()),
@@ -790,32 +771,25 @@ def write_wsdm(out_dir: str | Path, n_train: int, n_test: int, seed: int, spec: 
     summaries = {}
     for split, n in (("train", n_train), ("test", n_test)):
         meter = BayesMeter(2)
-        paths = [out_dir / "wsdm" / f"{split}.parquet"]
-        if split == "test":
-            paths.append(out_dir / "wsdm" / "test_answers.parquet")
         with contextlib.ExitStack() as stack:
-            tmps = [stack.enter_context(atomic_path(p)) for p in paths]
-            schema = train_schema if split == "train" else test_schema
-            writers = [stack.enter_context(pq.ParquetWriter(tmps[0], schema))]
+            writer = _parquet_writer(stack, out_dir / "wsdm" / f"{split}.parquet",
+                                     train_schema if split == "train" else test_schema)
             if split == "test":
-                writers.append(stack.enter_context(pq.ParquetWriter(tmps[1], answer_schema)))
+                answer_writer = _parquet_writer(stack, out_dir / "wsdm" / "test_answers.parquet", answer_schema)
             for offset, batch, rng in iter_batches(n, seed, f"wsdm_{split}", spec, single_turn=True):
                 labels = (rng.random(len(batch)) >= batch.p2).astype(np.int64)  # 0 = A with probability p2
                 meter.add(from_p_a(batch.p2), labels)
-                winners = ["model_a" if label == 0 else "model_b" for label in labels]
                 columns = {
                     "id": [_wsdm_id(seed, split, offset + i) for i in range(len(batch))],
                     "prompt": [p[0] for p in batch.prompt], "response_a": [r[0] for r in batch.response_a],
-                    "response_b": [r[0] for r in batch.response_b],
+                    "response_b": [r[0] for r in batch.response_b], "model_a": batch.model_a,
+                    "model_b": batch.model_b, "language": batch.language, "p_a": batch.p2,
+                    "winner": ["model_a" if label == 0 else "model_b" for label in labels],
                 }
-                if split == "train":
-                    columns.update(winner=winners, model_a=batch.model_a, model_b=batch.model_b,
-                                   language=batch.language)
-                    writers[0].write_table(pa.table(columns, schema=train_schema))
-                else:
-                    writers[0].write_table(pa.table({**columns, "language": batch.language}, schema=test_schema))
-                    writers[1].write_table(pa.table({"id": columns["id"], "winner": winners, "p_a": batch.p2,
-                                                     "language": batch.language}, schema=answer_schema))
+                # Each file takes the columns its schema names (the test file has no winner: that is the answer).
+                writer.write_table(pa.table(columns, schema=writer.schema))
+                if split == "test":
+                    answer_writer.write_table(pa.table(columns, schema=answer_schema))
         summaries[f"wsdm/{split}.parquet"] = meter.summary()
     return {"files": summaries}
 

@@ -122,20 +122,15 @@ def answer_labels(frame: pd.DataFrame, path) -> np.ndarray:
 
 def true_probabilities(frame: pd.DataFrame, path) -> pd.DataFrame | None:
     """p_a, p_b, p_tie when the answers carry them (p_a alone: WSDM, P(B) = 1 - P(A)), checked like predictions."""
-    if {"p_a", "p_b"} <= set(frame.columns):
+    if "p_a" not in frame.columns:
+        return None
+    if "p_b" in frame.columns:
         columns = ["p_a", "p_b", "p_tie"] if "p_tie" in frame.columns else ["p_a", "p_b"]
         probs = numbers(frame, columns, path)
-        check_probabilities(probs, frame, path, columns)
-        if len(columns) == 2:
-            probs = to_classes(probs, 3)
-    elif "p_a" in frame.columns:  # WSDM answers carry P(A) alone
-        p_a = numbers(frame, ["p_a"], path)
-        two = from_p_a(p_a)
-        check_probabilities(two, frame, path, ["p_a", "1 - p_a"])
-        probs = to_classes(two, 3)
-    else:
-        return None
-    return pd.DataFrame(probs, columns=["p_a", "p_b", "p_tie"])
+    else:  # WSDM answers carry P(A) alone
+        columns, probs = ["p_a", "1 - p_a"], from_p_a(numbers(frame, ["p_a"], path))
+    check_probabilities(probs, frame, path, columns)
+    return pd.DataFrame(probs if len(columns) == 3 else to_classes(probs, 3), columns=["p_a", "p_b", "p_tie"])
 
 
 def load_answers(path: str | os.PathLike) -> pd.DataFrame:
@@ -145,10 +140,8 @@ def load_answers(path: str | os.PathLike) -> pd.DataFrame:
     if out["id"].duplicated().any():
         raise InputError(f"{path}: duplicate id {out['id'][out['id'].duplicated()].iloc[0]!r}")
     out["language"] = frame["language"].fillna("unknown").astype(str) if "language" in frame.columns else "unknown"
-    if "source" in frame.columns:
-        out["source"] = frame["source"].fillna("unknown").astype(str)
-    else:
-        out["source"] = [i.split("/", 1)[0] if "/" in i else "all" for i in out["id"]]
+    out["source"] = (frame["source"].fillna("unknown").astype(str) if "source" in frame.columns
+                     else [i.split("/", 1)[0] if "/" in i else "all" for i in out["id"]])
     true = true_probabilities(frame, path)
     return out if true is None else pd.concat([out, true], axis=1)
 
@@ -201,14 +194,11 @@ def evaluate_files(predictions: str | os.PathLike, answers: str | os.PathLike, n
     summary: dict = {"predictions": str(predictions), "answers": str(answers), "n": int(len(truth)),
                      "extra_predictions_ignored": extra, "num_classes": num_classes,
                      "label_counts": {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}}
-    if probs is None:
-        correct = (hard == labels)
-        summary.update(log_loss=None, accuracy=float(correct.mean()))
-        frame = truth.assign(correct=correct)
+    if probs is None:  # hard predictions: accuracy only (grouped as one-hot rows, whose log loss means nothing)
+        summary.update(log_loss=None, accuracy=float((hard == labels).mean()))
         for column in ("language", "source"):
-            summary[f"by_{column}"] = [
-                {"group": g, "n": int(len(part)), "log_loss": None, "accuracy": float(part["correct"].mean())}
-                for g, part in sorted(frame.groupby(column), key=lambda kv: (-len(kv[1]), kv[0]))]
+            summary[f"by_{column}"] = [{**row, "log_loss": None} for row in
+                                       metrics.group_metrics(np.eye(3)[hard], labels, truth[column].to_numpy())]
         summary["calibration"] = None
         return summary
     task_probs = to_classes(probs, num_classes)
@@ -275,8 +265,7 @@ def write_metrics_json(path: Path, summary: dict) -> Path:
     and raises here (allow_nan=False) instead of writing bare `NaN`, which no JSON reader accepts."""
     from arena_dist.io import atomic_write_text
 
-    atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
 def write_report(summary: dict, output_dir: str | os.PathLike) -> dict[str, Path]:

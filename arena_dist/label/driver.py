@@ -26,6 +26,7 @@ How it runs:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -95,17 +96,9 @@ def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bo
 
 
 def label_shards(
-    teacher_id: str,
-    export_path: str,
-    shards: list[InputShard],
-    store: LabelStore,
-    settings: ActorSettings,
-    max_tokens: int,
-    max_rows: int | None = None,
-    swap_tta: bool = True,
-    progress: Progress | None = None,
-    on_dispatch: Callable[[_Slot, InputShard], None] | None = None,
-    trust_remote_code: bool = False,
+    teacher_id: str, export_path: str, shards: list[InputShard], store: LabelStore, settings: ActorSettings,
+    max_tokens: int, max_rows: int | None = None, swap_tta: bool = True, progress: Progress | None = None,
+    on_dispatch: Callable[[_Slot, InputShard], None] | None = None, trust_remote_code: bool = False,
 ) -> dict:
     """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised.
     `trust_remote_code`: the label config's for this teacher (never the export's)."""
@@ -145,8 +138,7 @@ def label_shards(
                     slot.inflight[ref] = shard
                     if on_dispatch is not None:
                         on_dispatch(slot, shard)
-            live = [s for s in slots if not s.dead]
-            if not live:
+            if all(slot.dead for slot in slots):
                 raise LabelRunError(f"teacher {teacher_id}: every actor died; last error: {last_error}")
             waiting = list(ready_refs) + [ref for slot in slots for ref in slot.inflight]
             done_refs, _ = ray.wait(waiting, num_returns=1, timeout=2.0)
@@ -198,10 +190,8 @@ def label_shards(
                 progress.update("scoring")
     finally:
         for slot in slots:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(slot.handle, no_restart=True)
-            except Exception:  # already gone
-                pass
     progress.update("done", force=True)
     finished = time.monotonic()
     scoring = finished - (first_ready or started)
@@ -217,11 +207,9 @@ def _commit(store: LabelStore, shard: InputShard, result: dict) -> dict:
             f"{shard.path}: sha256 {result['input_sha256'][:12]}… differs from the dataset manifest "
             f"({shard.sha256[:12]}…): the input changed after it was prepared"
         )
-    return store.commit(
-        shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"],
-        extra={"padding": result["stats"], "seconds": round(result["seconds"], 3),
-               "cpu_seconds": round(result["cpu_seconds"], 3), "actor_pid": result["pid"]},
-    )
+    return store.commit(shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"],
+                        extra={"padding": result["stats"], "seconds": round(result["seconds"], 3),
+                               "cpu_seconds": round(result["cpu_seconds"], 3), "actor_pid": result["pid"]})
 
 
 def _actor_failed(slot: _Slot, settings: ActorSettings, ready_refs: dict, summary: dict) -> None:
@@ -229,10 +217,9 @@ def _actor_failed(slot: _Slot, settings: ActorSettings, ready_refs: dict, summar
     slot.ready = False
     slot.failures += 1
     summary["actor_failures"] += 1
-    if slot.failures > settings.max_restarts:
-        slot.dead = True
-        return
-    ready_refs[slot.handle.info.remote()] = slot
+    slot.dead = slot.failures > settings.max_restarts  # failures only grow: a dead slot stays dead
+    if not slot.dead:
+        ready_refs[slot.handle.info.remote()] = slot
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,28 +16,19 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from arena_dist.errors import ConfigError
 from arena_dist.io import sha256_file
 from arena_dist.label.probs import logit_mean, prob_mean
-from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore, load_store_manifest
+from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore, load_store_manifest, read_store_shard
 
 EnsembleMethod = Literal["prob_mean", "logit_mean"]
 METHODS = {"prob_mean": prob_mean, "logit_mean": logit_mean}
 
 
-def _matrix(column) -> np.ndarray:
-    return np.asarray(column.to_pylist(), dtype=np.float64)
-
-
-def merge_label_stores(
-    store_dirs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    method: EnsembleMethod = "prob_mean",
-    weights: Sequence[float] | None = None,
-    ensemble_id: str | None = None,
-) -> dict:
+def merge_label_stores(store_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                       method: EnsembleMethod = "prob_mean", weights: Sequence[float] | None = None,
+                       ensemble_id: str | None = None) -> dict:
     """Average finalized label stores shard by shard into `out_dir`; returns the merged store's manifest."""
     if method not in METHODS:
         raise ConfigError(f"ensemble method {method!r}: expected one of {', '.join(METHODS)}")
@@ -49,12 +40,10 @@ def merge_label_stores(
     dirs = [Path(d) for d in store_dirs]
     manifests = [load_store_manifest(d) for d in dirs]
     _check_compatible(dirs, manifests)
-    members = [
-        {"teacher_id": m["teacher_id"], "store": str(d), "config_hash": m["config_hash"],
-         "manifest_sha256": sha256_file(d / "manifest.json"), "rows": m["rows"],
-         "weight": None if weights is None else float(weights[i])}
-        for i, (d, m) in enumerate(zip(dirs, manifests))
-    ]
+    members = [{"teacher_id": m["teacher_id"], "store": str(d), "config_hash": m["config_hash"],
+                "manifest_sha256": sha256_file(d / "manifest.json"), "rows": m["rows"],
+                "weight": None if weights is None else float(weights[i])}
+               for i, (d, m) in enumerate(zip(dirs, manifests))]
     members_hash = hashlib.sha256(
         json.dumps([[m["teacher_id"], m["config_hash"], m["weight"]] for m in members] + [method]).encode()
     ).hexdigest()[:16]
@@ -64,15 +53,15 @@ def merge_label_stores(
     shards = []
     ids_by_shard: dict[int, list[str]] = {}
     for entry in reference["shards"]:
-        tables = [_read_member_shard(d, _entry(m, entry["index"], d)) for d, m in zip(dirs, manifests)]
+        tables = [read_store_shard(d, _entry(m, entry["index"], d)) for d, m in zip(dirs, manifests)]
         ids = ids_by_shard[entry["index"]] = tables[0].column("id").to_pylist()
-        aligned = [tables[0]]
-        for member_dir, table in zip(dirs[1:], tables[1:]):
-            aligned.append(_align(table, ids, member_dir, entry["index"]))
-        p_ab = combine([_matrix(t.column("p_ab")) for t in aligned], weights)
-        p_mean = combine([_matrix(t.column("p_mean")) for t in aligned], weights)
+        aligned = [tables[0], *(_align(t, ids, d, entry["index"]) for d, t in zip(dirs[1:], tables[1:]))]
+
+        def mean(column: str) -> np.ndarray:
+            return combine([np.asarray(t.column(column).to_pylist(), dtype=np.float64) for t in aligned], weights)
+
         has_swap = all(t.column("p_ba_mapped").null_count == 0 for t in aligned)
-        p_ba = combine([_matrix(t.column("p_ba_mapped")) for t in aligned], weights) if has_swap else None
+        p_ab, p_ba, p_mean = mean("p_ab"), mean("p_ba_mapped") if has_swap else None, mean("p_mean")
         # The merged shard is tied to the same input shard (name + checksum) as its members.
         shard = InputShard(index=entry["index"], path=Path(entry["input"]), sha256=entry["input_sha256"],
                            rows=entry["rows"])
@@ -92,14 +81,6 @@ def _entry(manifest: dict, index: int, store_dir: Path) -> dict:
         if entry["index"] == index:
             return entry
     raise LabelIntegrityError(f"{store_dir}: no shard {index} in its manifest")
-
-
-def _read_member_shard(store_dir: Path, entry: dict):
-    path = store_dir / entry["path"]
-    if sha256_file(path) != entry["sha256"]:
-        raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'} (changed after it "
-                                  "was finalized)")
-    return pq.read_table(path)
 
 
 def _align(table, ids: list[str], store_dir: Path, index: int):
@@ -126,10 +107,8 @@ def _check_compatible(dirs: list[Path], manifests: list[dict]) -> None:
             raise ConfigError(f"ensemble: {directory} repeats member {manifest['teacher_id']} (same config)")
         seen_ids.add(key)
         if manifest.get("num_labels") != first.get("num_labels"):
-            raise ConfigError(
-                f"ensemble: {directory} has {manifest.get('num_labels')} classes but {dirs[0]} has "
-                f"{first.get('num_labels')}: 2-class (no tie) and 3-class teachers cannot be averaged"
-            )
+            raise ConfigError(f"ensemble: {directory} has {manifest.get('num_labels')} classes but {dirs[0]} has "
+                              f"{first.get('num_labels')}: 2-class (no tie) and 3-class teachers cannot be averaged")
         inputs = [(e["index"], e["input"], e["input_sha256"], e["rows"]) for e in manifest["shards"]]
         first_inputs = [(e["index"], e["input"], e["input_sha256"], e["rows"]) for e in first["shards"]]
         if inputs != first_inputs:

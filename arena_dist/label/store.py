@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,17 +38,14 @@ from arena_dist.io import atomic_path, atomic_write_json, claim_output_dir, sha2
 
 STORE_FORMAT_VERSION = 1
 
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("p_ab", pa.list_(pa.float64()), nullable=False),
-        pa.field("p_ba_mapped", pa.list_(pa.float64())),
-        pa.field("p_mean", pa.list_(pa.float64()), nullable=False),
-        pa.field("teacher_id", pa.string(), nullable=False),
-        pa.field("config_hash", pa.string(), nullable=False),
-    ],
-    metadata={"arena_dist.label_store_version": str(STORE_FORMAT_VERSION)},
-)
+LABEL_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("p_ab", pa.list_(pa.float64()), nullable=False),
+    pa.field("p_ba_mapped", pa.list_(pa.float64())),
+    pa.field("p_mean", pa.list_(pa.float64()), nullable=False),
+    pa.field("teacher_id", pa.string(), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+], metadata={"arena_dist.label_store_version": str(STORE_FORMAT_VERSION)})
 
 
 class LabelIntegrityError(ArenaDistError):
@@ -77,19 +75,12 @@ def input_shards(dataset_dir: str | os.PathLike, split: str) -> list[InputShard]
     from arena_dist.data.store import load_manifest, shard_paths
 
     dataset_dir = Path(dataset_dir)
-    manifest = load_manifest(dataset_dir)
-    paths = [Path(p) for p in shard_paths(dataset_dir, split)]
+    paths = shard_paths(dataset_dir, split)  # refuses a split the manifest does not have
     if not paths:
         raise InputError(f"{dataset_dir}: split {split!r} has no shards")
-    # shard_paths checked that the split exists; a manifest of this schema version always lists its shards
-    by_name = {Path(entry["path"]).name: entry for entry in manifest["splits"][split]["shards"]}
-    shards = []
-    for index, path in enumerate(paths):
-        entry = by_name.get(path.name)
-        if entry is None:
-            raise InputError(f"{dataset_dir / 'manifest.json'}: no entry for shard {path.name} of split {split!r}")
-        shards.append(InputShard(index=index, path=path, sha256=entry["sha256"], rows=int(entry["rows"])))
-    return shards
+    entries = load_manifest(dataset_dir)["splits"][split]["shards"]  # the entries `paths` were made from, in order
+    return [InputShard(index=index, path=path, sha256=entry["sha256"], rows=int(entry["rows"]))
+            for index, (path, entry) in enumerate(zip(paths, entries))]
 
 
 def read_input_ids(path: str | os.PathLike) -> list[str]:
@@ -132,6 +123,11 @@ class LabelStore:
 
     # -- per-shard commits -------------------------------------------------------------------------------------
 
+    def commit_identity(self, shard: InputShard) -> dict:
+        """What a shard's commit record must say, besides its output checksum, for the shard to count as done."""
+        return {"teacher_id": self.teacher_id, "config_hash": self.config_hash, "input_name": shard.name,
+                "input_sha256": shard.sha256, "rows": shard.rows}
+
     def check_committed(self, shard: InputShard) -> tuple[bool, str]:
         """(done, reason): done only when the commit record matches the parquet, the input and the config."""
         done_path, parquet_path = self.done_path(shard.index), self.parquet_path(shard.index)
@@ -141,11 +137,7 @@ class LabelStore:
             record = json.loads(done_path.read_text())
         except (OSError, ValueError):
             return False, "unreadable commit record"
-        expected = {
-            "teacher_id": self.teacher_id, "config_hash": self.config_hash,
-            "input_name": shard.name, "input_sha256": shard.sha256, "rows": shard.rows,
-        }
-        for key, value in expected.items():
+        for key, value in self.commit_identity(shard).items():
             if record.get(key) != value:
                 return False, f"commit record {key}={record.get(key)!r}, expected {value!r}"
         if not parquet_path.exists():
@@ -154,50 +146,27 @@ class LabelStore:
             return False, "output checksum differs from the commit record"
         return True, "committed"
 
-    def commit(
-        self,
-        shard: InputShard,
-        ids: Sequence[str],
-        p_ab,
-        p_ba_mapped,
-        p_mean,
-        extra: dict | None = None,
-    ) -> dict:
+    def commit(self, shard: InputShard, ids: Sequence[str], p_ab, p_ba_mapped, p_mean,
+               extra: dict | None = None) -> dict:
         """Write the shard's labels atomically, then its commit record; returns the record."""
         rows = len(ids)
         if rows != shard.rows:
-            raise LabelIntegrityError(
-                f"{shard.path}: scored {rows} rows but the dataset manifest says {shard.rows}"
-            )
+            raise LabelIntegrityError(f"{shard.path}: scored {rows} rows but the dataset manifest says {shard.rows}")
         p_ab = _as_matrix(p_ab, rows, "p_ab")
         p_mean = _as_matrix(p_mean, rows, "p_mean")
         p_ba_mapped = None if p_ba_mapped is None else _as_matrix(p_ba_mapped, rows, "p_ba_mapped")
-        table = pa.Table.from_arrays(
-            [
-                pa.array(list(ids), type=pa.string()),
-                _list_column(p_ab, rows),
-                _list_column(p_ba_mapped, rows),
-                _list_column(p_mean, rows),
-                pa.array([self.teacher_id] * rows, type=pa.string()),
-                pa.array([self.config_hash] * rows, type=pa.string()),
-            ],
-            schema=LABEL_SCHEMA,
-        )
+        table = pa.Table.from_arrays([
+            pa.array(list(ids), type=pa.string()), _list_column(p_ab, rows), _list_column(p_ba_mapped, rows),
+            _list_column(p_mean, rows), pa.array([self.teacher_id] * rows, type=pa.string()),
+            pa.array([self.config_hash] * rows, type=pa.string()),
+        ], schema=LABEL_SCHEMA)
         # A stale record must not vouch for the new parquet even for an instant.
         self.done_path(shard.index).unlink(missing_ok=True)
         parquet_path = self.parquet_path(shard.index)
         with atomic_path(parquet_path) as tmp:
             pq.write_table(table, tmp)
-        record = {
-            "teacher_id": self.teacher_id,
-            "config_hash": self.config_hash,
-            "input_name": shard.name,
-            "input_sha256": shard.sha256,
-            "rows": rows,
-            "output": parquet_path.name,
-            "output_sha256": sha256_file(parquet_path),
-            **(extra or {}),
-        }
+        record = {**self.commit_identity(shard), "output": parquet_path.name,
+                  "output_sha256": sha256_file(parquet_path), **(extra or {})}
         atomic_write_json(self.done_path(shard.index), record)
         return record
 
@@ -210,9 +179,7 @@ class LabelStore:
         `expected_ids(shard)`: the ids the shard must hold (default: the input shard's id column)."""
         expected_ids = expected_ids or (lambda shard: read_input_ids(shard.path))
         problems: list[str] = []
-        seen: dict[str, str] = {}
-        duplicates: list[str] = []
-        total_rows = 0
+        seen: Counter[str] = Counter()  # times each id was labelled
         shard_entries = []
         for shard in shards:
             done, reason = self.check_committed(shard)
@@ -227,18 +194,16 @@ class LabelStore:
                 problems.append(f"{shard_stem(shard.index)}: {len(missing)} input ids missing, e.g. {missing[:3]}")
             if extra:
                 problems.append(f"{shard_stem(shard.index)}: {len(extra)} ids not in the input, e.g. {extra[:3]}")
-            for record_id in out_ids:
-                if record_id in seen:
-                    duplicates.append(record_id)
-                seen[record_id] = shard.name
-            total_rows += len(out_ids)
+            seen.update(out_ids)
             record = json.loads(self.done_path(shard.index).read_text())
             shard_entries.append({
                 "index": shard.index, "input": shard.name, "input_sha256": shard.sha256, "rows": len(out_ids),
                 "path": self.parquet_path(shard.index).name, "sha256": record["output_sha256"],
             })
+        duplicates = {record_id: count - 1 for record_id, count in seen.items() if count > 1}
         if duplicates:
-            problems.append(f"{len(duplicates)} ids labelled more than once, e.g. {sorted(set(duplicates))[:3]}")
+            problems.append(f"{sum(duplicates.values())} ids labelled more than once, e.g. {sorted(duplicates)[:3]}")
+        total_rows = sum(seen.values())
         expected_rows = sum(shard.rows for shard in shards)
         if not problems and total_rows != expected_rows:
             problems.append(f"{total_rows} labelled rows but the input has {expected_rows}")
@@ -247,15 +212,9 @@ class LabelStore:
                 f"label store {self.directory} is incomplete or inconsistent: " + "; ".join(problems[:5])
                 + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
             )
-        manifest = {
-            "format_version": STORE_FORMAT_VERSION,
-            "teacher_id": self.teacher_id,
-            "config_hash": self.config_hash,
-            "rows": total_rows,
-            "num_shards": len(shard_entries),
-            "shards": shard_entries,
-            **(info or {}),
-        }
+        manifest = {"format_version": STORE_FORMAT_VERSION, "teacher_id": self.teacher_id,
+                    "config_hash": self.config_hash, "rows": total_rows, "num_shards": len(shard_entries),
+                    "shards": shard_entries, **(info or {})}
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
@@ -267,16 +226,20 @@ def load_store_manifest(store_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+def read_store_shard(store_dir: Path, entry: dict, columns: Sequence[str] | None = None,
+                     verify: bool = True) -> pa.Table:
+    """One shard of a finalized store, as its manifest `entry` names it, checked against the manifest's checksum."""
+    path = store_dir / entry["path"]
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'} (changed after it "
+                                  "was finalized)")
+    return pq.read_table(path, columns=list(columns) if columns else None)
+
+
 def read_labels(store_dir: str | os.PathLike, columns: Sequence[str] | None = None, verify: bool = True) -> pa.Table:
     """All labels of a finalized store as one table (shard order, input order within a shard)."""
     store_dir = Path(store_dir)
-    manifest = load_store_manifest(store_dir)
-    tables = []
-    for entry in manifest["shards"]:
-        path = store_dir / entry["path"]
-        if verify and sha256_file(path) != entry["sha256"]:
-            raise LabelIntegrityError(f"{path}: checksum differs from {store_dir / 'manifest.json'}")
-        tables.append(pq.read_table(path, columns=list(columns) if columns else None))
+    tables = [read_store_shard(store_dir, entry, columns, verify) for entry in load_store_manifest(store_dir)["shards"]]
     if not tables:
         return LABEL_SCHEMA.empty_table() if not columns else LABEL_SCHEMA.empty_table().select(list(columns))
     return pa.concat_tables(tables)

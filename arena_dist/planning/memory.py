@@ -30,7 +30,7 @@ copy for the loss and its gradient). Nothing divides activations across GPUs (no
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from arena_dist.errors import ConfigError
 from arena_dist.planning.models import ModelDims, ParamCount, linear_shapes, lora_params
@@ -194,9 +194,6 @@ class MemoryPlan:
     max_micro_batch: int
     cpu_per_node_gib: float
     model_states_formula: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def plan_memory(states: ModelStates, activation_per_sample: int, micro_batch: int, gpu_memory_gib: float,

@@ -8,6 +8,7 @@ RMSNorm weights, and a head: the causal-LM head (absent when tied to the embeddi
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 
 from arena_dist.errors import ConfigError
@@ -38,9 +39,6 @@ class ModelDims:
     def kv_dim(self) -> int:
         return self.kv_heads * self.dim_per_head
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 # hub id -> dims (config.json of each model). Aliases map the -Instruct / base variants to one entry.
 KNOWN_MODELS: dict[str, ModelDims] = {
@@ -64,16 +62,7 @@ KNOWN_MODELS: dict[str, ModelDims] = {
         layers=16, hidden=2048, heads=32, kv_heads=8, head_dim=64, intermediate=8192, vocab=128256,
         tied_embeddings=True),
 }
-_ALIASES = {
-    "meta-llama/Llama-3.3-70B": "meta-llama/Llama-3.3-70B-Instruct",
-    "Qwen/Qwen2.5-72B": "Qwen/Qwen2.5-72B-Instruct",
-    "google/gemma-2-9b": "google/gemma-2-9b-it",
-    "google/gemma-2-27b": "google/gemma-2-27b-it",
-    "Qwen/Qwen2.5-14B": "Qwen/Qwen2.5-14B-Instruct",
-    "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct",
-    "meta-llama/Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct",
-    "meta-llama/Llama-3.2-1B": "meta-llama/Llama-3.2-1B-Instruct",
-}
+_ALIASES = {re.sub(r"-(Instruct|it)$", "", name): name for name in KNOWN_MODELS}  # the base model of each
 
 
 def known_model(name: str) -> ModelDims:

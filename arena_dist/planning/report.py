@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+from arena_dist.errors import ConfigError
 from arena_dist.planning.hardware import gpu_spec
 from arena_dist.planning.memory import (
     GIB, activation_bytes, adapter_states, full_finetune_states, plan_memory,
@@ -11,8 +13,7 @@ from arena_dist.planning.memory import (
 from arena_dist.planning.models import ModelDims, count_params, known_model, with_overrides
 from arena_dist.planning.time import epoch_estimate, labelling_estimate
 
-DIM_FIELDS = ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab", "head_dim", "tied_embeddings",
-              "qkv_bias", "norms_per_layer")
+DIM_FIELDS = tuple(field.name for field in dataclasses.fields(ModelDims))  # the six core dims come first
 
 
 def resolve_dims(model) -> ModelDims:
@@ -20,8 +21,6 @@ def resolve_dims(model) -> ModelDims:
     explicit = {field: getattr(model, field) for field in DIM_FIELDS}
     if model.name:
         return with_overrides(known_model(model.name), **explicit)
-    from arena_dist.errors import ConfigError
-
     missing = [f for f in DIM_FIELDS[:6] if explicit[f] is None]
     if missing:
         raise ConfigError(f"model: give model.name or all of the dims; missing {', '.join(missing)}")
@@ -47,11 +46,11 @@ def plan_job(job, cluster, mfu: float) -> dict:
     epoch = epoch_estimate(dims, params, job.epoch_tokens, t.seq_len, t.method, t.activation_checkpointing, gpus,
                            gpu.peak_tflops_bf16, mfu)
     return {
-        "model": job.model.name or "custom", "dims": dims.as_dict(), "params": params.as_dict(),
+        "model": job.model.name or "custom", "dims": dataclasses.asdict(dims), "params": params.as_dict(),
         "nodes": nodes, "gpus": gpus, "gpu": gpu.name, "method": t.method, "dtype": t.dtype, "zero_stage": t.zero_stage,
         "offload": t.offload, "seq_len": t.seq_len, "micro_batch": t.micro_batch,
-        "activation_checkpointing": t.activation_checkpointing, "memory": memory.as_dict(), "adapters": detail,
-        "epoch": epoch,
+        "activation_checkpointing": t.activation_checkpointing, "memory": dataclasses.asdict(memory),
+        "adapters": detail, "epoch": epoch,
     }
 
 

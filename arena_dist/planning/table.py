@@ -5,6 +5,8 @@ docs/cluster_cloud.md embeds this output; tests/planning/test_table.py checks th
 
 from __future__ import annotations
 
+import itertools
+
 from arena_dist.config import load_config
 
 TABLE_MODELS = ("meta-llama/Llama-3.3-70B-Instruct", "Qwen/Qwen2.5-72B-Instruct")
@@ -17,17 +19,15 @@ def table_rows(offloads: tuple[str, ...] = ("none", "optimizer")) -> list[dict]:
     from arena_dist.planning.report import plan_job
 
     rows = []
-    for model in TABLE_MODELS:
-        for offload in offloads:
-            for nodes in TABLE_NODES:
-                config = load_config(Config, overrides=[
-                    f"teacher.model.name={model}", f"cluster.nodes={nodes}", f"cluster.gpu={TABLE_SETTINGS['gpu']}",
-                    f"teacher.training.offload={offload}", f"teacher.training.seq_len={TABLE_SETTINGS['seq_len']}",
-                    f"teacher.training.micro_batch={TABLE_SETTINGS['micro_batch']}",
-                    f"teacher.epoch_tokens={TABLE_SETTINGS['epoch_tokens']}", f"mfu={TABLE_SETTINGS['mfu']}"])
-                job = plan_job(config.teacher, config.cluster, config.mfu)
-                rows.append({"model": model.split("/")[1], "nodes": nodes, "gpus": job["gpus"], "offload": offload,
-                             **job["memory"], "hours": job["epoch"]["hours"]})
+    for model, offload, nodes in itertools.product(TABLE_MODELS, offloads, TABLE_NODES):
+        config = load_config(Config, overrides=[
+            f"teacher.model.name={model}", f"cluster.nodes={nodes}", f"cluster.gpu={TABLE_SETTINGS['gpu']}",
+            f"teacher.training.offload={offload}", f"teacher.training.seq_len={TABLE_SETTINGS['seq_len']}",
+            f"teacher.training.micro_batch={TABLE_SETTINGS['micro_batch']}",
+            f"teacher.epoch_tokens={TABLE_SETTINGS['epoch_tokens']}", f"mfu={TABLE_SETTINGS['mfu']}"])
+        job = plan_job(config.teacher, config.cluster, config.mfu)
+        rows.append({"model": model.split("/")[1], "nodes": nodes, "gpus": job["gpus"], "offload": offload,
+                     **job["memory"], "hours": job["epoch"]["hours"]})
     return rows
 
 

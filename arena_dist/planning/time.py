@@ -35,11 +35,8 @@ def epoch_estimate(dims: ModelDims, params: ParamCount, tokens: float, seq_len: 
     """One training epoch over `tokens` tokens."""
     per_token = training_flops_per_token(dims, params, seq_len, method, checkpointing)
     total = per_token * tokens
-    return {
-        "tokens": tokens, "flops_per_token": per_token, "total_flops": total, "gpus": gpus,
-        "tokens_per_s_per_gpu": peak_tflops * 1e12 * mfu / per_token,
-        "hours": hours(total, gpus, peak_tflops, mfu),
-    }
+    return {"tokens": tokens, "flops_per_token": per_token, "total_flops": total, "gpus": gpus,
+            "tokens_per_s_per_gpu": peak_tflops * 1e12 * mfu / per_token, "hours": hours(total, gpus, peak_tflops, mfu)}
 
 
 def labelling_estimate(dims: ModelDims, params: ParamCount, rows: int, tokens_per_row: int, swap_tta: bool,
@@ -49,9 +46,7 @@ def labelling_estimate(dims: ModelDims, params: ParamCount, rows: int, tokens_pe
     tokens = float(rows) * tokens_per_row * passes
     per_token = forward_flops_per_token(dims, params, tokens_per_row)
     total = per_token * tokens
-    return {
-        "rows": rows, "tokens_per_row": tokens_per_row, "passes": passes, "tokens": tokens,
-        "flops_per_token": per_token, "total_flops": total, "gpus": gpus,
-        "rows_per_s": rows / (hours(total, gpus, peak_tflops, mfu) * 3600.0),
-        "hours": hours(total, gpus, peak_tflops, mfu),
-    }
+    return {"rows": rows, "tokens_per_row": tokens_per_row, "passes": passes, "tokens": tokens,
+            "flops_per_token": per_token, "total_flops": total, "gpus": gpus,
+            "rows_per_s": rows / (hours(total, gpus, peak_tflops, mfu) * 3600.0),
+            "hours": hours(total, gpus, peak_tflops, mfu)}

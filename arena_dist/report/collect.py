@@ -73,15 +73,9 @@ def _find_keys(obj, keys, prefix="") -> dict:
 
 def label_stats(records: list[tuple[Path, StageArtefact]]) -> list[dict]:
     """Throughput / padding numbers from the status files the label stages' records name (`<teacher>/status`)."""
-    stats = []
-    for directory, record in records:
-        if record.stage != "label":
-            continue
-        for name, path in record.outputs.items():
-            if name.endswith("/status") and Path(path).is_file():
-                stats.append({"path": Path(path), "stats": _find_keys(json.loads(Path(path).read_text()),
-                                                                    LABEL_STAT_KEYS)})
-    return stats
+    return [{"path": Path(path), "stats": _find_keys(json.loads(Path(path).read_text()), LABEL_STAT_KEYS)}
+            for _, record in records if record.stage == "label"
+            for name, path in record.outputs.items() if name.endswith("/status") and Path(path).is_file()]
 
 
 def resolved_configs(run_dir: Path) -> list[tuple[Path, str]]:
@@ -92,7 +86,6 @@ def resolved_configs(run_dir: Path) -> list[tuple[Path, str]]:
 
 def bayes_reference(records: list[tuple[Path, StageArtefact]]) -> dict | None:
     """The Bayes optimum the synth stage recorded (its `bayes` output), None without a synth stage."""
-    for directory, record in records:
-        if record.stage == "synth" and "bayes" in record.outputs:
-            return json.loads(Path(record.outputs["bayes"]).read_text())
-    return None
+    path = next((record.outputs["bayes"] for _, record in records
+                 if record.stage == "synth" and "bayes" in record.outputs), None)
+    return None if path is None else json.loads(Path(path).read_text())

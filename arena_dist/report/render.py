@@ -34,9 +34,7 @@ def plot_training(stage: str, series: dict[str, list[tuple[int, float]]], target
             axis.plot(steps, smooth, "-", color=line.get_color(), label=f"{tag} (moving mean of {window})")
         else:
             axis.plot(steps, values, "o-", markersize=4, linewidth=2, label=tag)
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.set_title(f"{stage}: training and evaluation loss")
+    axis.set(xlabel="step", ylabel="loss", title=f"{stage}: training and evaluation loss")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -105,47 +103,36 @@ def render_report(run_dir: Path, output_dir: Path) -> dict:
     sections: list[str] = []
     included: dict[str, int] = {}
 
+    def section(key: str | None, items, title: str, body) -> None:
+        """A section of `body(items)` under `title` when there are items; `included[key]` counts them."""
+        if key is not None:
+            included[key] = len(items)
+        if items:
+            sections.append(f"<h2>{title}</h2>" + body(items))
+
     records = collect.stage_records(run_dir, exclude=output_dir)
     included["stages"] = len(records)
-    bayes = collect.bayes_reference(records)
-    if bayes:
-        sections.append("<h2>Synthetic benchmark optimum</h2>" + _table(
-            [["Bayes log loss", bayes.get("bayes_log_loss")], ["Bayes accuracy", bayes.get("bayes_accuracy")],
-             ["uniform log loss (ln 3)", bayes.get("ln3")], ["achievable gain", bayes.get("achievable_gain")],
-             ["tie rate", bayes.get("tie_rate")]], ["reference", "value"]))
-    if records:
-        sections.append("<h2>Stages</h2>" + _table(stage_rows(records, run_dir),
-                                                   ["directory", "stage", "status", "time", "rows", "headline"]))
+    section(None, collect.bayes_reference(records), "Synthetic benchmark optimum", lambda bayes: _table(
+        [["Bayes log loss", bayes.get("bayes_log_loss")], ["Bayes accuracy", bayes.get("bayes_accuracy")],
+         ["uniform log loss (ln 3)", bayes.get("ln3")], ["achievable gain", bayes.get("achievable_gain")],
+         ["tie rate", bayes.get("tie_rate")]], ["reference", "value"]))
+    section(None, records, "Stages", lambda records: _table(
+        stage_rows(records, run_dir), ["directory", "stage", "status", "time", "rows", "headline"]))
 
-    logs = collect.training_logs(run_dir)
     plots = []
-    for stage, series in logs.items():
+    for stage, series in collect.training_logs(run_dir).items():
         plot = plot_training(stage, series, images / f"training_{stage}.png")
         if plot is not None:
             plots.append(f'<h3>{html.escape(stage)}</h3><img src="img/{plot.name}" alt="{html.escape(stage)} loss">')
-    included["training_plots"] = len(plots)
-    if plots:
-        sections.append("<h2>Training</h2>" + "\n".join(plots))
-
-    evaluations = collect.evaluations(records)
-    included["evaluations"] = len(evaluations)
-    if evaluations:
-        sections.append("<h2>Evaluation</h2>" + "\n".join(
-            _evaluation_section(ev, images, i) for i, ev in enumerate(evaluations)))
-
-    label = collect.label_stats(records)
-    included["label_stats"] = len(label)
-    if label:
-        rows = [[str(item["path"].relative_to(run_dir)), key, value]
-                for item in label for key, value in item["stats"].items()]
-        sections.append("<h2>Pseudo-labelling throughput</h2>" + _table(rows, ["file", "metric", "value"]))
-
-    configs = collect.resolved_configs(run_dir)
-    included["configs"] = len(configs)
-    if configs:
-        sections.append("<h2>Resolved configs</h2>" + "\n".join(
-            f"<details><summary>{html.escape(str(path.relative_to(run_dir)))}</summary>"
-            f"<pre>{html.escape(text)}</pre></details>" for path, text in configs))
+    section("training_plots", plots, "Training", "\n".join)
+    section("evaluations", collect.evaluations(records), "Evaluation", lambda evaluations: "\n".join(
+        _evaluation_section(ev, images, i) for i, ev in enumerate(evaluations)))
+    section("label_stats", collect.label_stats(records), "Pseudo-labelling throughput", lambda label: _table(
+        [[str(item["path"].relative_to(run_dir)), key, value]
+         for item in label for key, value in item["stats"].items()], ["file", "metric", "value"]))
+    section("configs", collect.resolved_configs(run_dir), "Resolved configs", lambda configs: "\n".join(
+        f"<details><summary>{html.escape(str(path.relative_to(run_dir)))}</summary>"
+        f"<pre>{html.escape(text)}</pre></details>" for path, text in configs))
 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>arena_dist run {html.escape(run_dir.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>arena_dist run: {html.escape(str(run_dir))}</h1>"

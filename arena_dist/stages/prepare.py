@@ -54,16 +54,9 @@ def run(config: Config) -> dict:
             print(format_source_counts(name, counts))
         print(f"up to date (same config and input bytes; set force=true to rebuild): {manifest_path}")
     else:
-        manifest = build_dataset(
-            config.sources,
-            config.output_dir,
-            num_shards=config.num_shards,
-            num_folds=config.num_folds,
-            seed=config.seed,
-            batch_rows=config.batch_rows,
-            resolved_config=config,
-            config_hash_value=dataset_hash(config),
-        )
+        manifest = build_dataset(config.sources, config.output_dir, num_shards=config.num_shards,
+                                 num_folds=config.num_folds, seed=config.seed, batch_rows=config.batch_rows,
+                                 resolved_config=config, config_hash_value=dataset_hash(config))
     rows = {split: entry["rows"] for split, entry in manifest["splits"].items()}
     print(f"prepared {', '.join(f'{split}={n:,}' for split, n in rows.items()) or 'no rows'}; manifest: {manifest_path}")
     counts = {key: sum(source.get(key, 0) for source in manifest["sources"].values())

@@ -42,25 +42,15 @@ class Config(synth.SynthSpec):
     progress: bool = True
 
 
-def _spec(config: Config) -> synth.SynthSpec:
-    return synth.SynthSpec.model_validate({k: getattr(config, k) for k in synth.SynthSpec.model_fields})
-
-
 def prepare_config(config: Config, out: Path) -> dict:
     """The `arena-dist prepare` config over the files written (absolute paths: usable from any directory)."""
-    sources = []
-    if config.n_train:
-        sources.append({"name": "lmsys", "kind": "lmsys_csv", "path": str(out / "lmsys" / "train.csv"),
-                        "split": "train"})
-    if config.n_wsdm_train:
-        sources.append({"name": "wsdm", "kind": "wsdm_parquet", "path": str(out / "wsdm" / "train.parquet"),
-                        "split": "train"})
-    if config.n_pairwise:
-        for style in ("pairs", "hh"):
-            sources.append({"name": style, "kind": "pairwise_jsonl",
-                            "path": str(out / "pairwise" / f"{style}.jsonl"), "split": "train"})
-    if config.n_pool:
-        sources.append({"name": "pool", "kind": "pool", "path": str(out / "pool" / "pool.parquet"), "split": "pool"})
+    written = [(config.n_train, "lmsys", "lmsys_csv", "lmsys/train.csv", "train"),
+               (config.n_wsdm_train, "wsdm", "wsdm_parquet", "wsdm/train.parquet", "train"),
+               (config.n_pairwise, "pairs", "pairwise_jsonl", "pairwise/pairs.jsonl", "train"),
+               (config.n_pairwise, "hh", "pairwise_jsonl", "pairwise/hh.jsonl", "train"),
+               (config.n_pool, "pool", "pool", "pool/pool.parquet", "pool")]
+    sources = [{"name": name, "kind": kind, "path": str(out / path), "split": split}
+               for rows, name, kind, path, split in written if rows]
     return {
         "output_dir": config.prepare.output_dir or str(out / "dataset"),
         "num_shards": config.prepare.num_shards,
@@ -79,15 +69,10 @@ def rows_by_format(files: dict) -> dict[str, int]:
     return rows
 
 
-def _short(name: str) -> str:
-    """`lmsys/train.csv` -> `lmsys/train`: the record's names for the files written."""
-    return name.rsplit(".", 1)[0]
-
-
 def run(config: Config) -> dict:
     started, wall_started = time.monotonic(), time.time()
     out = claim_output_dir(Path(config.output_dir).resolve(), "output_dir")
-    spec = _spec(config)
+    spec = synth.SynthSpec.model_validate({k: getattr(config, k) for k in synth.SynthSpec.model_fields})
     world = synth.build_world(spec.preference)
 
     lmsys = synth.write_lmsys(out, config.n_train, config.n_test, config.seed, spec, config.quirks,
@@ -145,7 +130,8 @@ def run(config: Config) -> dict:
     write_artefact(
         out, "synth", config, started=wall_started,
         outputs={"bayes": out / "bayes.json", "prepare_config": out / "prepare.yaml",
-                 **{_short(name): out / name for name in files if " " not in name},
+                 # `lmsys/train.csv` as `lmsys/train`: the record names the files written without their suffix
+                 **{name.rsplit(".", 1)[0]: out / name for name in files if " " not in name},
                  **({"lmsys/test_answers": out / "lmsys" / "test_answers.csv"} if config.n_test else {})},
         rows=rows_by_format(files),
         metrics={key: bayes[key] for key in ("bayes_log_loss", "bayes_accuracy", "achievable_gain", "tie_rate")},
