@@ -72,7 +72,11 @@ def _safetensors_file(name_or_path: str, key: str) -> str:
             raise ConfigError(f"{index}: no {key} in the weight map (model.head=verbalizer needs a causal-LM "
                               "checkpoint's output embedding)")
         return cached_file(name_or_path, shard)
-    return cached_file(name_or_path, "model.safetensors")
+    single = cached_file(name_or_path, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+    if single is None:
+        raise ConfigError(f"{name_or_path}: no model.safetensors(.index.json) to read the LM head's answer rows from "
+                          "(model.head=verbalizer)")
+    return single
 
 
 def output_embedding_rows(name_or_path: str, config, token_ids: list[int]) -> torch.Tensor:

@@ -118,6 +118,16 @@ def test_refuses_an_answer_word_that_is_not_one_token(hub, tmp_path):
     classifier = build_checkpoint(tmp_path, "llama", "classifier")  # no LM head to read the rows from
     with pytest.raises(ConfigError, match="lm_head.weight"):
         build_classifier(cfg.model_copy(update={"name_or_path": str(classifier)}), family_tokenizer("llama"), fmt)
+    from arena_dist.models.verbalizer import output_embedding_rows
+
+    with pytest.raises(ConfigError, match="no model.safetensors"):
+        output_embedding_rows(str(tmp_path), classifier_config(classifier), [1])
+
+
+def classifier_config(path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path))
 
 
 def train_steps(model, ids, mask, steps: int = 3):
