@@ -9,7 +9,8 @@ markers, chat template and pad / eos settings. Stages then read them by path exa
     build_checkpoint(root, "gemma2", "classifier") # a *ForSequenceClassification checkpoint
 
 The tokenizers reuse the project's small byte-level BPE (arena_dist/assets/tokenizer) for ordinary text and add the
-family's own special tokens, so every marker is one token as in the real tokenizer.
+family's own special tokens, so every marker is one token as in the real tokenizer, and the verbaliser's answer words
+("A", "B", "tie": one token each in the real Llama-3, Qwen2.5 and Gemma-2 vocabularies; the small BPE splits "tie").
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ FAMILY = {
 }
 
 
-def build_tokenizer(family: str):
-    from tokenizers import Tokenizer
+ANSWER_WORDS = ("tie",)  # the answer words the small BPE does not already have as one token
+
+
+def build_tokenizer(family: str, answer_words: bool = True):
+    """`answer_words=False`: "tie" stays two tokens (a tokenizer the verbaliser head must refuse)."""
+    from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     from arena_dist.formatting.tokenizer import LOCAL_TOKENIZER_DIR
@@ -70,6 +75,8 @@ def build_tokenizer(family: str):
     spec = FAMILY[family]
     backend = Tokenizer.from_file(str(LOCAL_TOKENIZER_DIR / "tokenizer.json"))
     backend.add_special_tokens(list(spec.special_tokens))
+    if answer_words:  # whole words only, so "tied" still tokenises as before
+        backend.add_tokens([AddedToken(word, single_word=True, special=False) for word in ANSWER_WORDS])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=spec.bos, eos_token=spec.eos,
                                    pad_token=spec.pad, chat_template=spec.chat_template, padding_side="right")
 

@@ -56,6 +56,9 @@ class StudentConfig(TrainJobConfig):
     ray: StudentRay = StudentRay()
     loss: StudentLoss = StudentLoss()
     merge: StudentMerge = StudentMerge()
+    # model.head verbalizer: also write the export as a plain causal-LM checkpoint (<export_dir>_causal_lm, LoRA
+    # merged) that a generation server can serve (arena_dist.models.verbalizer.export_causal_lm)
+    causal_lm_export: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudentConfig":
@@ -67,4 +70,6 @@ class StudentConfig(TrainJobConfig):
             raise ValueError("loss: w_ce is 0 and there are no data.soft_labels: no target to learn from")
         if self.merge.enabled and self.model.lora is None:
             raise ValueError("merge.enabled needs a LoRA student (model.lora)")
+        if self.causal_lm_export and self.model.head != "verbalizer":
+            raise ValueError("causal_lm_export needs model.head: verbalizer (other heads have no LM-head rows)")
         return self

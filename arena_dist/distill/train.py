@@ -150,6 +150,12 @@ class StudentRecipe(TeacherRecipe):
                                         cfg.merge.max_logit_diff, cfg.merge.dtype,
                                         trust_remote_code=cfg.model.trust_remote_code)
             out["merged_export_dir"] = str(merged_dir)
+        if cfg.causal_lm_export:
+            from arena_dist.models.verbalizer import export_causal_lm
+
+            causal_dir = export_dir.with_name(export_dir.name + "_causal_lm")
+            out["causal_lm_dir"] = str(export_causal_lm(export_dir, causal_dir,
+                                                        trust_remote_code=cfg.model.trust_remote_code))
         return out
 
     def summary(self, trainer) -> dict:

@@ -33,6 +33,9 @@ OPTIONS = {
     "3class": "Which is better? A, B or tie",
     "2class": "Which is better? A or B",
 }
+# The words the options line offers, in class order: a verbaliser head (arena_dist.models.verbalizer) reads the causal
+# LM's next-token logits for them.
+ANSWER_WORDS = {"3class": ("A", "B", "tie"), "2class": ("A", "B")}
 
 
 @dataclass(frozen=True)

@@ -134,18 +134,21 @@ def seeded(seed: int):
 
 
 def build_model(cfg: ModelConfig, num_labels: int, pad_token_id: int | None, segment_markers: dict | None = None,
-                for_training: bool = True, **from_pretrained_extra):
+                for_training: bool = True, answer_token_ids: list[int] | None = None, **from_pretrained_extra):
     """Sequence classifier per `cfg`: base -> (MLP head) -> (segment embeddings) -> (quantisation prep) -> (LoRA) ->
     (grad checkpointing). `segment_markers` (`arena_dist.formatting.encode.segment_markers`) is needed when
     `cfg.segment_embeddings` is on. `for_training=False` (the export loader): no k-bit training preparation,
-    gradient checkpointing or LoRA (an export's adapter is loaded onto the result)."""
+    gradient checkpointing or LoRA (an export's adapter is loaded onto the result). `answer_token_ids`: one per
+    class, for `cfg.head == "verbalizer"` (`arena_dist.models.verbalizer.answer_token_ids`)."""
+    if cfg.head == "verbalizer" and len(answer_token_ids or ()) != num_labels:
+        raise ConfigError(f"model.head=verbalizer needs one answer token id per class (got {answer_token_ids})")
     if num_labels < 2:
         raise ConfigError(f"num_labels must be at least 2 (got {num_labels})")
     if cfg.segment_embeddings and segment_markers is None:
         raise ConfigError("model.segment_embeddings is on but no segment markers were given (a bug in the caller)")
     with seeded(cfg.init_seed):
         return _build(cfg, num_labels, pad_token_id, segment_markers if cfg.segment_embeddings else None,
-                      for_training, from_pretrained_extra)
+                      for_training, from_pretrained_extra, answer_token_ids)
 
 
 def build_classifier(cfg: ModelConfig, tokenizer, fmt):
@@ -160,14 +163,24 @@ def build_classifier(cfg: ModelConfig, tokenizer, fmt):
         from arena_dist.formatting.encode import segment_markers
 
         markers = segment_markers(tokenizer, fmt)
-    return build_model(cfg, num_labels(fmt.label_mode), int(tokenizer.pad_token_id), segment_markers=markers)
+    answer_ids = None
+    if cfg.head == "verbalizer":  # checked before any weights are loaded
+        from arena_dist.models.verbalizer import answer_token_ids
+
+        answer_ids = answer_token_ids(tokenizer, fmt.label_mode)
+    return build_model(cfg, num_labels(fmt.label_mode), int(tokenizer.pad_token_id), segment_markers=markers,
+                       answer_token_ids=answer_ids)
 
 
 def _build(cfg: ModelConfig, num_labels: int, pad_token_id: int | None, segment_markers: dict | None,
-           for_training: bool, from_pretrained_extra: dict):
+           for_training: bool, from_pretrained_extra: dict, answer_token_ids: list[int] | None = None):
     model = build_base(cfg, num_labels, pad_token_id, **from_pretrained_extra)
     if cfg.head == "mlp":
         install_mlp_head(model, num_labels, cfg.head_dropout)
+    if cfg.head == "verbalizer":  # a training build starts from the LM head's rows; a loaded export has its own
+        from arena_dist.models.verbalizer import install_verbalizer_head
+
+        install_verbalizer_head(model, answer_token_ids, cfg.name_or_path if for_training else None)
     if segment_markers is not None:
         install_segment_embeddings(model, segment_markers, cfg.initializer_range, cfg.segment_gate_std)
     if model.config.pad_token_id is None:

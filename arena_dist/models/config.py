@@ -47,7 +47,9 @@ class ModelConfig(StrictModel):
     # model learns the comparison reliably from 1.0 (bench/results/synth_learnability_findings.md).
     segment_gate_std: float = Field(0.0, ge=0)
 
-    head: Literal["linear", "mlp"] = "linear"
+    # verbalizer: the causal LM's next-token logits for the answer words (arena_dist.models.verbalizer); needs
+    # name_or_path, a causal-LM checkpoint
+    head: Literal["linear", "mlp", "verbalizer"] = "linear"
     head_dropout: float = Field(0.1, ge=0, lt=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
@@ -60,6 +62,9 @@ class ModelConfig(StrictModel):
     def _one_source(self) -> "ModelConfig":
         if (self.name_or_path is None) == (self.arch is None):
             raise ValueError("set exactly one of model.name_or_path (pretrained) or model.arch (random init)")
+        if self.head == "verbalizer" and self.name_or_path is None:
+            raise ValueError("model.head=verbalizer needs model.name_or_path: a causal-LM checkpoint whose LM head "
+                             "gives the answer rows")
         if self.arch is not None:
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")

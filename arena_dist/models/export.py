@@ -47,11 +47,14 @@ def _is_peft(model) -> bool:
 
 def _head_kind(model) -> str:
     from arena_dist.models.heads import MLPHead
+    from arena_dist.models.verbalizer import VerbalizerHead
 
     base = model.get_base_model() if _is_peft(model) else model
     score = base.score
     if hasattr(score, "modules_to_save"):  # peft ModulesToSaveWrapper
         score = score.original_module
+    if isinstance(score, VerbalizerHead):
+        return "verbalizer"
     return "mlp" if isinstance(score, MLPHead) else "linear"
 
 
@@ -83,6 +86,8 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
 
     `state_dict`: the gathered full state dict (ZeRO-3); default `model.state_dict()`. `model_config`: the
     ModelConfig the model was built from (default: the one `build_model` attached)."""
+    from arena_dist.models.verbalizer import verbalizer_meta
+
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise InputError(f"export metadata is missing {', '.join(missing)} (writing {out_dir})")
@@ -95,6 +100,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
         "num_labels": int(base_model.config.num_labels),
         "pad_token_id": base_model.config.pad_token_id,
         "head": _head_kind(model),
+        **verbalizer_meta(base_model),
         "lora": is_lora,
         "base": base_spec,
         "model_config": model_config.model_dump() if model_config is not None else None,
@@ -259,7 +265,7 @@ def _load_classifier(directory: Path, meta: dict, dtype: str, device_map, quanti
     replaced_after = meta["head"] == "mlp" or markers is not None or not own_weights
     with quiet_transformers_loading(replaced_after):
         model = build_model(cfg, meta["num_labels"], meta.get("pad_token_id"), segment_markers=markers,
-                            for_training=False, **extra)
+                            for_training=False, answer_token_ids=meta.get("answer_token_ids"), **extra)
     if own_weights and meta["head"] == "mlp":
         _load_module_weights(model.score, directory, "score.", "head")
     if own_weights and markers is not None:
