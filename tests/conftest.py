@@ -85,3 +85,20 @@ def _files_containing(root, needle: str) -> list[str]:
 def files_containing():
     """`files_containing(root, text)`: see _files_containing."""
     return _files_containing
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist workers (`--dist loadgroup`). A test file's tests stay together on one worker,
+    so module-scoped fixtures (a Ray head, a trained reference run) are built once; the cluster tests (network
+    namespaces, a private two-node Slurm) share one group and run one after another. Files with the most slow tests
+    are handed out first, so the long ones do not all end up in the tail."""
+    def group(item) -> str:
+        path = Path(str(item.fspath)).resolve().relative_to(REPO / "tests")
+        return "cluster" if path.parts[0] == "cluster" else path.as_posix()
+
+    slow = {}
+    for item in items:
+        slow[group(item)] = slow.get(group(item), 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[group(item)])  # stable: the order inside a file is kept
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
