@@ -36,10 +36,20 @@ class _DropLine(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-def silence_known_warnings() -> None:
+def silence_known_warnings(under_ray_train: bool = False) -> None:
+    """`under_ray_train`: also Ray Train's INFO line per metrics report, which repeats the whole metrics dict next to
+    the loop's own progress line. Its logger is named after its module's file, found here without importing more
+    of Ray than the worker already has."""
     for category, message in KNOWN:
         warnings.filterwarnings("ignore", message=message, category=category)
-    for name, prefix in KNOWN_LOG_LINES.items():
+    lines = dict(KNOWN_LOG_LINES)
+    if under_ray_train:
+        import importlib.util
+
+        spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+        if spec is not None and spec.origin:
+            lines[spec.origin] = "Reporting training result"
+    for name, prefix in lines.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLine) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(_DropLine(prefix))

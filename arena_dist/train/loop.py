@@ -24,6 +24,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +53,13 @@ from arena_dist.train.parallel import all_reduce, barrier
 SUMMARY_FILE = "summary.json"
 
 
+def console(line: str) -> None:
+    """One line on stdout. Not `print`: in a Ray Train worker, print is patched to go to the root logger and also to
+    the stream, and Ray forwards both, so every progress line would reach the job's console twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def format_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -75,8 +83,8 @@ def load_split_records(config: TrainJobConfig) -> tuple[list, list]:
     def usable(records, name):
         kept = [r for r in records if r["label"] is not None and usable_in_mode(r, config.format.label_mode)]
         if len(kept) != len(records):
-            print(f"teacher: {name}: {len(records) - len(kept)} of {len(records)} records have no usable label in "
-                  f"{config.format.label_mode} mode (skipped)", flush=True)
+            console(f"teacher: {name}: {len(records) - len(kept)} of {len(records)} records have no usable label in "
+                    f"{config.format.label_mode} mode (skipped)")
         return kept
 
     train, evaluation = usable(train, "train"), usable(evaluation, "eval")
@@ -188,7 +196,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ setup
     def log(self, message: str) -> None:
         if self.rank == 0:
-            print(f"{self.recipe.name}: {message}", flush=True)
+            console(f"{self.recipe.name}: {message}")
 
     def setup(self) -> None:
         import torch
@@ -510,7 +518,7 @@ def run_rank(payload: dict, rank: int, world_size: int, under_ray: bool) -> dict
     the only process (world size 1, no process group)."""
     from arena_dist.quiet import silence_known_warnings
 
-    silence_known_warnings()
+    silence_known_warnings(under_ray_train=under_ray)
     recipe_type = recipe_class(payload.get("recipe", "teacher"))
     config = recipe_type.config_class.model_validate(payload["config"])
     apply_payload_env(payload)

@@ -138,6 +138,10 @@ def test_zero3_partitions_parameters_and_learns(reference):
     assert list((directory / "tensorboard").glob("events.out.tfevents.*"))
     assert (directory / "resolved_config.yaml").is_file()
     assert "samples/s" in output and "ETA" in output
+    # Readable console: each progress line once (not also through Ray Train's print patch), no per-report dump.
+    progress = [line for line in output.splitlines() if "teacher: step " in line]
+    assert progress and len(progress) == len(set(progress)), progress[:4]
+    assert "Reporting training result" not in output
     # Checkpoints at 8, 16, 24; training.keep_last (default 2) keeps the newest two, no hidden leftover of the
     # deletion (the smaller-world test below copies both). DeepSpeed's scripts beside them are left alone.
     left = sorted(p.name for p in (directory / "checkpoints").iterdir() if not p.name.endswith(".py"))
