@@ -352,8 +352,9 @@ class Trainer:
         atomic_write_json(self.state_dir / "workers" / f"rank{self.rank}_state.json", stats)
         return stats
 
-    def probe(self) -> None:
-        """Logits of the trained model on a few fixed inputs (rank 0 writes them): an export must reproduce them."""
+    def probe(self, name: str = "probe.json") -> None:
+        """Logits of the model on a few fixed inputs (rank 0 writes them): the trained model's, which an export must
+        reproduce, and at step 0 (`probe_step0.json`) the loaded one's, which a plain build must reproduce."""
         import torch
 
         samples = (self.eval_samples or self.train_samples)[:4]
@@ -367,7 +368,7 @@ class Trainer:
         if self.rank == 0:
             from arena_dist.io import atomic_write_json
 
-            atomic_write_json(self.config.run_dir / "probe.json", {
+            atomic_write_json(self.config.run_dir / name, {
                 "input_ids": inputs["input_ids"].tolist(), "attention_mask": inputs["attention_mask"].tolist(),
                 "logits": logits.tolist()})
 
@@ -401,6 +402,8 @@ class Trainer:
             self.total_steps
         started, done_at_start, last_eval, initial = time.monotonic(), step, {}, None
         try:
+            if step == 0:
+                self.probe("probe_step0.json")
             if self.recipe.eval_at_start and step == 0:
                 initial = self.evaluate()
                 self.record(0, initial)
