@@ -180,6 +180,10 @@ def test_a_moved_lora_base_is_found_through_base_path(lora_export_on_a_checkpoin
     logged = console.out + console.err + "".join(r.getMessage() for r in caplog.records)
     for alarm in ("MISSING", "newly initialized", "LOAD REPORT"):
         assert alarm not in logged
+    from arena_dist.label.scoring import TeacherScorer  # what each label actor loads (teachers[i].base_path)
+
+    with torch.no_grad():
+        assert torch.equal(TeacherScorer(str(export), base_path=str(moved)).model(**ids).logits, expected)
 
 
 def test_8bit_loading_logs_no_cast_line_per_forward(lora_export_on_a_checkpoint, caplog):
