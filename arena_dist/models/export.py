@@ -299,8 +299,8 @@ def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None
 
         # The trained head and segment embeddings come back from the adapter (modules_to_save); the base only has
         # to match their shapes.
-        base = _load_classifier(_base_path(path, meta, base_path), meta, dtype, device_map, quantization, own_weights=False,
-                                trust_remote_code=trust_remote_code)
+        base = _load_classifier(_base_path(path, meta, base_path), meta, dtype, device_map, quantization,
+                                own_weights=False, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
     else:
         model = _load_classifier(path, meta, dtype, device_map, quantization, trust_remote_code=trust_remote_code)
