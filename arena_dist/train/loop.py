@@ -139,6 +139,9 @@ class TeacherRecipe:
         hf_ds_config = None
         if zero_stage(self.ds_config) == 3 and self.config.model.name_or_path is not None:
             # Keeps zero.Init active while transformers loads the weights: each rank only ever holds its partition.
+            # A new head is still the seeded one of a plain single-process build: transformers initialises a missing
+            # linear `score` on rank 0 under GatheredParameters and broadcasts it, and an MLP head is built whole
+            # after the load, from the same seeded RNG on every rank (probe_step0.json, checked in the tests).
             # A random-init model is built whole and partitioned by deepspeed.initialize instead, so its initial
             # weights are the seeded ones of a plain build whatever the ZeRO stage (zero.Init draws other values).
             from transformers.integrations import HfDeepSpeedConfig

@@ -84,3 +84,22 @@ def test_causal_lm_checkpoint_quantises_at_load(hub, family, quantization):
     assert torch.isfinite(quantised).all()
     # same seeded head on (nearly) the same body: close to the full-precision model, not equal
     assert torch.allclose(quantised, logits(full), atol=0.1)
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_a_bf16_checkpoint_quantises_at_load(hub, tmp_path, quantization):
+    """Hub checkpoints are mostly stored in bf16: the same load path from bf16 tensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from arena_dist.models.quant import quantized_layer_counts
+
+    source = hub[("llama", "causal_lm")]
+    path = tmp_path / "llama-bf16"
+    AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.bfloat16).save_pretrained(path, max_shard_size="40KB")
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(path)
+    cfg = ModelConfig(name_or_path=str(path), head="mlp", quantization=quantization, dtype="bfloat16",
+                      lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    model = build_model(cfg, 3, 0)
+    kind = "Linear4bit" if quantization == "4bit" else "Linear8bitLt"
+    assert quantized_layer_counts(model)[kind] == 14
+    assert torch.isfinite(logits(model)).all()
