@@ -192,18 +192,16 @@ REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
 ATTENTION_KERNELS = ("eager", "sdpa")  # what training uses; a hub kernel id would fetch and run code
 
 
-BASE_PATH_SETTINGS = "model.base_path / second_model.base_path (predict) or teachers[N].base_path (label)"
-
-
-def _base_path(path: Path, meta: dict, base_path: str | os.PathLike | None = None) -> Path | None:
-    """Where a LoRA export's base lives: `base_path` (the stage config's, for a base moved since training), its
-    `base/` folder, or the hub id / dir recorded as the training config gave it. A recorded local folder that is
-    gone is a clear error here; a hub id (`org/name`) is left to transformers."""
+def _base_path(path: Path, meta: dict, base_path: str | os.PathLike | None = None,
+               setting: str = "base_path") -> Path | None:
+    """Where a LoRA export's base lives: `base_path` (the stage config's `setting`, for a base moved since training),
+    its `base/` folder, or the hub id / dir recorded as the training config gave it. A recorded local folder that is
+    gone is a clear error naming `setting`; a hub id (`org/name`) is left to transformers."""
     if not meta.get("lora"):
         return None
     if base_path is not None:
         if not Path(base_path).is_dir():
-            raise InputError(f"{path}: base_path {base_path} is not a folder (the LoRA export's base model)")
+            raise InputError(f"{path}: {setting} {base_path} is not a folder (the LoRA export's base model)")
         return Path(base_path)
     if meta.get("base_dir"):
         return path / meta["base_dir"]
@@ -211,7 +209,7 @@ def _base_path(path: Path, meta: dict, base_path: str | os.PathLike | None = Non
     hub_id = not recorded.startswith(("/", ".", "~")) and recorded.count("/") <= 1
     if not Path(recorded).expanduser().exists() and not hub_id:
         raise InputError(f"{path}: the LoRA export's base model {recorded} (recorded in {META_FILE}) is not there; "
-                         f"point the stage at the folder that holds it now with {BASE_PATH_SETTINGS}")
+                         f"set {setting} to the folder that holds it now")
     return Path(recorded).expanduser()
 
 
@@ -235,7 +233,7 @@ def check_remote_code(path: str | os.PathLike, trust_remote_code: bool,
     Also the early check that a LoRA export's base is where the stage expects it (`base_path`)."""
     path = Path(path)
     meta = read_export_meta(path)
-    base = _base_path(path, meta, base_path)
+    base = _base_path(path, meta, base_path, setting.replace("trust_remote_code", "base_path"))
     if trust_remote_code:
         return
     for directory in (path, base):

@@ -164,7 +164,7 @@ def test_a_moved_lora_base_is_found_through_base_path(lora_export_on_a_checkpoin
     assert read_export_meta(export)["base"] == {"name_or_path": str(base)}  # as the config gave it
     moved = tmp_path / "elsewhere" / "base"
     shutil.move(str(base), str(moved))
-    with pytest.raises(InputError, match="base model .*is not there.*model.base_path") as err:
+    with pytest.raises(InputError, match="base model .*is not there; set base_path to") as err:
         load_export(export)
     assert str(base) in str(err.value)
     with pytest.raises(InputError, match="is not a folder"):
