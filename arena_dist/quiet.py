@@ -1,5 +1,6 @@
-"""Known harmless library warnings, silenced once per process where they arise (each training rank calls this first),
-so a console shows progress lines and real problems. Each entry says why it is harmless; nothing else is hidden."""
+"""Known harmless library warnings, silenced once per process where they arise (the CLI, each training rank, each
+label actor and the predict loader call this first), so a console shows progress lines and real problems. Each
+entry says why it is harmless; nothing else is hidden."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ KNOWN = (
                     r"_reduce_scatter_base)` is"),
     # transformers 5 renamed the attribute that peft reads; same value.
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
-    # bitsandbytes 8-bit layers cast fp32 inputs to fp16 for their matmul: the intended QLoRA numerics.
-    (UserWarning, r".*MatMul8bitLt: inputs will be cast"),
 )
 
 
@@ -24,6 +23,9 @@ KNOWN_LOG_LINES = {
     "DeepSpeed": "Attempting to get learning rate from scheduler before it has started",
     # bitsandbytes' optional CPU kernel from the hub (the `kernels` package) is absent; its own fallback runs.
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    # bitsandbytes 8-bit layers cast non-fp16 inputs to fp16 for their matmul (the intended LLM.int8() numerics) and
+    # log it on every forward of every layer: a thousand lines per labelling run.
+    "bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast",
 }
 
 

@@ -87,18 +87,21 @@ def _actor_class(settings: ActorSettings):
     )
 
 
-def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bool = False):
-    """One scorer actor for `export_path`; the hub token goes along as an argument (`SecretEnv`)."""
+def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bool = False,
+                base_path: str | None = None):
+    """One scorer actor for `export_path` (a LoRA export's base at `base_path`, if given); the hub token goes along
+    as an argument (`SecretEnv`)."""
     from arena_dist.worker_env import SecretEnv
 
     return _actor_class(settings).remote(export_path, settings.dtype, settings.quantization, settings.gpus_per_actor,
-                                         settings.threads, trust_remote_code, SecretEnv.from_environ())
+                                         settings.threads, trust_remote_code, SecretEnv.from_environ(), base_path)
 
 
 def label_shards(
     teacher_id: str, export_path: str, shards: list[InputShard], store: LabelStore, settings: ActorSettings,
     max_tokens: int, max_rows: int | None = None, swap_tta: bool = True, progress: Progress | None = None,
     on_dispatch: Callable[[_Slot, InputShard], None] | None = None, trust_remote_code: bool = False,
+    base_path: str | None = None,
 ) -> dict:
     """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised.
     `trust_remote_code`: the label config's for this teacher (never the export's)."""
@@ -122,7 +125,7 @@ def label_shards(
         progress.update("done", force=True)
         return {**summary, "padding": padding.as_dict(), "seconds": round(time.monotonic() - started, 3)}
 
-    slots = [_Slot(i, start_actor(settings, export_path, trust_remote_code))
+    slots = [_Slot(i, start_actor(settings, export_path, trust_remote_code, base_path))
              for i in range(min(settings.num_actors, len(pending)))]
     ready_refs = {slot.handle.info.remote(): slot for slot in slots}
     attempts: dict[int, int] = {}

@@ -126,12 +126,15 @@ class TeacherScorer:
 
     def __init__(self, export_path: str, dtype: str = "float32", quantization: str = "none",
                  gpus: float = 0, threads: int | None = None, trust_remote_code: bool = False,
-                 secrets=None):
+                 secrets=None, base_path: str | None = None):
         """`trust_remote_code`: the label config's, handed over by the driver. `secrets`: the driver's hub token
-        (`arena_dist.worker_env.SecretEnv`), set in this process before anything is loaded."""
+        (`arena_dist.worker_env.SecretEnv`), set in this process before anything is loaded. `base_path`: where a LoRA
+        export's base is now (`load_export`)."""
         from arena_dist.models.export import load_export
+        from arena_dist.quiet import silence_known_warnings
         from arena_dist.worker_env import apply_secrets
 
+        silence_known_warnings()  # an actor is a process of its own: the driver's filters do not reach it
         apply_secrets(secrets)
         if threads:
             torch.set_num_threads(threads)
@@ -141,7 +144,8 @@ class TeacherScorer:
         device_map = "auto" if gpus > 1 else ("cuda:0" if gpus > 0 and torch.cuda.is_available() else None)
         self.model, self.tokenizer, self.meta = load_export(export_path, dtype=dtype, device_map=device_map,
                                                             quantization=quantization,
-                                                            trust_remote_code=trust_remote_code)
+                                                            trust_remote_code=trust_remote_code,
+                                                            base_path=base_path)
         if self.tokenizer is None:
             raise ValueError(f"{export_path}: the export carries no tokenizer")
         self.format = format_from_meta(self.meta)

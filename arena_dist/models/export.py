@@ -4,7 +4,7 @@ A folder with
 - `config.json` + `model.safetensors` (transformers `save_pretrained`; safetensors only) — the full classifier, or
   for LoRA runs `adapter_config.json` + `adapter_model.safetensors` (LoRA weights and the full head via
   modules_to_save) plus the base: `base/` (config + safetensors) when the base was random-init, else its hub id / dir
-  recorded in the metadata;
+  recorded in the metadata as the training config gave it (a stage's `base_path` points elsewhere at load time);
 - the tokenizer files;
 - `arena_dist.json`: {label_mode, num_labels, template, max_length, head, lora, base, quantization,
   teacher_extra_inputs, created_by, config_hash, format_version}.
@@ -198,13 +198,25 @@ REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
 ATTENTION_KERNELS = ("eager", "sdpa")  # what training uses; a hub kernel id would fetch and run code
 
 
-def _base_path(path: Path, meta: dict) -> Path | None:
-    """Where a LoRA export's base lives: its `base/` folder or the hub id / dir recorded at training time."""
+def _base_path(path: Path, meta: dict, base_path: str | os.PathLike | None = None,
+               setting: str = "base_path") -> Path | None:
+    """Where a LoRA export's base lives: `base_path` (the stage config's `setting`, for a base moved since training),
+    its `base/` folder, or the hub id / dir recorded as the training config gave it. A recorded local folder that is
+    gone is a clear error naming `setting`; a hub id (`org/name`) is left to transformers."""
     if not meta.get("lora"):
         return None
+    if base_path is not None:
+        if not Path(base_path).is_dir():
+            raise InputError(f"{path}: {setting} {base_path} is not a folder (the LoRA export's base model)")
+        return Path(base_path)
     if meta.get("base_dir"):
         return path / meta["base_dir"]
-    return Path(meta["base"]["name_or_path"])
+    recorded = meta["base"]["name_or_path"]
+    hub_id = not recorded.startswith(("/", ".", "~")) and recorded.count("/") <= 1
+    if not Path(recorded).expanduser().exists() and not hub_id:
+        raise InputError(f"{path}: the LoRA export's base model {recorded} (recorded in {META_FILE}) is not there; "
+                         f"set {setting} to the folder that holds it now")
+    return Path(recorded).expanduser()
 
 
 def declared_remote_code(directory: Path) -> str | None:
@@ -221,14 +233,16 @@ def declared_remote_code(directory: Path) -> str | None:
 
 
 def check_remote_code(path: str | os.PathLike, trust_remote_code: bool,
-                      setting: str = "trust_remote_code") -> None:
+                      setting: str = "trust_remote_code", base_path: str | os.PathLike | None = None) -> None:
     """Refuse an export that ships its own code (in its folder, its base or its tokenizer) unless the user turned
-    `setting` on in the config of the stage they run; called before any transformers call could import that code."""
-    if trust_remote_code:
-        return
+    `setting` on in the config of the stage they run; called before any transformers call could import that code.
+    Also the early check that a LoRA export's base is where the stage expects it (`base_path`)."""
     path = Path(path)
     meta = read_export_meta(path)
-    for directory in (path, _base_path(path, meta)):
+    base = _base_path(path, meta, base_path, setting.replace("trust_remote_code", "base_path"))
+    if trust_remote_code:
+        return
+    for directory in (path, base):
         found = directory is not None and declared_remote_code(directory)
         if found:
             raise InputError(f"{path}: the export ships Python code (auto_map in {found}); it runs only if you set "
@@ -274,13 +288,14 @@ def _load_classifier(directory: Path, meta: dict, dtype: str, device_map, quanti
 
 
 def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None, quantization: str = "none",
-                trust_remote_code: bool = False):
+                trust_remote_code: bool = False, base_path: str | os.PathLike | None = None):
     """-> (model in eval mode, tokenizer, meta). LoRA exports are rebuilt as base + adapter (not merged), so a
     quantised base can carry the full-precision adapter. `trust_remote_code`: from the config of the stage the user
-    runs (never the export's); an export that ships code is refused without it (`check_remote_code`)."""
+    runs (never the export's); an export that ships code is refused without it (`check_remote_code`). `base_path`:
+    where a LoRA export's base is now, when not where training found it (another machine, a moved folder)."""
     path = Path(path)
     meta = read_export_meta(path)
-    check_remote_code(path, trust_remote_code)  # before transformers is even imported
+    check_remote_code(path, trust_remote_code, base_path=base_path)  # before transformers is even imported
     from transformers import AutoTokenizer
 
     if meta["lora"]:
@@ -288,8 +303,8 @@ def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None
 
         # The trained head and segment embeddings come back from the adapter (modules_to_save); the base only has
         # to match their shapes.
-        base = _load_classifier(_base_path(path, meta), meta, dtype, device_map, quantization, own_weights=False,
-                                trust_remote_code=trust_remote_code)
+        base = _load_classifier(_base_path(path, meta, base_path), meta, dtype, device_map, quantization,
+                                own_weights=False, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
     else:
         model = _load_classifier(path, meta, dtype, device_map, quantization, trust_remote_code=trust_remote_code)

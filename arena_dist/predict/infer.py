@@ -37,12 +37,16 @@ class Prediction:
 
 
 def load_model(export_path: str, dtype: str = "float32", quantization: str = "auto", threads: int | None = None,
-               trust_remote_code: bool = False):
-    """`trust_remote_code`: the predict config's (an export that ships code is refused without it)."""
+               trust_remote_code: bool = False, base_path: str | None = None):
+    """`trust_remote_code`: the predict config's (an export that ships code is refused without it). `base_path`:
+    where a LoRA export's base is now (`load_export`)."""
     import torch
 
     from arena_dist.label.scoring import format_from_meta
     from arena_dist.models.export import load_export, read_export_meta
+    from arena_dist.quiet import silence_known_warnings
+
+    silence_known_warnings()  # also when run() is called without the CLI (notebooks, tests)
 
     if threads:
         torch.set_num_threads(threads)
@@ -50,7 +54,7 @@ def load_model(export_path: str, dtype: str = "float32", quantization: str = "au
     if quantization == "auto":
         quantization = meta.get("quantization", "none")
     model, tokenizer, meta = load_export(export_path, dtype=dtype, quantization=quantization,
-                                         trust_remote_code=trust_remote_code)
+                                         trust_remote_code=trust_remote_code, base_path=base_path)
     if quantization != "none":
         from arena_dist.models.quant import keep_training_layout
 

@@ -35,6 +35,8 @@ class TeacherSpec(StrictModel):
     # Run Python code shipped inside the export (transformers `auto_map`). Only this setting turns it on, never the
     # export itself: an export that ships code is refused while it is False.
     trust_remote_code: bool = False
+    # A LoRA export's base model, when it is no longer where training found it (another machine, a moved folder).
+    base_path: Path | None = None
 
 
 class BatchingSection(StrictModel):
@@ -119,7 +121,8 @@ def run(config: Config) -> dict:
     summary: dict = {"output_dir": str(output_dir), "teachers": {}}
     if config.teachers:
         for index, teacher in enumerate(config.teachers):  # before Ray starts: one clear line, no actor restarts
-            check_remote_code(teacher.export_path, teacher.trust_remote_code, f"teachers[{index}].trust_remote_code")
+            check_remote_code(teacher.export_path, teacher.trust_remote_code, f"teachers[{index}].trust_remote_code",
+                              teacher.base_path)
         dataset_dir = Path(config.input.dataset_dir)
         shards = input_shards(dataset_dir, config.input.split)
         dataset_hash = load_manifest(dataset_dir).get("config_hash")
@@ -139,6 +142,7 @@ def run(config: Config) -> dict:
                     teacher.id, str(teacher.export_path), shards, store, settings,
                     config.batching.max_tokens, config.batching.max_rows, config.swap_tta, progress,
                     trust_remote_code=teacher.trust_remote_code,
+                    base_path=str(teacher.base_path) if teacher.base_path else None,
                 )
                 manifest = store.finalize(shards, {
                     "dataset_dir": str(dataset_dir), "split": config.input.split, "dataset_config_hash": dataset_hash,

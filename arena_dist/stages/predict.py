@@ -28,6 +28,8 @@ class ModelSpec(StrictModel):
     # Run Python code shipped inside the export (transformers `auto_map`). Only this setting turns it on, never the
     # export itself: an export that ships code is refused while it is False.
     trust_remote_code: bool = False
+    # A LoRA export's base model, when it is no longer where training found it (another machine, a moved folder).
+    base_path: str | None = None
 
 
 class TTA(StrictModel):
@@ -62,10 +64,11 @@ def check_models(config: Config) -> None:
     """Both exports are checked for shipped code before either is loaded, naming the setting to turn on."""
     from arena_dist.models.export import check_remote_code
 
-    check_remote_code(config.model.export_path, config.model.trust_remote_code, "model.trust_remote_code")
+    check_remote_code(config.model.export_path, config.model.trust_remote_code, "model.trust_remote_code",
+                      config.model.base_path)
     if config.second_model is not None:
         check_remote_code(config.second_model.export_path, config.second_model.trust_remote_code,
-                          "second_model.trust_remote_code")
+                          "second_model.trust_remote_code", config.second_model.base_path)
 
 
 def run(config: Config) -> dict:
@@ -85,14 +88,15 @@ def run(config: Config) -> dict:
     competition = counts["competition"]
     check_models(config)
     first = load_model(config.model.export_path, config.model.dtype, config.model.quantization, config.threads,
-                       config.model.trust_remote_code)
+                       config.model.trust_remote_code, config.model.base_path)
     if competition == "lmsys" and first.num_labels != 3:
         raise ConfigError(f"model.export_path: a {first.num_labels}-class model cannot predict LMSYS ties "
                           f"({config.model.export_path})")
     second = None
     if config.second_model is not None:
         s = config.second_model
-        second = load_model(s.export_path, s.dtype, s.quantization, config.threads, s.trust_remote_code)
+        second = load_model(s.export_path, s.dtype, s.quantization, config.threads, s.trust_remote_code,
+                            s.base_path)
     num_classes = 3 if competition == "lmsys" else 2
     print(f"predict: {len(ids)} test rows ({counts['lenient_rows']} kept leniently), competition {competition}, "
           f"tta {config.tta.mode}" + (f", second model on {config.second_model.fraction:.0%}" if second else ""),

@@ -142,7 +142,7 @@ class TrainJobConfig(StrictModel):
 
     @property
     def run_dir(self) -> Path:
-        """Stage outputs: export, summary.json, probe.json, resolved_config.yaml."""
+        """Stage outputs: export, summary.json, probe.json (+ probe_step0.json), resolved_config.yaml."""
         return Path(self.output.run_dir).absolute() if self.output.run_dir else self.experiment_dir
 
     @property

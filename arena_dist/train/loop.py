@@ -147,6 +147,9 @@ class TeacherRecipe:
         hf_ds_config = None
         if zero_stage(self.ds_config) == 3 and self.config.model.name_or_path is not None:
             # Keeps zero.Init active while transformers loads the weights: each rank only ever holds its partition.
+            # A new head is still the seeded one of a plain single-process build: transformers initialises a missing
+            # linear `score` on rank 0 under GatheredParameters and broadcasts it, and an MLP head is built whole
+            # after the load, from the same seeded RNG on every rank (probe_step0.json, checked in the tests).
             # A random-init model is built whole and partitioned by deepspeed.initialize instead, so its initial
             # weights are the seeded ones of a plain build whatever the ZeRO stage (zero.Init draws other values).
             from transformers.integrations import HfDeepSpeedConfig
@@ -360,8 +363,9 @@ class Trainer:
         atomic_write_json(self.state_dir / "workers" / f"rank{self.rank}_state.json", stats)
         return stats
 
-    def probe(self) -> None:
-        """Logits of the trained model on a few fixed inputs (rank 0 writes them): an export must reproduce them."""
+    def probe(self, name: str = "probe.json") -> None:
+        """Logits of the model on a few fixed inputs (rank 0 writes them): the trained model's, which an export must
+        reproduce, and at step 0 (`probe_step0.json`) the loaded one's, which a plain build must reproduce."""
         import torch
 
         samples = (self.eval_samples or self.train_samples)[:4]
@@ -375,7 +379,7 @@ class Trainer:
         if self.rank == 0:
             from arena_dist.io import atomic_write_json
 
-            atomic_write_json(self.config.run_dir / "probe.json", {
+            atomic_write_json(self.config.run_dir / name, {
                 "input_ids": inputs["input_ids"].tolist(), "attention_mask": inputs["attention_mask"].tolist(),
                 "logits": logits.tolist()})
 
@@ -409,6 +413,8 @@ class Trainer:
             self.total_steps
         started, done_at_start, last_eval, initial = time.monotonic(), step, {}, None
         try:
+            if step == 0:
+                self.probe("probe_step0.json")
             if self.recipe.eval_at_start and step == 0:
                 initial = self.evaluate()
                 self.record(0, initial)

@@ -130,3 +130,71 @@ def test_attention_kernel_comes_from_a_fixed_list(tiny_exports, tmp_path):
     (export / "arena_dist.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="attn_implementation 'kernels-community/some-kernel'"):
         load_export(export)
+
+
+@pytest.fixture
+def lora_export_on_a_checkpoint(tmp_path):
+    """A LoRA export (MLP head) whose base is a hub-layout causal-LM checkpoint, recorded by the path the config gave."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hub_checkpoints import build_checkpoint, build_tokenizer
+
+    from arena_dist.models.config import ModelConfig
+
+    base = build_checkpoint(tmp_path / "hub", "llama", "causal_lm")
+    cfg = ModelConfig(name_or_path=str(base), head="mlp", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    model = build_model(cfg, 3, 0)
+    perturb(model)
+    tokenizer = build_tokenizer("llama")
+    tokenizer.pad_token = "<|finetune_right_pad_id|>"
+    meta = {"label_mode": "3class", "template": "llama3", "max_length": 64}
+    save_export(model, tokenizer, tmp_path / "export", meta)
+    ids = {"input_ids": torch.tensor([[5, 9, 30, 7], [11, 3, 8, 40]])}
+    with torch.no_grad():
+        expected = model.eval()(**ids).logits
+    return base, tmp_path / "export", ids, expected
+
+
+def test_a_moved_lora_base_is_found_through_base_path(lora_export_on_a_checkpoint, tmp_path, capfd, caplog):
+    import logging
+    import shutil
+
+    base, export, ids, expected = lora_export_on_a_checkpoint
+    assert read_export_meta(export)["base"] == {"name_or_path": str(base)}  # as the config gave it
+    moved = tmp_path / "elsewhere" / "base"
+    shutil.move(str(base), str(moved))
+    with pytest.raises(InputError, match="base model .*is not there; set base_path to") as err:
+        load_export(export)
+    assert str(base) in str(err.value)
+    with pytest.raises(InputError, match="is not a folder"):
+        load_export(export, base_path=tmp_path / "nowhere")
+    capfd.readouterr()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        model, _, _ = load_export(export, base_path=moved)
+    console = capfd.readouterr()
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, expected)
+    # the head comes from the adapter: transformers' "score MISSING / newly initialized" report would be false
+    logged = console.out + console.err + "".join(r.getMessage() for r in caplog.records)
+    for alarm in ("MISSING", "newly initialized", "LOAD REPORT"):
+        assert alarm not in logged
+    from arena_dist.label.scoring import TeacherScorer  # what each label actor loads (teachers[i].base_path)
+
+    with torch.no_grad():
+        assert torch.equal(TeacherScorer(str(export), base_path=str(moved)).model(**ids).logits, expected)
+
+
+def test_8bit_loading_logs_no_cast_line_per_forward(lora_export_on_a_checkpoint, caplog):
+    import logging
+
+    from arena_dist.predict.infer import load_model
+
+    _, export, ids, _ = lora_export_on_a_checkpoint
+    loaded = load_model(str(export), quantization="8bit")
+    with caplog.at_level(logging.WARNING):
+        with torch.no_grad():
+            for _ in range(3):
+                loaded.model(**ids)
+    assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
