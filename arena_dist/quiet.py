@@ -5,7 +5,9 @@ entry says why it is harmless; nothing else is hidden."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sys
 import warnings
 
 KNOWN = (
@@ -74,3 +76,9 @@ def quiet_transformers_loading(enabled: bool = True):
             yield
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+@functools.cache
+def say_once(message: str) -> None:
+    """A warning of ours printed once per process however many models a stage builds (ranks, actors, reloads)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

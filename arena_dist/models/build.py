@@ -75,15 +75,32 @@ def quantization_kwargs(quantization: str, dtype: torch.dtype) -> dict:
     return from_pretrained_kwargs(quantization, dtype)
 
 
+GEMMA2_SDPA = ("model.attn_implementation: Gemma-2 caps its attention logits (attn_logit_softcapping), which sdpa "
+               "cannot do (transformers refuses it); using eager, which keeps the capping exact but needs attention "
+               "memory quadratic in the sequence length (flash_attention_2 keeps both where flash-attn is installed)")
+
+
+def attention_kernel(cfg: ModelConfig, model_type: str) -> str:
+    """The kernel `cfg` asks for, except sdpa for Gemma-2: its soft-capping is part of the model (dropping it changes
+    every score), so it gets eager, with a warning once per process."""
+    if model_type == "gemma2" and cfg.attn_implementation == "sdpa":
+        from arena_dist.quiet import say_once
+
+        say_once(GEMMA2_SDPA)
+        return "eager"
+    return cfg.attn_implementation
+
+
 def _pretrained(path: str, cfg: ModelConfig, num_labels: int, pad_token_id: int | None, **extra):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     dtype = torch_dtype(cfg.dtype)
+    model_type = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code).model_type
     kwargs = {**quantization_kwargs(cfg.quantization, dtype), **extra}  # a caller's device_map wins
     if pad_token_id is not None:
         kwargs["pad_token_id"] = pad_token_id
     return AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, dtype=dtype, attn_implementation=cfg.attn_implementation,
+        path, num_labels=num_labels, dtype=dtype, attn_implementation=attention_kernel(cfg, model_type),
         trust_remote_code=cfg.trust_remote_code, use_safetensors=True, **kwargs)
 
 
@@ -94,7 +111,7 @@ def build_base(cfg: ModelConfig, num_labels: int, pad_token_id: int, **from_pret
     if cfg.name_or_path is not None:
         return _pretrained(cfg.name_or_path, cfg, num_labels, pad_token_id, **from_pretrained_extra)
     config = hf_config(cfg, num_labels, pad_token_id)
-    config._attn_implementation = cfg.attn_implementation
+    config._attn_implementation = attention_kernel(cfg, cfg.arch)
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype(cfg.dtype))
     if cfg.quantization != "none":
         # bitsandbytes quantises while loading: round-trip the random weights through a temp folder.

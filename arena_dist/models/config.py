@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from arena_dist.config import StrictModel
 
 Arch = Literal["llama", "qwen2", "gemma2"]
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def kernel_problem(kernel: str) -> str | None:
+    """Why an attention kernel cannot run here (checked at config time, not at the first forward)."""
+    if kernel == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        return "flash_attention_2 needs the flash-attn package, which is not installed (use sdpa or eager)"
+    return None
 
 
 class LoraSettings(StrictModel):
@@ -56,7 +64,17 @@ class ModelConfig(StrictModel):
     lora: LoraSettings | None = None
     quantization: Literal["none", "4bit", "8bit"] = "none"
     trust_remote_code: bool = False
-    attn_implementation: Literal["eager", "sdpa"] = "eager"
+    # sdpa: PyTorch's fused kernel (memory linear in the sequence length); Gemma-2 gets eager instead, with a warning
+    # (`arena_dist.models.build.attention_kernel`). eager: the reference numerics the random-init demo was tuned on.
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _kernel_installed(cls, kernel: str) -> str:
+        problem = kernel_problem(kernel)
+        if problem:
+            raise ValueError(problem)
+        return kernel
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":

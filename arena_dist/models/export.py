@@ -102,6 +102,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
         "head": _head_kind(model),
         **verbalizer_meta(base_model),
         "lora": is_lora,
+        "attn_implementation": base_model.config._attn_implementation,  # the kernel it ran with (Gemma-2: eager)
         "base": base_spec,
         "model_config": model_config.model_dump() if model_config is not None else None,
         "quantization": model_config.quantization if model_config is not None else "none",
@@ -195,7 +196,7 @@ def _config_markers(directory: Path) -> dict | None:
 
 
 REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
-ATTENTION_KERNELS = ("eager", "sdpa")  # what training uses; a hub kernel id would fetch and run code
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2")  # a hub kernel id (also accepted) would fetch and run code
 
 
 def _base_path(path: Path, meta: dict, base_path: str | os.PathLike | None = None,
@@ -249,11 +250,16 @@ def check_remote_code(path: str | os.PathLike, trust_remote_code: bool,
                              f"{setting}: true in the stage config, after checking the code")
 
 
-def _attention(model_config: dict, directory: Path) -> str:
-    attention = model_config.get("attn_implementation", "sdpa")
+def _attention(meta: dict, directory: Path) -> str:
+    """The kernel the model ran with in training (recorded by `save_export`; older exports: the configured one)."""
+    from arena_dist.models.config import kernel_problem
+
+    attention = meta.get("attn_implementation") or (meta.get("model_config") or {}).get("attn_implementation", "sdpa")
     if attention not in ATTENTION_KERNELS:
-        raise InputError(f"{directory}: model_config.attn_implementation {attention!r} in the export metadata is not "
+        raise InputError(f"{directory}: attn_implementation {attention!r} in the export metadata is not "
                          f"one of {', '.join(ATTENTION_KERNELS)}")
+    if kernel_problem(attention):
+        raise InputError(f"{directory}: the export was trained with {kernel_problem(attention)}")
     return attention
 
 
@@ -271,7 +277,7 @@ def _load_classifier(directory: Path, meta: dict, dtype: str, device_map, quanti
     # export's own metadata records the training run's, which must not decide what runs here.
     cfg = ModelConfig(name_or_path=str(directory), head=meta["head"], dtype=dtype, quantization=quantization,
                       trust_remote_code=trust_remote_code, segment_embeddings=markers is not None,
-                      attn_implementation=_attention(meta.get("model_config") or {}, directory))
+                      attn_implementation=_attention(meta, directory))
     extra = {} if device_map is None else {"device_map": device_map}
     # An MLP head's `score.*` keys do not fit the linear head transformers builds, it does not know
     # `segment_embedding.*`, and a LoRA base has neither: both are loaded right after, so transformers' "newly

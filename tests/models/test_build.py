@@ -79,3 +79,39 @@ def test_pretrained_base_code_runs_only_with_the_stage_configs_flag(tmp_path, sh
     ship_code(base, marker)
     model = build_model(ModelConfig(name_or_path=str(base)), num_labels=3, pad_token_id=PAD)
     assert type(model) is LlamaForSequenceClassification and not marker.exists()
+
+
+def test_flash_attention_2_without_flash_attn_is_a_config_error():
+    """flash-attn is not installed here: the config says so at load, naming the key, not the first forward."""
+    from pathlib import Path
+
+    from arena_dist.config import load_config
+    from arena_dist.errors import ConfigError
+    from arena_dist.stages.teacher import Config
+
+    assert ModelConfig(arch="llama").attn_implementation == "sdpa"
+    path = Path(__file__).resolve().parents[2] / "launch" / "configs" / "teacher_tiny.yaml"
+    with pytest.raises(ConfigError, match=r"model\.attn_implementation: .*flash-attn package, which is not installed"):
+        load_config(Config, path, ["model.attn_implementation=flash_attention_2"])
+
+
+def test_gemma2_sdpa_runs_eager_with_one_warning(capsys):
+    """transformers cannot soft-cap Gemma-2's attention logits in sdpa: the build runs eager (logits identical to an
+    eager build) and warns once per process however many models it builds; other families keep sdpa."""
+    from arena_dist.models.build import GEMMA2_SDPA
+    from arena_dist.quiet import say_once
+
+    say_once.cache_clear()
+    ids, mask = batch()
+    gemma = [build_model(tiny_model_config("gemma2", vocab_size=128), 3, PAD) for _ in range(2)]
+    assert capsys.readouterr().err.count(GEMMA2_SDPA) == 1
+    assert "attn_logit_softcapping" in GEMMA2_SDPA and "quadratic" in GEMMA2_SDPA  # the trade-off, named
+    eager = build_model(tiny_model_config("gemma2", vocab_size=128, attn_implementation="eager"), 3, PAD)
+    assert gemma[0].config._attn_implementation == "eager"
+    assert torch.equal(gemma[0](input_ids=ids, attention_mask=mask).logits,
+                       eager(input_ids=ids, attention_mask=mask).logits)
+    llama = build_model(tiny_model_config("llama", vocab_size=128), 3, PAD)
+    assert llama.config._attn_implementation == "sdpa" and capsys.readouterr().err == ""
+    llama_eager = build_model(tiny_model_config("llama", vocab_size=128, attn_implementation="eager"), 3, PAD)
+    torch.testing.assert_close(llama(input_ids=ids, attention_mask=mask).logits,
+                               llama_eager(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=0)

@@ -66,7 +66,8 @@ def test_export_roundtrip(tmp_path, tokenizer, arch, head, lora):
             assert lora_b and any(handle.get_tensor(k).abs().sum() > 0 for k in lora_b)  # not an empty stub
             assert any("score" in k for k in keys)
     elif head == "linear":
-        plain = AutoModelForSequenceClassification.from_pretrained(str(out), attn_implementation="eager").eval()
+        plain = AutoModelForSequenceClassification.from_pretrained(
+            str(out), attn_implementation=meta["attn_implementation"]).eval()
         with torch.no_grad():
             assert torch.equal(plain(**batch).logits, expected)
 
@@ -126,7 +127,7 @@ def test_attention_kernel_comes_from_a_fixed_list(tiny_exports, tmp_path):
     """transformers also accepts a hub kernel id as attn_implementation (fetched and run): not from an export."""
     export = copy_export(tiny_exports, "plain", tmp_path)
     meta = json.loads((export / "arena_dist.json").read_text())
-    meta["model_config"]["attn_implementation"] = "kernels-community/some-kernel"
+    meta["attn_implementation"] = "kernels-community/some-kernel"
     (export / "arena_dist.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="attn_implementation 'kernels-community/some-kernel'"):
         load_export(export)
@@ -198,3 +199,15 @@ def test_8bit_loading_logs_no_cast_line_per_forward(lora_export_on_a_checkpoint,
             for _ in range(3):
                 loaded.model(**ids)
     assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
+
+
+@pytest.mark.parametrize("arch,kernel", [("llama", "sdpa"), ("gemma2", "eager"), ("qwen2", "eager")])
+def test_the_kernel_trained_with_is_recorded_and_used_at_load(tmp_path, arch, kernel):
+    """sdpa asked for everywhere but eager set for qwen2; Gemma-2 ran eager (no soft-capping in sdpa): the export
+    records what ran, and the reload runs it."""
+    requested = "eager" if arch == "qwen2" else "sdpa"
+    model = build_model(tiny_model_config(arch, vocab_size=128, attn_implementation=requested), 3, 0)
+    save_export(model, None, tmp_path / "export", META)
+    assert read_export_meta(tmp_path / "export")["attn_implementation"] == kernel
+    loaded, _, _ = load_export(tmp_path / "export")
+    assert loaded.config._attn_implementation == kernel
