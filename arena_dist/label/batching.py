@@ -17,12 +17,14 @@ from typing import Sequence
 
 @dataclass(frozen=True)
 class PaddingStats:
-    """Real tokens vs tokens actually computed (rows x longest row per batch)."""
+    """Real tokens vs tokens actually computed (rows x longest row per batch), and the rows computed a second time in
+    float32 after their fp16 logits overflowed (`arena_dist.label.scoring.score_token_ids`)."""
 
     rows: int = 0
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    fp32_rows: int = 0
 
     @property
     def ratio(self) -> float:
@@ -33,12 +35,13 @@ class PaddingStats:
         return PaddingStats(
             self.rows + other.rows, self.batches + other.batches,
             self.real_tokens + other.real_tokens, self.padded_tokens + other.padded_tokens,
+            self.fp32_rows + other.fp32_rows,
         )
 
     def as_dict(self) -> dict:
         return {
             "rows": self.rows, "batches": self.batches, "real_tokens": self.real_tokens,
-            "padded_tokens": self.padded_tokens, "padding_ratio": round(self.ratio, 6),
+            "padded_tokens": self.padded_tokens, "padding_ratio": round(self.ratio, 6), "fp32_rows": self.fp32_rows,
         }
 
 

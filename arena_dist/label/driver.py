@@ -185,7 +185,7 @@ def label_shards(
                     ) from None
                 record = _commit(store, shard, result)
                 stats = PaddingStats(**{k: result["stats"][k] for k in ("rows", "batches", "real_tokens",
-                                                                          "padded_tokens")})
+                                                                          "padded_tokens", "fp32_rows")})
                 padding = padding + stats
                 summary["shards_scored"] += 1
                 summary["rows_scored"] += record["rows"]

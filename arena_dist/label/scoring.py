@@ -6,6 +6,8 @@ shards. Keeping it Ray-free lets the single-process path, the tests' reference a
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -34,6 +36,41 @@ def input_device(model) -> torch.device:
         return next(model.parameters()).device
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def upcast(model):
+    """The model's 16-bit weights and buffers in float32 while inside, then back, exactly (every fp16 / bf16 value is
+    a float32 value); bitsandbytes' 4-bit layers compute in float32 meanwhile. Chosen over a lazily built float32 copy
+    for memory: on a 16 GB T4 a second copy at 4 bytes per parameter does not fit beside the first, while upcasting
+    in place holds no copy, and a quantised student widens only its few unquantised weights (norms, embeddings, head:
+    its packed 4/8-bit weights are integers and stay as they are). Only the overflowing rows run meanwhile."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dtype in HALF]
+    layers = [m for m in model.modules() if getattr(m, "compute_dtype", None) in HALF]
+    saved = [(t, t.dtype) for t in tensors] + [(m, m.compute_dtype) for m in layers]
+
+    def cast(to_float32: bool) -> None:
+        with torch.inference_mode(False):  # plain tensors: the weights outlive this scoring call
+            for thing, dtype in saved:
+                if isinstance(thing, torch.Tensor):
+                    thing.data = thing.data.to(torch.float32 if to_float32 else dtype)
+                else:
+                    thing.compute_dtype = torch.float32 if to_float32 else dtype
+
+    cast(True)
+    try:
+        yield
+    finally:
+        cast(False)
+
+
+def _logits(model, rows, pad_id: int, device) -> torch.Tensor:
+    ids, mask = pad_right(rows, pad_id)
+    return model(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device)
+                 ).logits.float()
+
+
 @torch.inference_mode()
 def score_token_ids(
     model,
@@ -44,7 +81,9 @@ def score_token_ids(
 ) -> tuple[np.ndarray, PaddingStats]:
     """Class probabilities (rows in the given order) and the padding of the batches that computed them.
 
-    Right padding: the classifier pools the rightmost non-pad token, so a row must not end in the pad id.
+    Right padding: the classifier pools the rightmost non-pad token, so a row must not end in the pad id. Rows whose
+    logits come out NaN / inf (fp16 overflow: Gemma-2's activations outgrow fp16) are computed again, alone, in
+    float32 (`upcast`); the others keep their batch's result. Their count is the stats' `fp32_rows`.
     """
     pad_id = model_pad_id(model) if pad_id is None else pad_id
     for position, seq in enumerate(sequences):
@@ -55,13 +94,18 @@ def score_token_ids(
     device = input_device(model)
     num_labels = model.config.num_labels
     out = np.empty((len(sequences), num_labels), dtype=np.float64)
+    fp32_rows = 0
     for batch in batches:
-        ids, mask = pad_right([sequences[i] for i in batch], pad_id)
-        logits = model(
-            input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device)
-        ).logits
-        out[batch] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return out, padding_stats(lengths, batches)
+        logits = _logits(model, [sequences[i] for i in batch], pad_id, device)
+        bad = (~torch.isfinite(logits).all(dim=-1)).nonzero().flatten().tolist()
+        if bad:
+            with upcast(model):
+                logits[bad] = _logits(model, [sequences[batch[r]] for r in bad], pad_id, device)
+            fp32_rows += len(bad)
+            if not torch.isfinite(logits).all():
+                raise ValueError(f"rows {[batch[r] for r in bad]}: logits are not finite even in float32")
+        out[batch] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return out, dataclasses.replace(padding_stats(lengths, batches), fp32_rows=fp32_rows)
 
 
 @dataclass
@@ -142,7 +186,10 @@ class TeacherScorer:
         # More than one GPU per actor: accelerate spreads the layers over them (teachers bigger than one GPU);
         # Ray has already narrowed CUDA_VISIBLE_DEVICES to this actor's GPUs.
         device_map = "auto" if gpus > 1 else ("cuda:0" if gpus > 0 and torch.cuda.is_available() else None)
-        self.model, self.tokenizer, self.meta = load_export(export_path, dtype=dtype, device_map=device_map,
+        from arena_dist.models.build import device_dtype
+
+        self.model, self.tokenizer, self.meta = load_export(export_path, dtype=device_dtype(dtype),
+                                                            device_map=device_map,
                                                             quantization=quantization,
                                                             trust_remote_code=trust_remote_code,
                                                             base_path=base_path)

@@ -262,5 +262,5 @@ def store_padding(store: LabelStore, shards: Sequence[InputShard]):
             padding = json.loads(path.read_text()).get("padding")
             if padding:
                 total = total + PaddingStats(padding["rows"], padding["batches"], padding["real_tokens"],
-                                             padding["padded_tokens"])
+                                             padding["padded_tokens"], padding.get("fp32_rows", 0))
     return total

@@ -27,6 +27,20 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def device_dtype(requested: str) -> str:
+    """`inference_dtype` for this machine's device, said once when it differs (label actors, predict)."""
+    from arena_dist.models.config import inference_dtype
+
+    cuda = torch.cuda.is_available()
+    chosen = inference_dtype(requested, cuda, cuda and torch.cuda.is_bf16_supported())
+    if chosen != requested:
+        from arena_dist.quiet import say_once
+
+        say_once(f"this GPU has no {requested} (e.g. a T4): running in {chosen}; rows whose logits overflow in "
+                 f"{chosen} are recomputed in float32")
+    return chosen
+
+
 def default_vocab_size() -> int:
     """The local tokenizer's vocabulary size."""
     from arena_dist.formatting.tokenizer import load_tokenizer

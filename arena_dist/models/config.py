@@ -20,6 +20,12 @@ def kernel_problem(kernel: str) -> str | None:
     return None
 
 
+def inference_dtype(requested: str, cuda: bool, bf16_supported: bool) -> str:
+    """bfloat16 on a GPU without it (T4) becomes float16, the 16-bit type it computes natively; CPU keeps bfloat16.
+    fp16's narrower range can overflow (Gemma-2): scoring recomputes those rows in float32."""
+    return "float16" if requested == "bfloat16" and cuda and not bf16_supported else requested
+
+
 class LoraSettings(StrictModel):
     r: int = Field(16, gt=0)
     alpha: float = Field(32.0, gt=0)

@@ -43,6 +43,7 @@ def load_model(export_path: str, dtype: str = "float32", quantization: str = "au
     import torch
 
     from arena_dist.label.scoring import format_from_meta
+    from arena_dist.models.build import device_dtype
     from arena_dist.models.export import load_export, read_export_meta
     from arena_dist.quiet import silence_known_warnings
 
@@ -53,7 +54,7 @@ def load_model(export_path: str, dtype: str = "float32", quantization: str = "au
     meta = read_export_meta(export_path)
     if quantization == "auto":
         quantization = meta.get("quantization", "none")
-    model, tokenizer, meta = load_export(export_path, dtype=dtype, quantization=quantization,
+    model, tokenizer, meta = load_export(export_path, dtype=device_dtype(dtype), quantization=quantization,
                                          trust_remote_code=trust_remote_code, base_path=base_path)
     if quantization != "none":
         from arena_dist.models.quant import keep_training_layout

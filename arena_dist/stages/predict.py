@@ -129,7 +129,8 @@ def run(config: Config) -> dict:
         outputs={"submission": submission, "probabilities": out / "probabilities.parquet",
                  "summary": out / "predict_summary.json"},
         rows=len(ids), metrics={"rows_per_second": summary["rows_per_second"],
-                                "padding_ratio": result.stats["padding"]["padding_ratio"]},
+                                "padding_ratio": result.stats["padding"]["padding_ratio"],
+                                "fp32_rows": result.stats["padding"]["fp32_rows"]},
         headline="rows_per_second",
     )
     print(f"predict: wrote {submission} ({len(ids)} rows, {seconds:.1f} s, padding ratio "

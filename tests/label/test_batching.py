@@ -58,9 +58,9 @@ def test_deterministic():
 
 
 def test_stats_add_and_ratio():
-    total = PaddingStats(2, 1, 10, 12) + PaddingStats(1, 1, 5, 5)
+    total = PaddingStats(2, 1, 10, 12, 1) + PaddingStats(1, 1, 5, 5)
     assert total.as_dict() == {"rows": 3, "batches": 2, "real_tokens": 15, "padded_tokens": 17,
-                               "padding_ratio": round(17 / 15, 6)}
+                               "padding_ratio": round(17 / 15, 6), "fp32_rows": 1}
     assert PaddingStats().ratio == 1.0
 
 

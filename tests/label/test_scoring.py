@@ -68,3 +68,42 @@ def test_scorer_runs_shipped_code_only_when_the_label_config_trusts_it(tmp_path,
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-1] == "ShippedLlamaForSequenceClassification"
     assert marker.read_text() == "imported"
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_fp16_overflow_rows_alone_are_recomputed_in_float32(arch):
+    """A real fp16 classifier on CPU whose embedding writes inf into the rows holding MARK while it runs in fp16
+    (what Gemma-2's activations do to some rows in fp16): those rows come back finite and equal to a float32 copy's,
+    the others keep their fp16 batch's probabilities bit for bit, and the stats count exactly the injected rows."""
+    import copy
+
+    import torch
+
+    from arena_dist.label.scoring import score_token_ids
+    from arena_dist.models.build import build_model
+    from tiny_fixtures import tiny_model_config
+
+    mark, pad = 5, 0
+    model = build_model(tiny_model_config(arch, vocab_size=128, dtype="float16", attn_implementation="eager"), 3,
+                        pad, for_training=False).eval()
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randint(6, 128, (length,), generator=gen).tolist() for length in (7, 12, 9, 15, 5, 11, 8, 13)]
+    injected = [1, 4, 6]
+    for r in injected:
+        rows[r][len(rows[r]) // 2] = mark
+    reference, _ = score_token_ids(copy.deepcopy(model).float(), rows, max_tokens=4096)
+    clean, _ = score_token_ids(model, rows, max_tokens=4096)  # one batch: injected and clean rows together
+
+    def overflow_in_fp16(module, inputs, output):
+        if output.dtype == torch.float16:
+            return output.masked_fill((inputs[0] == mark).any(-1)[:, None, None], float("inf"))
+
+    model.get_input_embeddings().register_forward_hook(overflow_in_fp16)
+    probs, stats = score_token_ids(model, rows, max_tokens=4096)
+    assert stats.fp32_rows == len(injected) and stats.as_dict()["fp32_rows"] == len(injected)
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs[injected], reference[injected], atol=1e-5, rtol=0)
+    others = [r for r in range(len(rows)) if r not in injected]
+    np.testing.assert_array_equal(probs[others], clean[others])
+    assert np.abs(clean[others] - reference[others]).max() > 1e-6  # fp16 differs: a recompute would show
+    assert {p.dtype for p in model.parameters()} == {torch.float16}  # back in fp16 after the recompute

@@ -115,3 +115,16 @@ def test_gemma2_sdpa_runs_eager_with_one_warning(capsys):
     llama_eager = build_model(tiny_model_config("llama", vocab_size=128, attn_implementation="eager"), 3, PAD)
     torch.testing.assert_close(llama(input_ids=ids, attention_mask=mask).logits,
                                llama_eager(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=0)
+
+
+def test_inference_dtype_from_the_device_capabilities():
+    """bfloat16 becomes float16 on a GPU without bf16 (T4) only; this CPU machine keeps what was asked."""
+    from arena_dist.models.build import device_dtype
+    from arena_dist.models.config import inference_dtype
+
+    assert inference_dtype("bfloat16", cuda=True, bf16_supported=False) == "float16"
+    assert inference_dtype("bfloat16", cuda=True, bf16_supported=True) == "bfloat16"
+    assert inference_dtype("bfloat16", cuda=False, bf16_supported=False) == "bfloat16"
+    for other in ("float16", "float32"):
+        assert inference_dtype(other, cuda=True, bf16_supported=False) == other
+    assert not torch.cuda.is_available() and device_dtype("bfloat16") == "bfloat16"
