@@ -104,3 +104,26 @@ def test_a_bf16_checkpoint_quantises_at_load(hub, tmp_path, quantization):
     kind = "Linear4bit" if quantization == "4bit" else "Linear8bitLt"
     assert quantized_layer_counts(model)[kind] == 14
     assert torch.isfinite(logits(model)).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pooling_reads_the_last_real_token_with_pad_and_eos_mid_sequence(hub, family):
+    """Each family's pad id (Llama-3: <|finetune_right_pad_id|>, not its eos, which ends every turn) and eos inside
+    rows, as prompts can hold them: a right-padded batch's logits equal the head on each row's own last token, run
+    unpadded. transformers pools the rightmost non-pad token, which is right for every row that does not end in
+    the pad id; our templates end in the answer cue, and scoring refuses a row that would."""
+    from arena_dist.formatting.tokenizer import load_tokenizer
+    from arena_dist.label.batching import pad_right
+
+    path = hub[(family, "classifier")]
+    tokenizer = load_tokenizer(str(path))
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    assert pad != eos and (family != "llama" or tokenizer.pad_token == "<|finetune_right_pad_id|>")
+    model = build_model(ModelConfig(name_or_path=str(path)), 3, pad, for_training=False).eval()
+    rows = [[7, pad, 30, eos, 12], [9, 4, pad, pad, 21, 8, eos, 5, 40, 3], [pad, 11, 6], [13, eos, 2, 8, 9, pad, 17]]
+    ids, mask = pad_right(rows, pad)
+    with torch.no_grad():
+        batched = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+        alone = torch.cat([model.score(model.model(input_ids=torch.tensor([row])).last_hidden_state[:, -1])
+                           for row in rows])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
