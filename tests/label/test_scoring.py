@@ -107,3 +107,27 @@ def test_fp16_overflow_rows_alone_are_recomputed_in_float32(arch):
     np.testing.assert_array_equal(probs[others], clean[others])
     assert np.abs(clean[others] - reference[others]).max() > 1e-6  # fp16 differs: a recompute would show
     assert {p.dtype for p in model.parameters()} == {torch.float16}  # back in fp16 after the recompute
+
+
+def test_fp16_overflow_recompute_on_a_4bit_model_restores_its_compute_dtype():
+    """A QLoRA student's bitsandbytes 4-bit layers compute in float32 for the recomputed rows only, then in fp16
+    again; the clean rows keep their batch's probabilities."""
+    import torch
+
+    from arena_dist.label.scoring import score_token_ids
+    from arena_dist.models.build import build_model
+    from tiny_fixtures import tiny_model_config
+
+    model = build_model(tiny_model_config("llama", vocab_size=128, dtype="float16", quantization="4bit"), 3, 0,
+                        for_training=False).eval()
+    rows = [[7, 8, 9, 5, 10], [11, 12, 13], [20, 5, 21, 22]]
+    clean, _ = score_token_ids(model, rows, max_tokens=4096)
+    model.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, out: out.masked_fill((inputs[0] == 5).any(-1)[:, None, None], float("inf"))
+        if out.dtype == torch.float16 else None)
+    probs, stats = score_token_ids(model, rows, max_tokens=4096)
+    assert stats.fp32_rows == 2 and np.isfinite(probs).all()
+    np.testing.assert_array_equal(probs[1], clean[1])
+    np.testing.assert_allclose(probs[[0, 2]], clean[[0, 2]], atol=1e-3)  # fp32 vs fp16 compute of the same weights
+    computing = {m.compute_dtype for m in model.modules() if getattr(m, "compute_dtype", None) is not None}
+    assert computing == {torch.float16} and {p.dtype for p in model.parameters()} == {torch.float16, torch.uint8}
