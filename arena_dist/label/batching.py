@@ -17,8 +17,7 @@ from typing import Sequence
 
 @dataclass(frozen=True)
 class PaddingStats:
-    """Real tokens vs tokens actually computed (rows x longest row per batch), and the rows computed a second time in
-    float32 after their fp16 logits overflowed (`arena_dist.label.scoring.score_token_ids`)."""
+    """Real tokens vs tokens actually computed (rows x longest row per batch); rows recomputed in float32."""
 
     rows: int = 0
     batches: int = 0

@@ -31,13 +31,12 @@ def device_dtype(requested: str) -> str:
     """`inference_dtype` for this machine's device, said once when it differs (label actors, predict)."""
     from arena_dist.models.config import inference_dtype
 
-    cuda = torch.cuda.is_available()
-    chosen = inference_dtype(requested, cuda, cuda and torch.cuda.is_bf16_supported())
-    if chosen != requested:
-        from arena_dist.quiet import say_once
+    from arena_dist.quiet import say_once
 
-        say_once(f"this GPU has no {requested} (e.g. a T4): running in {chosen}; rows whose logits overflow in "
-                 f"{chosen} are recomputed in float32")
+    chosen = inference_dtype(requested, torch.cuda.is_available(),
+                             torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if chosen != requested:
+        say_once(f"this GPU has no {requested} (a T4?): running in {chosen}, overflowing rows again in float32")
     return chosen
 
 
@@ -95,11 +94,10 @@ GEMMA2_SDPA = ("model.attn_implementation: Gemma-2 caps its attention logits (at
 
 
 def attention_kernel(cfg: ModelConfig, model_type: str) -> str:
-    """The kernel `cfg` asks for, except sdpa for Gemma-2: its soft-capping is part of the model (dropping it changes
-    every score), so it gets eager, with a warning once per process."""
-    if model_type == "gemma2" and cfg.attn_implementation == "sdpa":
-        from arena_dist.quiet import say_once
+    """The kernel `cfg` asks for, except sdpa for Gemma-2, which gets eager: its soft-capping is part of the model."""
+    from arena_dist.quiet import say_once
 
+    if model_type == "gemma2" and cfg.attn_implementation == "sdpa":
         say_once(GEMMA2_SDPA)
         return "eager"
     return cfg.attn_implementation

@@ -13,16 +13,8 @@ Arch = Literal["llama", "qwen2", "gemma2"]
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def kernel_problem(kernel: str) -> str | None:
-    """Why an attention kernel cannot run here (checked at config time, not at the first forward)."""
-    if kernel == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        return "flash_attention_2 needs the flash-attn package, which is not installed (use sdpa or eager)"
-    return None
-
-
 def inference_dtype(requested: str, cuda: bool, bf16_supported: bool) -> str:
-    """bfloat16 on a GPU without it (T4) becomes float16, the 16-bit type it computes natively; CPU keeps bfloat16.
-    fp16's narrower range can overflow (Gemma-2): scoring recomputes those rows in float32."""
+    """bfloat16 on a GPU without it (T4) becomes float16, which it computes natively; CPU keeps bfloat16."""
     return "float16" if requested == "bfloat16" and cuda and not bf16_supported else requested
 
 
@@ -70,16 +62,14 @@ class ModelConfig(StrictModel):
     lora: LoraSettings | None = None
     quantization: Literal["none", "4bit", "8bit"] = "none"
     trust_remote_code: bool = False
-    # sdpa: PyTorch's fused kernel (memory linear in the sequence length); Gemma-2 gets eager instead, with a warning
-    # (`arena_dist.models.build.attention_kernel`). eager: the reference numerics the random-init demo was tuned on.
+    # Gemma-2 gets eager for sdpa (arena_dist.models.build.attention_kernel)
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
     @field_validator("attn_implementation")
     @classmethod
-    def _kernel_installed(cls, kernel: str) -> str:
-        problem = kernel_problem(kernel)
-        if problem:
-            raise ValueError(problem)
+    def _kernel_installed(cls, kernel: str) -> str:  # at config load, not at the first forward
+        if kernel == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("flash_attention_2 needs the flash-attn package, which is not installed (use sdpa)")
         return kernel
 
     @model_validator(mode="after")

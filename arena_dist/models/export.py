@@ -252,14 +252,10 @@ def check_remote_code(path: str | os.PathLike, trust_remote_code: bool,
 
 def _attention(meta: dict, directory: Path) -> str:
     """The kernel the model ran with in training (recorded by `save_export`; older exports: the configured one)."""
-    from arena_dist.models.config import kernel_problem
-
     attention = meta.get("attn_implementation") or (meta.get("model_config") or {}).get("attn_implementation", "sdpa")
     if attention not in ATTENTION_KERNELS:
         raise InputError(f"{directory}: attn_implementation {attention!r} in the export metadata is not "
                          f"one of {', '.join(ATTENTION_KERNELS)}")
-    if kernel_problem(attention):
-        raise InputError(f"{directory}: the export was trained with {kernel_problem(attention)}")
     return attention
 
 
