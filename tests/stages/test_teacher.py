@@ -161,7 +161,7 @@ def test_export_reloads_with_identical_logits(reference):
     assert meta["head"] == "linear" and meta["lora"] is False and meta["num_labels"] == 2
     assert list((directory / "export").glob("*.safetensors")) and not list((directory / "export").glob("*.bin"))
     plain = AutoModelForSequenceClassification.from_pretrained(str(directory / "export"),
-                                                               attn_implementation="eager").eval()
+                                                               attn_implementation=meta["attn_implementation"]).eval()
     probe = json.loads((directory / "probe.json").read_text())
     with torch.no_grad():
         logits = plain(input_ids=torch.tensor(probe["input_ids"]),
