@@ -74,7 +74,8 @@ def score_token_ids(
     """Class probabilities (rows in the given order) and the padding of the batches that computed them.
 
     Right padding: the classifier pools the rightmost non-pad token, so a row must not end in the pad id. Rows with
-    NaN / inf logits (fp16 overflow, e.g. Gemma-2) are computed again alone in float32, counted as `fp32_rows`.
+    NaN / inf logits (fp16 overflow, e.g. Gemma-2) are computed again alone in float32, counted as `fp32_rows`; a
+    row still non-finite then is an error, never a NaN probability.
     """
     pad_id = model_pad_id(model) if pad_id is None else pad_id
     for position, seq in enumerate(sequences):
@@ -93,6 +94,9 @@ def score_token_ids(
             with upcast(model):
                 logits[bad] = _logits(model, [sequences[batch[r]] for r in bad], pad_id, device)
             fp32_rows += len(bad)
+            still = sorted(batch[r] for r in bad if not torch.isfinite(logits[r]).all())
+            if still:  # never a NaN probability in a label store or a submission
+                raise FloatingPointError(f"rows {still[:5]} (of {len(still)}) have non-finite logits even in float32")
         out[batch] = torch.softmax(logits, dim=-1).cpu().numpy()
     return out, dataclasses.replace(padding_stats(lengths, batches), fp32_rows=fp32_rows)
 

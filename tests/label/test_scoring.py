@@ -108,6 +108,13 @@ def test_fp16_overflow_rows_alone_are_recomputed_in_float32(arch):
     assert np.abs(clean[others] - reference[others]).max() > 1e-6  # fp16 differs: a recompute would show
     assert {p.dtype for p in model.parameters()} == {torch.float16}  # back in fp16 after the recompute
 
+    def nan_in_any_dtype(module, inputs, output):
+        return output.masked_fill((inputs[0] == mark).any(-1)[:, None, None], float("nan"))
+
+    model.get_input_embeddings().register_forward_hook(nan_in_any_dtype)
+    with pytest.raises(FloatingPointError, match=r"rows \[1, 4, 6\] \(of 3\) have non-finite logits"):
+        score_token_ids(model, rows, max_tokens=4096)  # still NaN in float32: an error, never a NaN label
+
 
 def test_fp16_overflow_recompute_on_a_4bit_model_restores_its_compute_dtype():
     """A QLoRA student's bitsandbytes 4-bit layers compute in float32 for the recomputed rows only, then in fp16
