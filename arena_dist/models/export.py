@@ -24,6 +24,7 @@ imports such code while it loads.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -256,6 +257,9 @@ def _attention(meta: dict, directory: Path) -> str:
     if attention not in ATTENTION_KERNELS:
         raise InputError(f"{directory}: attn_implementation {attention!r} in the export metadata is not "
                          f"one of {', '.join(ATTENTION_KERNELS)}")
+    if attention == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise InputError(f"{directory}: the export was trained with flash_attention_2 and the flash-attn package is "
+                         "not installed here (install it, or the logits will not reproduce with another kernel)")
     return attention
 
 

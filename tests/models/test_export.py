@@ -211,3 +211,15 @@ def test_the_kernel_trained_with_is_recorded_and_used_at_load(tmp_path, arch, ke
     assert read_export_meta(tmp_path / "export")["attn_implementation"] == kernel
     loaded, _, _ = load_export(tmp_path / "export")
     assert loaded.config._attn_implementation == kernel
+
+
+def test_an_export_trained_with_flash_attention_needs_flash_attn_to_load(tmp_path):
+    """flash-attn is not installed here: loading an export that recorded flash_attention_2 stops with one line naming
+    the export, before any weights are read (another kernel would not reproduce its logits)."""
+    import json
+
+    save_export(build_model(tiny_model_config("llama", vocab_size=128), 3, 0), None, tmp_path / "export", META)
+    meta_file = tmp_path / "export" / "arena_dist.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "attn_implementation": "flash_attention_2"}))
+    with pytest.raises(InputError, match=r"export: the export was trained with flash_attention_2 .* not installed"):
+        load_export(tmp_path / "export")
