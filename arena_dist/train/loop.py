@@ -381,11 +381,11 @@ class Trainer:
                 "logits": logits.tolist()})
 
     def export(self, final_metrics: dict) -> dict:
-        from arena_dist.config import config_hash
+        from arena_dist.config import config_dict, config_hash
 
         fmt = self.config.format
         meta = {"label_mode": fmt.label_mode, "template": fmt.template, "max_length": fmt.max_length,
-                "format": json.loads(fmt.model_dump_json()), "config_hash": config_hash(self.config),
+                "format": config_dict(fmt), "config_hash": config_hash(self.config),
                 "fold": self.config.data.fold, "final_metrics": final_metrics, **self.recipe.export_meta()}
         self.parallel.eval()
         out = self.recipe.export(self, meta)
