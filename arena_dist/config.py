@@ -160,12 +160,8 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
 def _format_error(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind == "missing":
-        message = "required key is missing"
-    else:
+    message = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(first["type"])
+    if message is None:
         message = first["msg"]
         if "input" in first and not isinstance(first["input"], (dict, list)):
             message += f" (got {first['input']!r})"

@@ -378,17 +378,14 @@ class JsonlRows:
                     continue  # blank lines are not rows
                 try:
                     value = json.loads(line)
+                    error = None if isinstance(value, dict) else "not a JSON object"
                 except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an int of > 4300 digits
-                    yield line_number, {"_line": line.rstrip("\n"), "_error": f"not JSON ({_json_error(exc)})"}
-                    continue
-                if not isinstance(value, dict):
-                    yield line_number, {"_line": line.rstrip("\n"), "_error": "not a JSON object"}
-                    continue
-                missing = [self.file_column(c) for c in self.required if self.file_column(c) not in value]
-                if missing:
-                    yield line_number, {"_line": line.rstrip("\n"), "_error": f"missing key {missing[0]!r}"}
-                    continue
-                yield line_number, self.canonical_row(value)
+                    error = f"not JSON ({_json_error(exc)})"
+                if error is None:
+                    missing = [self.file_column(c) for c in self.required if self.file_column(c) not in value]
+                    error = f"missing key {missing[0]!r}" if missing else None
+                yield line_number, ({"_line": line.rstrip("\n"), "_error": error} if error is not None
+                                    else self.canonical_row(value))
 
 
 def _json_error(exc: Exception) -> str:

@@ -18,7 +18,7 @@ Order, swaps and resume are the training loop's (`arena_dist.train.data.GlobalOr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -35,12 +35,9 @@ class MixCounts:
     pool_without_soft_label: int = 0
     ties_dropped_2class: int = 0
     used: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        out.update(self.extra)
-        return out
+        return asdict(self)
 
 
 def adapt_soft_label(probs: Sequence[float], num_labels: int) -> list[float]:

@@ -133,15 +133,8 @@ def _assemble(record: Record, turns: list[tuple[list[int], list[int], list[int]]
         ids += pieces.prompt_marker(number) + p + pieces.model_a + a + pieces.model_b + b + pieces.turn_end
     ids += pieces.tail
     assert len(ids) <= fmt.max_length, (record["id"], len(ids), fmt.max_length)
-    return EncodedRow(
-        id=record["id"],
-        input_ids=ids,
-        label=label_in_mode(record, fmt.label_mode),
-        swapped=swapped,
-        turns_total=len(turns),
-        turns_kept=kept,
-        truncated=truncated,
-    )
+    return EncodedRow(id=record["id"], input_ids=ids, label=label_in_mode(record, fmt.label_mode), swapped=swapped,
+                      turns_total=len(turns), turns_kept=kept, truncated=truncated)
 
 
 def encode_records(
@@ -175,16 +168,12 @@ def encode_records(
         raise
 
     out: list[EncodedRow] = []
-    cursor = extra_cursor = 0
+    cursor, next_extra = 0, iter(extra_ids)
     for row, extra in zip(rows, extras):
         n = len(row["prompt"])
         turns = [tuple(encoded[cursor + 3 * j: cursor + 3 * j + 3]) for j in range(n)]
         cursor += 3 * n
-        extra_row: list[int] = []
-        if extra:
-            extra_row = extra_ids[extra_cursor]
-            extra_cursor += 1
-        out.append(_assemble(row, turns, extra_row, pieces, fmt, swap))
+        out.append(_assemble(row, turns, next(next_extra) if extra else [], pieces, fmt, swap))
     return out
 
 

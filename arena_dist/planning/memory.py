@@ -106,23 +106,19 @@ def full_finetune_states(params: ParamCount, zero_stage: int, offload: str, gpus
 
 def _trainable_states_bytes(trainable: int, zero_stage: int, offload: str, n: int) -> tuple[int, int]:
     """(GPU, CPU) bytes of 16 B/param mixed-precision Adam states for small trainable sets (adapters, head)."""
-    optimizer_on_cpu = offload != "none"
     optimizer = 12 * trainable
     if zero_stage >= 1:
         optimizer //= n
     weights_and_grads = {0: 4 * trainable, 1: 4 * trainable, 2: 2 * trainable + 2 * trainable // n,
                          3: 4 * trainable // n}[zero_stage]
-    if optimizer_on_cpu:
-        return weights_and_grads, optimizer
-    return weights_and_grads + optimizer, 0
+    return (weights_and_grads, optimizer) if offload != "none" else (weights_and_grads + optimizer, 0)
 
 
 def quantised_bytes_per_param(bits: int, double_quant: bool = True, blocksize: int = 64) -> float:
     """Storage of one quantised weight. NF4: 0.5 B + one absmax per block (fp32, or 8-bit with one fp32 per 256
     blocks under double quantisation). The 8-bit row scales depend on the shape and are added by the caller."""
     if bits == 4:
-        constants = (1 / blocksize + 4 / (blocksize * 256)) if double_quant else 4 / blocksize
-        return 0.5 + constants
+        return 0.5 + ((1 / blocksize + 4 / (blocksize * 256)) if double_quant else 4 / blocksize)
     if bits == 8:
         return 1.0
     raise ConfigError(f"training.quant_bits: expected 4 or 8, got {bits!r}")
@@ -175,10 +171,7 @@ def activation_bytes(dims: ModelDims, seq_len: int, micro_batch: int, checkpoint
     """Peak activation memory of one micro-batch on one GPU (data parallel: nothing divides it across GPUs)."""
     tokens = seq_len * micro_batch
     per_layer = layer_activation_bytes(dims, seq_len, micro_batch, attention)
-    if checkpointing:
-        layers = dims.layers * 2 * tokens * dims.hidden + per_layer
-    else:
-        layers = dims.layers * per_layer
+    layers = dims.layers * 2 * tokens * dims.hidden + per_layer if checkpointing else dims.layers * per_layer
     head_bytes = tokens * (8 * dims.hidden + 4) + (10 * tokens * dims.vocab if head == "lm" else 0)
     return layers + head_bytes
 

@@ -88,8 +88,8 @@ def run(config: Config) -> dict:
         for style in ("pairs", "hh"):
             (out / "pairwise" / f"{style}.jsonl").unlink(missing_ok=True)
 
-    test = files["lmsys/test.csv"]
-    headline = test if config.n_test else files["lmsys/train.csv"]
+    headline_file = "lmsys/test.csv" if config.n_test else "lmsys/train.csv"
+    headline = files[headline_file]
     bayes = {
         "ln3": synth.LN3,
         "bayes_log_loss": headline.get("log_loss"),  # optimal predictor's log loss on the labels drawn
@@ -97,7 +97,7 @@ def run(config: Config) -> dict:
         "achievable_gain": synth.LN3 - headline["log_loss"] if "log_loss" in headline else None,
         "bayes_accuracy": headline.get("accuracy"),
         "tie_rate": headline.get("tie_rate"),
-        "headline_file": "lmsys/test.csv" if config.n_test else "lmsys/train.csv",
+        "headline_file": headline_file,
         "wsdm_bayes_accuracy": files["wsdm/test.parquet"].get("accuracy") if config.n_wsdm_test else None,
         "files": files,
         "lmsys_train_valid_rows": lmsys["train_valid_rows"],

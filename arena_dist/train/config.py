@@ -121,10 +121,8 @@ class TrainJobConfig(StrictModel):
     def _batch_fits(self) -> "TrainJobConfig":
         per_step = self.training.micro_batch * self.world_size
         if self.training.global_batch % per_step:
-            raise ValueError(
-                f"training.global_batch {self.training.global_batch} is not a multiple of micro_batch x num_workers"
-                f" = {per_step}"
-            )
+            raise ValueError(f"training.global_batch {self.training.global_batch} is not a multiple of micro_batch x "
+                             f"num_workers = {per_step}")
         if self.ray.storage_path is None and self.output.run_dir is None:
             raise ValueError("output.run_dir: set it (or ray.storage_path)")
         return self

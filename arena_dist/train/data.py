@@ -71,10 +71,9 @@ class GlobalOrder:
         mine = self.position(int(position["global_step"]))
         for key in ("num_samples", "global_batch", "seed", "swap_augment"):
             if key in position and position[key] != mine[key]:
-                raise ConfigError(
-                    f"checkpoint data position has {key}={position[key]!r} but this run has {mine[key]!r}: "
-                    "resume with the same data and training.global_batch / seed / data.swap_augment"
-                )
+                raise ConfigError(f"checkpoint data position has {key}={position[key]!r} but this run has "
+                                  f"{mine[key]!r}: resume with the same data and training.global_batch / seed / "
+                                  "data.swap_augment")
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, swap flags) of global step `step` (0-based)."""
@@ -121,9 +120,7 @@ class Example:
 
 def swap_soft(soft: list[float] | None) -> list[float] | None:
     """Teacher probabilities for the swapped comparison: A and B exchange, tie stays."""
-    if soft is None:
-        return None
-    return [soft[1], soft[0], *soft[2:]]
+    return None if soft is None else [soft[1], soft[0], *soft[2:]]
 
 
 class Encoder:

@@ -36,12 +36,10 @@ def load_zero_knobs(path: str | Path, overrides: dict | None = None) -> dict:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     knobs = deep_merge(knobs, overrides or {})
-    for origin, data in ((str(source), knobs),):
-        reserved = [key for key in RUN_CONFIG_KEYS if key in data]
-        if reserved:
-            raise ConfigError(
-                f"{origin}: {', '.join(reserved)} come from the run config (training.*, model.dtype), not ds_config"
-            )
+    reserved = [key for key in RUN_CONFIG_KEYS if key in knobs]
+    if reserved:
+        raise ConfigError(f"{source}: {', '.join(reserved)} come from the run config (training.*, model.dtype), "
+                          "not ds_config")
     if "zero_optimization" not in knobs:
         raise ConfigError(f"{source}: no zero_optimization section")
     return knobs
@@ -60,9 +58,8 @@ def deep_merge(base: dict, extra: dict) -> dict:
 def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
     per_step = micro_batch * world_size
     if global_batch % per_step:
-        raise ConfigError(
-            f"training.global_batch {global_batch} is not a multiple of micro_batch x world size = {per_step}"
-        )
+        raise ConfigError(f"training.global_batch {global_batch} is not a multiple of micro_batch x world size = "
+                          f"{per_step}")
     return global_batch // per_step
 
 

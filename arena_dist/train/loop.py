@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from arena_dist.io import atomic_write_json
 from arena_dist.train.checkpoint import (
     checkpoint_root,
     ensure_universal,
@@ -357,8 +358,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ inspection
     def write_partition_stats(self) -> dict:
         """This rank's share of the model state (read by tests and the benchmark)."""
-        from arena_dist.io import atomic_write_json
-
         stats = self.parallel.partition_stats()
         atomic_write_json(self.state_dir / "workers" / f"rank{self.rank}_state.json", stats)
         return stats
@@ -377,18 +376,16 @@ class Trainer:
             logits = self.parallel.forward(**self.to_device(inputs)).logits.float().cpu()
         self.parallel.train()
         if self.rank == 0:
-            from arena_dist.io import atomic_write_json
-
             atomic_write_json(self.config.run_dir / name, {
                 "input_ids": inputs["input_ids"].tolist(), "attention_mask": inputs["attention_mask"].tolist(),
                 "logits": logits.tolist()})
 
     def export(self, final_metrics: dict) -> dict:
-        from arena_dist.config import config_hash
+        from arena_dist.config import config_dict, config_hash
 
         fmt = self.config.format
         meta = {"label_mode": fmt.label_mode, "template": fmt.template, "max_length": fmt.max_length,
-                "format": json.loads(fmt.model_dump_json()), "config_hash": config_hash(self.config),
+                "format": config_dict(fmt), "config_hash": config_hash(self.config),
                 "fold": self.config.data.fold, "final_metrics": final_metrics, **self.recipe.export_meta()}
         self.parallel.eval()
         out = self.recipe.export(self, meta)
@@ -467,8 +464,6 @@ class Trainer:
                        "experiment_dir": str(self.state_dir), "resumed_from": tag, "attempt": self.attempt_info,
                        "train_seconds": time.monotonic() - started, **out, **self.recipe.summary(self)}
             if self.rank == 0:
-                from arena_dist.io import atomic_write_json
-
                 atomic_write_json(self.config.run_dir / SUMMARY_FILE, summary)
             self.report({"step": step, **final, "done": 1})
             return summary
@@ -479,8 +474,6 @@ class Trainer:
 
 def write_pid(run_dir: Path, rank: int, attempt: str) -> None:
     """Which process is which rank (operators and the fault-injection test use it)."""
-    from arena_dist.io import atomic_write_json
-
     import torch
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MASTER_ADDR", "LOCAL_WORLD_SIZE", "LOCAL_SIZE",
@@ -555,8 +548,6 @@ def run_rank(payload: dict, rank: int, world_size: int, under_ray: bool) -> dict
 def main(argv: list[str] | None = None) -> int:
     """Bare launch without Ray (benchmarks, tests, or a plain `torchrun`/`deepspeed` job):
     `torchrun --nproc-per-node N -m arena_dist.train.loop payload.json` (payload: see launch.make_payload)."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     payload = json.loads(Path(args[0]).read_text())
     run_rank(payload, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), under_ray=False)

@@ -46,13 +46,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def distillation_loss(
-    logits: torch.Tensor,
-    hard_labels: torch.Tensor | None,
-    soft_targets: torch.Tensor | None,
-    soft_mask: torch.Tensor | None,
-    weights: LossWeights,
-) -> tuple[torch.Tensor, dict[str, float]]:
+def distillation_loss(logits: torch.Tensor, hard_labels: torch.Tensor | None, soft_targets: torch.Tensor | None,
+                      soft_mask: torch.Tensor | None, weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     """Return (loss, parts). `hard_labels`: long [B], IGNORE_LABEL where missing. `soft_targets`: float [B, C] teacher
     probabilities; `soft_mask`: bool [B], false where the row has no soft label (its soft_targets row is ignored)."""
     logits = logits.float()

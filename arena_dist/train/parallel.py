@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from arena_dist.train.ds_config import zero_stage
+
 
 def barrier() -> None:
     import torch.distributed as dist
@@ -51,7 +53,25 @@ def lr_schedule(optimizer, training, total_steps: int):
                          num_training_steps=max(total_steps, 1), scheduler_specific_kwargs=extra)
 
 
-class ZeroParallel:
+class _Driven:
+    """What both implementations share: `runner` (the engine, or the module itself) runs the forward and switches
+    train / eval; one LR scheduler."""
+
+    def forward(self, **inputs):
+        return self.runner(**inputs)
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def train(self) -> None:
+        self.runner.train()
+
+    def eval(self) -> None:
+        self.runner.eval()
+
+
+class ZeroParallel(_Driven):
     def __init__(self, model, ds_config: dict, training, total_steps: int):
         import deepspeed
 
@@ -59,27 +79,14 @@ class ZeroParallel:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=params, config=ds_config,
             lr_scheduler=lambda optimizer: lr_schedule(optimizer, training, total_steps))
-        self.module = self.engine.module
-        self.zero3 = int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
-
-    def forward(self, **inputs):
-        return self.engine(**inputs)
+        self.runner, self.module = self.engine, self.engine.module
+        self.zero3 = zero_stage(ds_config) == 3
 
     def backward(self, loss) -> None:
         self.engine.backward(loss)
 
     def step(self) -> None:
         self.engine.step()
-
-    @property
-    def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
-
-    def train(self) -> None:
-        self.engine.train()
-
-    def eval(self) -> None:
-        self.engine.eval()
 
     def save(self, root: Path, tag: str, rank: int) -> None:
         """Collective: every rank writes its shard."""
@@ -119,13 +126,14 @@ class ZeroParallel:
                 "optimizer_state_bytes": optimizer_bytes, "fp32_master_local": master}
 
 
-class ReplicatedParallel:
+class ReplicatedParallel(_Driven):
     TRAINABLE_FILE, OPTIMIZER_FILE = "trainable.safetensors", "optimizer.pt"
 
     def __init__(self, model, training, total_steps: int, world_size: int, device):
         import torch
 
-        self.module, self.training, self.world_size, self.device = model, training, world_size, device
+        self.module = self.runner = model
+        self.training, self.world_size, self.device = training, world_size, device
         self.accumulation = training.global_batch // (training.micro_batch * world_size)
         self.params = [p for p in model.parameters() if p.requires_grad]
         head, body = [], []
@@ -137,9 +145,6 @@ class ReplicatedParallel:
                                            weight_decay=training.weight_decay)
         self.scheduler = lr_schedule(self.optimizer, training, total_steps)
         self.micro_steps = 0
-
-    def forward(self, **inputs):
-        return self.module(**inputs)
 
     def backward(self, loss) -> None:
         (loss / self.accumulation).backward()
@@ -171,16 +176,6 @@ class ReplicatedParallel:
         for p in self.params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
             offset += p.numel()
-
-    @property
-    def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
-
-    def train(self) -> None:
-        self.module.train()
-
-    def eval(self) -> None:
-        self.module.eval()
 
     def trainable_state(self) -> dict:
         return {name: p.detach().to("cpu").contiguous().clone() for name, p in self.module.named_parameters()
