@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 
 from arena_dist.errors import InputError
+from arena_dist.hub import is_hub_id
 from arena_dist.io import atomic_directory, atomic_write_json
 
 META_FILE = "arena_dist.json"
@@ -212,8 +213,7 @@ def _base_path(path: Path, meta: dict, base_path: str | os.PathLike | None = Non
     if meta.get("base_dir"):
         return path / meta["base_dir"]
     recorded = meta["base"]["name_or_path"]
-    hub_id = not recorded.startswith(("/", ".", "~")) and recorded.count("/") <= 1
-    if not Path(recorded).expanduser().exists() and not hub_id:
+    if not Path(recorded).expanduser().exists() and not is_hub_id(recorded):
         raise InputError(f"{path}: the LoRA export's base model {recorded} (recorded in {META_FILE}) is not there; "
                          f"set {setting} to the folder that holds it now")
     return Path(recorded).expanduser()
@@ -233,20 +233,20 @@ def declared_remote_code(directory: Path) -> str | None:
 
 
 def check_remote_code(path: str | os.PathLike, trust_remote_code: bool,
-                      setting: str = "trust_remote_code", base_path: str | os.PathLike | None = None) -> None:
+                      setting: str = "trust_remote_code", base_path: str | os.PathLike | None = None) -> Path | None:
     """Refuse an export that ships its own code (in its folder, its base or its tokenizer) unless the user turned
     `setting` on in the config of the stage they run; called before any transformers call could import that code.
-    Also the early check that a LoRA export's base is where the stage expects it (`base_path`)."""
+    Also the early check that a LoRA export's base is where the stage expects it (`base_path`); returns that base
+    (a folder or a hub id; None for a full export)."""
     path = Path(path)
     meta = read_export_meta(path)
     base = _base_path(path, meta, base_path, setting.replace("trust_remote_code", "base_path"))
-    if trust_remote_code:
-        return
-    for directory in (path, base):
+    for directory in (path, base) if not trust_remote_code else ():
         found = directory is not None and declared_remote_code(directory)
         if found:
             raise InputError(f"{path}: the export ships Python code (auto_map in {found}); it runs only if you set "
                              f"{setting}: true in the stage config, after checking the code")
+    return base
 
 
 def _attention(model_config: dict, directory: Path) -> str:
