@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-HUB_FILES = ["*.safetensors", "*.json", "tokenizer*", "merges.txt"]  # weights, configs, tokenizer: what stages read
+HUB_FILES = ["*.safetensors", "*.json", "*.jinja", "tokenizer*", "merges.txt"]  # weights, configs, tokenizer: what stages read
 
 
 def is_hub_id(name: str | os.PathLike | None) -> bool:

@@ -11,11 +11,19 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
+from hub_checkpoints import build_checkpoint  # noqa: E402
+from teacher_fixtures import make_dataset, tiny_config  # noqa: E402
 
 from arena_dist.hub import fetch_on_every_node, is_hub_id
 from arena_dist.ray_local import LocalRayHead, free_port, ray_executable
@@ -30,10 +38,10 @@ NEEDED = sorted(set(FILES) - {"README.md", "train.bin"})
 
 
 class FakeHub:
-    """One gated repo; `requests` holds (method, path, sent the token) of every request."""
+    """One gated repo serving `files`; `requests` holds (method, path, sent the token, user agent) of every request."""
 
-    def __init__(self, token: str):
-        self.requests: list[tuple[str, str, bool]] = []
+    def __init__(self, token: str, files: dict[str, bytes] = FILES):
+        self.requests: list[tuple[str, str, bool, str]] = []
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,7 +57,7 @@ class FakeHub:
             def answer(self, body: bool) -> None:
                 path = self.path.split("?")[0]
                 authorised = self.headers.get("Authorization") == f"Bearer {token}"
-                hub.requests.append((self.command, path, authorised))
+                hub.requests.append((self.command, path, authorised, self.headers.get("User-Agent", "")))
                 api, resolve = f"/api/models/{REPO_ID}/", f"/{REPO_ID}/resolve/{SHA}/"
                 headers = {"X-Repo-Commit": SHA}
                 if not authorised:
@@ -59,9 +67,9 @@ class FakeHub:
                 elif path.startswith(api + "tree/"):
                     code, content = 200, json.dumps([{"type": "file", "path": name, "size": len(data),
                                                        "oid": hashlib.sha1(data).hexdigest()}
-                                                      for name, data in FILES.items()]).encode()
-                elif path.startswith(resolve) and path[len(resolve):] in FILES:
-                    code, content = 200, FILES[path[len(resolve):]]
+                                                      for name, data in files.items()]).encode()
+                elif path.startswith(resolve) and path[len(resolve):] in files:
+                    code, content = 200, files[path[len(resolve):]]
                     headers["ETag"] = f'"{hashlib.sha1(content).hexdigest()}"'
                 else:
                     code, content, headers = 404, b"{}", {"X-Error-Code": "EntryNotFound"}
@@ -77,7 +85,7 @@ class FakeHub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def count(self, method: str, prefix: str) -> int:
-        return sum(1 for m, path, _ in self.requests if m == method and path.startswith(prefix))
+        return sum(1 for m, path, *_ in self.requests if m == method and path.startswith(prefix))
 
 
 @pytest.fixture
@@ -129,7 +137,7 @@ def test_one_download_per_node_into_the_shared_home_with_the_token(two_node_ray,
     assert hub.count("GET", f"/api/models/{REPO_ID}/revision/") == 2  # each node asked once, none twice
     for name in FILES:  # each file crossed the network at most once: the second node found it in the shared cache
         assert hub.count("GET", f"/{REPO_ID}/resolve/{SHA}/{name}") == (name in NEEDED), name
-    assert all(authorised for _, path, authorised in hub.requests if REPO_ID in path)  # the token went along
+    assert all(authorised for _, path, authorised, _ in hub.requests if REPO_ID in path)  # the token went along
     snapshot = home / "hub" / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / SHA
     assert sorted(p.name for p in snapshot.iterdir()) == NEEDED
     assert all((snapshot / name).read_bytes() == FILES[name] for name in NEEDED)
@@ -150,3 +158,27 @@ def test_local_folders_and_offline_mode_fetch_nothing(tmp_path, monkeypatch):
         monkeypatch.setenv(flag, "1")
         assert fetch_on_every_node([REPO_ID]) == []  # Ray is not even connected: nothing was asked of it
     assert hub.requests == []
+
+
+@pytest.mark.slow
+def test_teacher_workers_find_the_checkpoint_fetched_before_they_started(two_node_ray, tmp_path, files_containing):
+    """The teacher stage on a hub id, one ZeRO-3 rank per node: every file crossed the network once, fetched by the
+    per-node task before Ray Train started (transformers' own downloads carry `transformers/` in their user agent)."""
+    checkpoint = build_checkpoint(tmp_path, "llama", "causal_lm", num_labels=2)
+    files = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    token = "hf_" + secrets.token_hex(20)
+    hub = FakeHub(token, files)
+    config = tiny_config(make_dataset(tmp_path), tmp_path / "runs", "hub", training={"max_steps": 1})
+    config["model"] = {"name_or_path": REPO_ID, "head": "linear", "attn_implementation": "sdpa"}
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, **two_node_ray.client_env(), "RAY_ADDRESS": two_node_ray.address, "DS_ACCELERATOR": "cpu",
+           "HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf_home"), "HF_ENDPOINT": hub.url, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "arena_dist.cli", "teacher", "--config", str(tmp_path / "teacher.yaml")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert f"fetching {REPO_ID} once per node" in output and token not in output
+    downloads = [agent for method, path, _, agent in hub.requests if method == "GET" and "/resolve/" in path]
+    assert len(downloads) == len(files) and not any("transformers/" in agent for agent in downloads)
+    assert all(authorised for _, path, authorised, _ in hub.requests if REPO_ID in path)
+    assert files_containing(tmp_path / "runs", token) == [] and files_containing(two_node_ray.temp_dir, token) == []
