@@ -59,12 +59,6 @@ def _head_kind(model) -> str:
     return "mlp" if isinstance(score, MLPHead) else "linear"
 
 
-def _segment_markers(model) -> dict | None:
-    from arena_dist.models.segments import recorded_markers
-
-    return recorded_markers((model.get_base_model() if _is_peft(model) else model).config)
-
-
 def base_state_dict_from_peft(state_dict: dict) -> dict:
     """Full PEFT state dict -> plain base-model keys (LoRA tensors dropped, the original head kept)."""
     base = {}
@@ -77,16 +71,13 @@ def base_state_dict_from_peft(state_dict: dict) -> dict:
     return base
 
 
-def _write_meta(directory: Path, meta: dict) -> None:
-    atomic_write_json(directory / META_FILE, meta)
-
-
 def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_dict: dict | None = None,
                 model_config=None) -> Path:
     """Write the export folder atomically; returns its path. `meta` needs label_mode, template, max_length.
 
     `state_dict`: the gathered full state dict (ZeRO-3); default `model.state_dict()`. `model_config`: the
     ModelConfig the model was built from (default: the one `build_model` attached)."""
+    from arena_dist.models.segments import recorded_markers
     from arena_dist.models.verbalizer import verbalizer_meta
 
     missing = [key for key in REQUIRED_META if key not in meta]
@@ -107,7 +98,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
         "model_config": model_config.model_dump() if model_config is not None else None,
         "quantization": model_config.quantization if model_config is not None else "none",
         "teacher_extra_inputs": meta.get("teacher_extra_inputs", []),
-        "segment_markers": _segment_markers(model),
+        "segment_markers": recorded_markers(base_model.config),
         "created_by": meta.get("created_by", "arena_dist"),
         "format_version": FORMAT_VERSION,
     }
@@ -123,7 +114,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
                 full_meta["base_dir"] = BASE_DIR
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _write_meta(tmp, full_meta)
+        atomic_write_json(tmp / META_FILE, full_meta)
     return out_dir
 
 
