@@ -6,10 +6,12 @@ the token. Both Ray nodes run on this host, each its own raylet, as two machines
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -109,14 +111,15 @@ def two_node_ray(tmp_path, monkeypatch):
             stderr=subprocess.STDOUT, start_new_session=True)
         ray.init(address=head.address, logging_level="ERROR")
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while sum(node["Alive"] for node in ray.nodes()) < 2:
                 assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "node2.log").read_text()
                 time.sleep(0.5)
             yield head
         finally:
             ray.shutdown()
-            head.stop()  # the worker node first goes with the head's temp dir
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)  # its own session, started here; the rest goes with the head
             worker.wait(timeout=30)
 
 
