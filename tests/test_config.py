@@ -184,3 +184,13 @@ def test_every_shipped_config_loads_into_its_stage_config(path):
 
 def test_shipped_configs_are_all_found():
     assert len(shipped_configs()) >= 20
+
+
+@pytest.mark.parametrize("name", ["teacher_llama33_70b", "student_gemma2_9b"])
+def test_verbalizer_variants_are_their_shipped_config_with_the_lm_head(name):
+    base_path, variant_path = (REPO / "launch" / "configs" / f"{name}{suffix}.yaml" for suffix in ("", "_verbalizer"))
+    base, variant = (load_config(stage_config_class(path), path) for path in (base_path, variant_path))
+    assert base.model.head == "linear" and variant.model.head == "verbalizer"
+    assert variant.model.model_dump(exclude={"head"}) == base.model.model_dump(exclude={"head"})
+    assert variant.format == base.format and variant.data == base.data
+    assert variant.run_dir != base.run_dir  # both can run side by side

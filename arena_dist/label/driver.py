@@ -70,31 +70,21 @@ class _Slot:
     inflight: dict = field(default_factory=dict)  # ObjectRef -> InputShard
 
 
-def _actor_class(settings: ActorSettings):
-    import ray
-
-    from arena_dist.label.scoring import TeacherScorer
-    from arena_dist.worker_env import plain_env
-
-    env = plain_env()  # secrets stay out: Ray's runtime-env agent logs every runtime env it sets up
-    env["OMP_NUM_THREADS"] = str(settings.threads)
-    return ray.remote(TeacherScorer).options(
-        num_cpus=settings.cpus_per_actor,
-        num_gpus=settings.gpus_per_actor,
-        max_restarts=settings.max_restarts,
-        max_task_retries=0,  # the driver requeues shards itself (and knows which shard was lost)
-        runtime_env={"env_vars": env},
-    )
-
-
 def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bool = False,
                 base_path: str | None = None):
     """One scorer actor for `export_path` (a LoRA export's base at `base_path`, if given); the hub token goes along
-    as an argument (`SecretEnv`)."""
-    from arena_dist.worker_env import SecretEnv
+    as an argument (`SecretEnv`): Ray's runtime-env agent logs every runtime env it sets up."""
+    import ray
 
-    return _actor_class(settings).remote(export_path, settings.dtype, settings.quantization, settings.gpus_per_actor,
-                                         settings.threads, trust_remote_code, SecretEnv.from_environ(), base_path)
+    from arena_dist.label.scoring import TeacherScorer
+    from arena_dist.worker_env import SecretEnv, plain_env
+
+    return ray.remote(TeacherScorer).options(
+        num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor, max_restarts=settings.max_restarts,
+        max_task_retries=0,  # the driver requeues shards itself (and knows which shard was lost)
+        runtime_env={"env_vars": {**plain_env(), "OMP_NUM_THREADS": str(settings.threads)}},
+    ).remote(export_path, settings.dtype, settings.quantization, settings.gpus_per_actor, settings.threads,
+             trust_remote_code, SecretEnv.from_environ(), base_path)
 
 
 def label_shards(

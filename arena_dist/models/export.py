@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 from arena_dist.errors import InputError
+from arena_dist.hub import is_hub_id
 from arena_dist.io import atomic_directory, atomic_write_json
 
 META_FILE = "arena_dist.json"
@@ -59,12 +60,6 @@ def _head_kind(model) -> str:
     return "mlp" if isinstance(score, MLPHead) else "linear"
 
 
-def _segment_markers(model) -> dict | None:
-    from arena_dist.models.segments import recorded_markers
-
-    return recorded_markers((model.get_base_model() if _is_peft(model) else model).config)
-
-
 def base_state_dict_from_peft(state_dict: dict) -> dict:
     """Full PEFT state dict -> plain base-model keys (LoRA tensors dropped, the original head kept)."""
     base = {}
@@ -77,16 +72,13 @@ def base_state_dict_from_peft(state_dict: dict) -> dict:
     return base
 
 
-def _write_meta(directory: Path, meta: dict) -> None:
-    atomic_write_json(directory / META_FILE, meta)
-
-
 def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_dict: dict | None = None,
                 model_config=None) -> Path:
     """Write the export folder atomically; returns its path. `meta` needs label_mode, template, max_length.
 
     `state_dict`: the gathered full state dict (ZeRO-3); default `model.state_dict()`. `model_config`: the
     ModelConfig the model was built from (default: the one `build_model` attached)."""
+    from arena_dist.models.segments import recorded_markers
     from arena_dist.models.verbalizer import verbalizer_meta
 
     missing = [key for key in REQUIRED_META if key not in meta]
@@ -108,7 +100,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
         "model_config": model_config.model_dump() if model_config is not None else None,
         "quantization": model_config.quantization if model_config is not None else "none",
         "teacher_extra_inputs": meta.get("teacher_extra_inputs", []),
-        "segment_markers": _segment_markers(model),
+        "segment_markers": recorded_markers(base_model.config),
         "created_by": meta.get("created_by", "arena_dist"),
         "format_version": FORMAT_VERSION,
     }
@@ -124,7 +116,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
                 full_meta["base_dir"] = BASE_DIR
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _write_meta(tmp, full_meta)
+        atomic_write_json(tmp / META_FILE, full_meta)
     return out_dir
 
 
@@ -214,8 +206,7 @@ def _base_path(path: Path, meta: dict, base_path: str | os.PathLike | None = Non
     if meta.get("base_dir"):
         return path / meta["base_dir"]
     recorded = meta["base"]["name_or_path"]
-    hub_id = not recorded.startswith(("/", ".", "~")) and recorded.count("/") <= 1
-    if not Path(recorded).expanduser().exists() and not hub_id:
+    if not Path(recorded).expanduser().exists() and not is_hub_id(recorded):
         raise InputError(f"{path}: the LoRA export's base model {recorded} (recorded in {META_FILE}) is not there; "
                          f"set {setting} to the folder that holds it now")
     return Path(recorded).expanduser()
@@ -235,20 +226,20 @@ def declared_remote_code(directory: Path) -> str | None:
 
 
 def check_remote_code(path: str | os.PathLike, trust_remote_code: bool,
-                      setting: str = "trust_remote_code", base_path: str | os.PathLike | None = None) -> None:
+                      setting: str = "trust_remote_code", base_path: str | os.PathLike | None = None) -> Path | None:
     """Refuse an export that ships its own code (in its folder, its base or its tokenizer) unless the user turned
     `setting` on in the config of the stage they run; called before any transformers call could import that code.
-    Also the early check that a LoRA export's base is where the stage expects it (`base_path`)."""
+    Also the early check that a LoRA export's base is where the stage expects it (`base_path`); returns that base
+    (a folder or a hub id; None for a full export)."""
     path = Path(path)
     meta = read_export_meta(path)
     base = _base_path(path, meta, base_path, setting.replace("trust_remote_code", "base_path"))
-    if trust_remote_code:
-        return
-    for directory in (path, base):
+    for directory in (path, base) if not trust_remote_code else ():
         found = directory is not None and declared_remote_code(directory)
         if found:
             raise InputError(f"{path}: the export ships Python code (auto_map in {found}); it runs only if you set "
                              f"{setting}: true in the stage config, after checking the code")
+    return base
 
 
 def _attention(meta: dict, directory: Path) -> str:

@@ -108,6 +108,7 @@ def label_config_hash(teacher: TeacherSpec, meta: dict, config: Config) -> str:
 def run(config: Config) -> dict:
     from arena_dist.config import save_resolved_config
     from arena_dist.data.store import load_manifest
+    from arena_dist.hub import fetch_on_every_node
     from arena_dist.io import atomic_write_json, claim_output_dir
     from arena_dist.label.driver import ActorSettings, label_shards
     from arena_dist.ray_local import ray_session
@@ -120,9 +121,9 @@ def run(config: Config) -> dict:
     save_resolved_config(config, output_dir)
     summary: dict = {"output_dir": str(output_dir), "teachers": {}}
     if config.teachers:
-        for index, teacher in enumerate(config.teachers):  # before Ray starts: one clear line, no actor restarts
-            check_remote_code(teacher.export_path, teacher.trust_remote_code, f"teachers[{index}].trust_remote_code",
-                              teacher.base_path)
+        # Before Ray starts: one clear line, no actor restarts. The LoRA bases (hub ids among them) come back.
+        bases = [check_remote_code(t.export_path, t.trust_remote_code, f"teachers[{i}].trust_remote_code", t.base_path)
+                 for i, t in enumerate(config.teachers)]
         dataset_dir = Path(config.input.dataset_dir)
         shards = input_shards(dataset_dir, config.input.split)
         dataset_hash = load_manifest(dataset_dir).get("config_hash")
@@ -133,6 +134,7 @@ def run(config: Config) -> dict:
             threads_per_actor=config.ray.threads_per_actor, dtype=config.dtype, quantization=config.quantization,
         )
         with ray_session(config.ray.address, config.ray.local_num_cpus):
+            fetch_on_every_node(bases)  # before the actors: one download per node, not one per actor
             for teacher in config.teachers:
                 meta = read_export_meta(teacher.export_path)
                 store = LabelStore(output_dir / teacher.id, teacher.id, label_config_hash(teacher, meta, config))

@@ -55,6 +55,7 @@ def run_training(config: TrainJobConfig, recipe: str = "teacher", placement: str
 
     # Shared with the label stage: address / $RAY_ADDRESS (set by `ray job submit`), else a private local Ray with
     # its own auth token, shut down at the end.
+    from arena_dist.hub import fetch_on_every_node
     from arena_dist.ray_local import ray_session
     from arena_dist.train.loop import train_worker
 
@@ -65,6 +66,7 @@ def run_training(config: TrainJobConfig, recipe: str = "teacher", placement: str
         resources["GPU"] = config.ray.gpus_per_worker
     local_cpus = max(os.cpu_count() or 1, math.ceil(config.ray.num_workers * config.ray.cpus_per_worker))
     with ray_session(config.ray.address, local_num_cpus=local_cpus):
+        fetch_on_every_node([config.model.name_or_path, config.output.tokenizer])  # once per node, not per rank
         trainer = TorchTrainer(
             train_worker,
             train_loop_config=payload,

@@ -2,10 +2,10 @@
 (tests/hub_checkpoints.py), with only model paths, data paths, sizes, step counts and world size overridden: a config
 that cannot run is caught here, not on the cluster.
 
-One chain on a real local Ray head: teacher_llama33_70b and teacher_qwen25_72b (MLP head, ZeRO-3 with CPU offload) at
-once, 2 ZeRO-3 workers and 2 steps each, bf16, gradient checkpointing -> label_llama70b_a100 (its two fold slots
-given the two exports, 8-bit, the ensemble) -> student_gemma2_9b (4-bit) and student_qwen25_14b (its documented 8-bit
-option), 2 steps each in one process -> predict_lmsys with both students.
+One chain on a real local Ray head: teacher_llama33_70b, its verbaliser variant and teacher_qwen25_72b (MLP head,
+ZeRO-3 with CPU offload) at once, 2 ZeRO-3 workers and 2 steps each, bf16, gradient checkpointing -> label_llama70b_a100 (its two fold slots
+given the two exports, 8-bit, the ensemble) -> student_gemma2_9b (4-bit), its verbaliser variant (with the causal-LM
+export) and student_qwen25_14b (its documented 8-bit option), 2 steps each in one process -> predict_lmsys with both students.
 Then the students' base checkpoint moves to another folder: predict says which setting to use, and with
 `model.base_path` writes the same probabilities. The consoles carry neither transformers' load report for a LoRA
 base ("MISSING") nor bitsandbytes' per-forward "MatMul8bitLt" line.
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "launch" / "configs"
 ENV = {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-TEACHERS = {"teacher_llama33_70b": "llama", "teacher_qwen25_72b": "qwen2"}
+TEACHERS = {"teacher_llama33_70b": "llama", "teacher_qwen25_72b": "qwen2", "teacher_llama33_70b_verbalizer": "llama"}
 FALSE_ALARMS = ("MISSING", "newly initialized", "MatMul8bitLt")
 SMALL = ["format.max_length=256", "data.max_eval_records=8"]
 STUDENT = SMALL + ["training.global_batch=4", "training.micro_batch=2", "training.eval_micro_batch=4",
@@ -79,7 +79,7 @@ def chain(tmp_path_factory):
     hub = {family: build_checkpoint(root / "hub", family, "causal_lm") for family in ("llama", "qwen2", "gemma2")}
     dataset, test_csv = make_dataset(root)
     out = {"root": root, "hub": hub, "test_csv": test_csv}
-    with LocalRayHead(num_cpus=4, env=ENV) as head:
+    with LocalRayHead(num_cpus=6, env=ENV) as head:
         ray_env = {**head.client_env(), "RAY_ADDRESS": head.address}
         teachers: dict = {}
 
@@ -103,7 +103,7 @@ def chain(tmp_path_factory):
             f"teachers.1.export_path={exports[1]}", "ray.num_actors=1", "ray.cpus_per_actor=1", "ray.gpus_per_actor=0",
             "batching.max_tokens=4096"], ray_env)
         out["label"] = ok(label, "label")
-    for name, family, extra in (("student_gemma2_9b", "gemma2", []),
+    for name, family, extra in (("student_gemma2_9b", "gemma2", []), ("student_gemma2_9b_verbalizer", "gemma2", []),
                                 ("student_qwen25_14b", "qwen2", ["model.quantization=8bit"])):
         done = cli("student", CONFIGS / f"{name}.yaml", STUDENT + extra + [
             f"model.name_or_path={hub[family]}", f"output.tokenizer={hub[family]}", f"data.dataset_dir={dataset}",
@@ -122,7 +122,8 @@ def predict(chain, out: Path, *sets: str) -> subprocess.CompletedProcess:
 
 def test_teacher_and_label_configs_run(chain):
     root = chain["root"]
-    for run, head, template in (("llama33_70b_fold0", "linear", "llama3"), ("qwen25_72b_fold0", "mlp", "chatml")):
+    for run, head, template in (("llama33_70b_fold0", "linear", "llama3"), ("qwen25_72b_fold0", "mlp", "chatml"),
+                                ("llama33_70b_verbalizer_fold0", "verbalizer", "llama3")):
         summary = json.loads((root / "runs" / run / "summary.json").read_text())
         assert summary["finished"] and summary["steps"] == 2 and summary["world_size"] == 2
         meta = json.loads((root / "runs" / run / "export" / "arena_dist.json").read_text())
@@ -142,6 +143,9 @@ def test_student_configs_quantise_their_checkpoints(chain):
         meta = json.loads((root / name / "export" / "arena_dist.json").read_text())
         assert meta["quantization"] == quantization and meta["lora"]
         assert meta["base"] == {"name_or_path": str(chain["hub"][base])}  # as the config gave it
+    meta = json.loads((root / "student_gemma2_9b_verbalizer" / "export" / "arena_dist.json").read_text())
+    assert meta["head"] == "verbalizer" and meta["quantization"] == "4bit"
+    assert (root / "student_gemma2_9b_verbalizer" / "export_causal_lm" / "config.json").is_file()
 
 
 def test_predict_config_and_a_moved_base(chain, tmp_path):
