@@ -43,13 +43,13 @@ demo: setup
 	$(PY) -m arena_dist.demo
 
 # Two pytest-xdist workers: most of a test's time is process start-up, imports and Ray / DeepSpeed set-up, which two
-# workers overlap on two cores (tests/conftest.py keeps a file's tests on one worker). TEST_WORKERS=0 runs serially.
+# workers overlap on two cores (a file's tests stay on one worker). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
 
 test-fast: setup
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 bench: setup
 	$(PY) -m bench.run_all

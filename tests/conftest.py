@@ -88,17 +88,11 @@ def files_containing():
 
 
 def pytest_collection_modifyitems(config, items):
-    """`make test` runs two pytest-xdist workers (`--dist loadgroup`). A test file's tests stay together on one worker,
-    so module-scoped fixtures (a Ray head, a trained reference run) are built once; the cluster tests (network
-    namespaces, a private two-node Slurm) share one group and run one after another. Files with the most slow tests
-    are handed out first, so the long ones do not all end up in the tail."""
-    def group(item) -> str:
-        path = Path(str(item.fspath)).resolve().relative_to(REPO / "tests")
-        return "cluster" if path.parts[0] == "cluster" else path.as_posix()
-
-    slow = {}
+    """`make test` runs two pytest-xdist workers with `--dist loadfile`: a file's tests stay on one worker, so
+    module-scoped fixtures (a Ray head, a trained reference run) are built once. Files with the most slow tests are
+    handed out first, so the long ones do not all end up in the tail. (The cluster tests' network-namespace hosts and
+    private Slurm carry a per-run token in every name, so two of them may run at once.)"""
+    slow: dict[str, int] = {}
     for item in items:
-        slow[group(item)] = slow.get(group(item), 0) + (item.get_closest_marker("slow") is not None)
-    items.sort(key=lambda item: -slow[group(item)])  # stable: the order inside a file is kept
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: the order inside a file is kept

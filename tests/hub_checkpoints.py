@@ -117,3 +117,8 @@ def build_checkpoint(root: str | Path, family: str, kind: str = "causal_lm", num
     model.save_pretrained(directory, max_shard_size=SHARD_SIZE, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def build_all(root: str | Path) -> dict:
+    """(family, kind) -> checkpoint folder, for every family and kind."""
+    return {(family, kind): build_checkpoint(root, family, kind) for family in FAMILIES for kind in KINDS}

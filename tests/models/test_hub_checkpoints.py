@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hub_checkpoints import FAMILY, build_checkpoint  # noqa: E402
+from hub_checkpoints import FAMILY, build_all  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
-    return {(family, kind): build_checkpoint(root, family, kind) for family in FAMILY
-            for kind in ("causal_lm", "classifier")}
+    return build_all(root)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hub_checkpoints import FAMILIES, build_checkpoint  # noqa: E402
+from hub_checkpoints import FAMILIES, build_all  # noqa: E402
 
 from arena_dist.models.build import build_model  # noqa: E402
 from arena_dist.models.config import ModelConfig  # noqa: E402
@@ -20,8 +20,7 @@ from arena_dist.models.config import ModelConfig  # noqa: E402
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
-    return {(family, kind): build_checkpoint(root, family, kind) for family in FAMILIES
-            for kind in ("causal_lm", "classifier")}
+    return build_all(root)
 
 
 def body(path: Path, dtype=torch.float32) -> dict:

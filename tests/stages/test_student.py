@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from distill_fixtures import make_distill_fixture  # noqa: E402
+from stage_process import torchrun  # noqa: E402
 
 from arena_dist.config import load_config  # noqa: E402
 from arena_dist.distill.config import StudentConfig  # noqa: E402
@@ -189,16 +190,6 @@ def test_stop_and_resume_matches_an_uninterrupted_run(fixture, tmp_path):
     a = load_file(str(tmp_path / "full" / "export" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "export" / "adapter_model.safetensors"))
     assert_same_weights(a, b, atol=0.0)  # same world size: bit for bit
-
-
-def torchrun(payload_file: Path, nproc: int, timeout: float = 600) -> subprocess.CompletedProcess:
-    from arena_dist.ray_local import free_port
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node-rank=0",
-               "--master-addr=127.0.0.1", f"--master-port={free_port()}", f"--nproc-per-node={nproc}",
-               "-m", "arena_dist.train.loop", str(payload_file)]
-    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 # Equality across world sizes needs the same forward on every row: no dropout anywhere.

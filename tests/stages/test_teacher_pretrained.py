@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 RUNS = {  # name: (checkpoint kind, model settings, training settings)
-    "full_linear": ("causal_lm", {"head": "linear"}, {"max_steps": 12, "lr": 2e-3}),
+    "full_linear": ("causal_lm", {"head": "linear"}, {"max_steps": 24, "lr": 2e-3}),
     # random checkpoint weights: frozen random embeddings cannot be read out by low-rank updates alone (and LoRA
     # learns more slowly: more steps)
     "lora_mlp": ("classifier", {"head": "mlp", "lora": {"r": 8, "alpha": 16, "dropout": 0.0,

@@ -6,8 +6,6 @@ causal-LM export gives them as next-token logits."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,10 +15,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hub_checkpoints import build_checkpoint  # noqa: E402
+from stage_process import torchrun  # noqa: E402
 from teacher_fixtures import make_dataset, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 LR, STEPS = 1e-4, 4
 
 
@@ -30,16 +28,6 @@ def workdir(tmp_path_factory):
     make_dataset(root, rows=64)
     build_checkpoint(root, "llama", "causal_lm")
     return root
-
-
-def torchrun(payload_file: Path, nproc: int, timeout: float = 600) -> subprocess.CompletedProcess:
-    from arena_dist.ray_local import free_port
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node-rank=0",
-               "--master-addr=127.0.0.1", f"--master-port={free_port()}", f"--nproc-per-node={nproc}",
-               "-m", "arena_dist.train.loop", str(payload_file)]
-    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
