@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -95,6 +94,7 @@ def two_node_ray(tmp_path, monkeypatch):
     """A Ray head and a second raylet joined to it (`ray start --address`), 1 CPU each; the driver connected. The
     nodes start online (a runtime env can set a variable, not remove one the raylet inherited)."""
     import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # tests/conftest.py sets them
         monkeypatch.delenv(flag, raising=False)
@@ -111,10 +111,13 @@ def two_node_ray(tmp_path, monkeypatch):
             stderr=subprocess.STDOUT, start_new_session=True)
         ray.init(address=head.address, logging_level="ERROR")
         try:
-            deadline = time.monotonic() + 120
-            while sum(node["Alive"] for node in ray.nodes()) < 2:
-                assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "node2.log").read_text()
-                time.sleep(0.5)
+            # Awaited, not polled: a placement group with one bundle on each of two distinct nodes becomes ready the
+            # moment the second node has joined.
+            both = placement_group([{"CPU": 0.01}] * 2, strategy="STRICT_SPREAD")
+            ready, _ = ray.wait([both.ready()], timeout=120)
+            assert ready, f"the second node did not join (alive: {worker.poll() is None}):\n" + \
+                (tmp_path / "node2.log").read_text()[-3000:]
+            remove_placement_group(both)
             yield head
         finally:
             ray.shutdown()

@@ -133,20 +133,28 @@ def export_causal_lm(export_dir: str | os.PathLike, out_dir: str | os.PathLike, 
 
     from arena_dist.io import atomic_directory
     from arena_dist.models.build import torch_dtype
-    from arena_dist.models.export import load_export, read_export_meta
+    from arena_dist.models.export import check_remote_code, declared_remote_code, load_export, read_export_meta
 
     meta = read_export_meta(export_dir)
     if meta.get("head") != "verbalizer":
         raise InputError(f"{export_dir}: head {meta.get('head')!r}; only a verbalizer export maps onto LM-head rows")
     if meta.get("segment_markers"):
         raise InputError(f"{export_dir}: segment embeddings have no place in a plain causal LM")
-    classifier, tokenizer, _ = load_export(export_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    # The base the export itself loads (a LoRA export's, `base_path` overriding it), else the one recorded at
+    # training; checked for shipped code like the export, before transformers can import any.
+    base = (check_remote_code(export_dir, trust_remote_code, base_path=base_path) or base_path
+            or (meta.get("base") or {}).get("name_or_path"))
+    if base is None:
+        raise InputError(f"{export_dir}: the metadata records no base causal LM (pass base_path)")
+    found = not trust_remote_code and declared_remote_code(Path(base))
+    if found:
+        raise InputError(f"{base}: the base ships Python code (auto_map in {found}); it runs only with "
+                         "model.trust_remote_code: true in the stage config, after checking the code")
+    classifier, tokenizer, _ = load_export(export_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                           base_path=base_path)
     if meta["lora"]:
         classifier = classifier.merge_and_unload()
-    base_path = base_path or (meta.get("base") or {}).get("name_or_path")
-    if base_path is None:
-        raise InputError(f"{export_dir}: the metadata records no base causal LM (pass base_path)")
-    causal = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype), use_safetensors=True,
+    causal = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch_dtype(dtype), use_safetensors=True,
                                                   trust_remote_code=trust_remote_code)
     prefix = classifier.base_model_prefix
     getattr(causal, prefix).load_state_dict(getattr(classifier, prefix).state_dict(), strict=True)

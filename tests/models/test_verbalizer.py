@@ -145,7 +145,7 @@ def train_steps(model, ids, mask, steps: int = 3):
 
 
 @pytest.mark.parametrize("family,lora", [("gemma2", False), ("llama", True)])
-def test_export_loads_for_label_and_predict_and_writes_back_a_causal_lm(hub, tmp_path, family, lora):
+def test_export_loads_for_label_and_predict_and_writes_back_a_causal_lm(hub, tmp_path, family, lora, ship_code):
     from arena_dist.label.scoring import TeacherScorer, score_records
     from arena_dist.models.build import build_classifier
     from arena_dist.models.export import save_export
@@ -180,6 +180,15 @@ def test_export_loads_for_label_and_predict_and_writes_back_a_causal_lm(hub, tmp
     torch.testing.assert_close(written, trained, atol=1e-4, rtol=0)
     with pytest.raises(Exception, match="did not write"):
         export_causal_lm(export, hub[family])  # never over someone else's folder
+
+    import shutil
+
+    from arena_dist.errors import InputError
+
+    shipping = ship_code(shutil.copytree(hub[family], tmp_path / "base_with_code"), tmp_path / "imported")
+    with pytest.raises(InputError, match="ships Python code"):  # a base given at export time is checked too
+        export_causal_lm(export, tmp_path / "causal_lm_2", base_path=str(shipping))
+    assert not (tmp_path / "imported").exists() and not (tmp_path / "causal_lm_2").exists()
 
 
 def test_4bit_student_build_keeps_the_answer_rows_in_full_precision(hub):
