@@ -32,10 +32,23 @@ from pathlib import Path
 from typing import Iterator
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free right now: all sockets stay bound until every port is chosen, so the kernel
+    cannot hand the same port out twice (one at a time, a just-closed port may come back on the next call)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+# Ray's own ports besides the GCS and the dashboard; each is chosen free at start, never left to Ray's defaults.
+_COMPONENT_PORTS = ("ray-client-server", "dashboard-agent-grpc", "dashboard-agent-listen", "metrics-export",
+                    "runtime-env-agent", "node-manager", "object-manager")
 
 
 def ray_executable() -> str:
@@ -58,6 +71,10 @@ def processes_mentioning(marker: str) -> list[int]:
     return pids
 
 
+class HeadExitedEarly(RuntimeError):
+    """The `ray start` process ended before the head was ready; the message holds its log's tail."""
+
+
 class LocalRayHead:
     """`with LocalRayHead(num_cpus=2) as head:` -> `head.address`, `head.dashboard_url`."""
 
@@ -74,14 +91,17 @@ class LocalRayHead:
         self.resources = resources
         # Unix socket paths must stay short (< 108 bytes): a short private dir under /tmp, not the test's tmp_path.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ad-ray-", dir=temp_root or "/tmp"))
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
+        self._choose_ports()
         self.process: subprocess.Popen | None = None
         # A token set explicitly: left unset, Ray turns token auth on by itself whenever a host-wide
         # ~/.ray/auth_token exists (any earlier local `ray.init()` writes one) and clients without it are refused.
         # The one in $RAY_AUTH_TOKEN when there is one: Ray reads a process's token once, so a process that
         # connects to heads with `ray.init` can only use one token; else a private one.
         self.auth_token = auth_token or os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)
+
+    def _choose_ports(self) -> None:
+        self.gcs_port, self.dashboard_port, *component = free_ports(2 + len(_COMPONENT_PORTS))
+        self.component_ports = dict(zip(_COMPONENT_PORTS, component))
 
     def client_env(self) -> dict[str, str]:
         """Environment a client (ray job submit, ray.init, a worker node) needs to talk to this head."""
@@ -100,9 +120,7 @@ class LocalRayHead:
             ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
             f"--node-ip-address={self.node_ip}", f"--port={self.gcs_port}",
             f"--temp-dir={self.temp_dir}",
-            *(f"--{name}-port={free_port()}" for name in ("ray-client-server", "dashboard-agent-grpc",
-                                                          "dashboard-agent-listen", "metrics-export",
-                                                          "runtime-env-agent", "node-manager", "object-manager")),
+            *(f"--{name}-port={port}" for name, port in self.component_ports.items()),
         ]
         if self.dashboard:
             cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
@@ -116,21 +134,35 @@ class LocalRayHead:
             cmd.append(f"--resources={json.dumps(self.resources)}")
         return cmd
 
-    def start(self, timeout: float = 90.0) -> "LocalRayHead":
+    def start(self, timeout: float = 90.0, attempts: int = 3) -> "LocalRayHead":
+        """Start the head; a start that loses a port race (another process bound one of the chosen free ports before
+        Ray did, e.g. a second head started by a parallel test worker) is retried with fresh ports."""
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.extra_env, **self.client_env()}
         # Jobs run `python ...` from the head's PATH: make that this interpreter's environment (the project venv).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        log = open(self.temp_dir / "head.log", "wb")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        self._wait_ready(timeout)
+        for attempt in range(1, attempts + 1):
+            with open(self.temp_dir / "head.log", "wb") as log:
+                self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
+            try:
+                self._wait_ready(timeout)
+                return self
+            except HeadExitedEarly:
+                if attempt == attempts or not self._lost_port_race():
+                    raise
+                self._end_leftovers()
+                self._choose_ports()
         return self
+
+    def _lost_port_race(self) -> bool:
+        tail = self.log_tail().lower()
+        return "port" in tail and any(sign in tail for sign in ("in use", "used by other", "failed to bind"))
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray head exited early; see {self.temp_dir / 'head.log'}:\n{self.log_tail()}")
+                raise HeadExitedEarly(f"ray head exited early; see {self.temp_dir / 'head.log'}:\n{self.log_tail()}")
             if self._gcs_up() and (not self.dashboard or self._dashboard_up()):
                 return
             time.sleep(0.5)
@@ -169,6 +201,10 @@ class LocalRayHead:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
+        self._end_leftovers()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _end_leftovers(self) -> None:
         marker = str(self.temp_dir)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = processes_mentioning(marker)
@@ -177,7 +213,6 @@ class LocalRayHead:
                     os.kill(pid, sig)
             if pids:
                 time.sleep(1.0)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalRayHead":
         return self.start()

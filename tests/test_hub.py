@@ -27,7 +27,7 @@ from hub_checkpoints import build_checkpoint  # noqa: E402
 from teacher_fixtures import make_dataset, tiny_config  # noqa: E402
 
 from arena_dist.hub import fetch_on_every_node, is_hub_id
-from arena_dist.ray_local import LocalRayHead, free_port, ray_executable
+from arena_dist.ray_local import LocalRayHead, free_ports, ray_executable
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 REPO_ID = "acme/gated-tiny"
@@ -100,9 +100,9 @@ def two_node_ray(tmp_path, monkeypatch):
         monkeypatch.delenv(flag, raising=False)
     env = {"RAY_USAGE_STATS_ENABLED": "0"}
     with LocalRayHead(num_cpus=1, dashboard=False, env=env) as head:
-        ports = [f"--{name}-port={free_port()}" for name in ("node-manager", "object-manager", "runtime-env-agent",
-                                                               "dashboard-agent-grpc", "dashboard-agent-listen",
-                                                               "metrics-export")]
+        names = ("node-manager", "object-manager", "runtime-env-agent", "dashboard-agent-grpc",
+                 "dashboard-agent-listen", "metrics-export")
+        ports = [f"--{name}-port={port}" for name, port in zip(names, free_ports(len(names)))]
         # Its temp dir is the head's: LocalRayHead.stop() ends every process that names it, this node's too.
         worker = subprocess.Popen(
             [ray_executable(), "start", "--block", f"--address={head.address}", "--node-ip-address=127.0.0.1",
