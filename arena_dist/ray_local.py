@@ -135,8 +135,10 @@ class LocalRayHead:
         return cmd
 
     def start(self, timeout: float = 90.0, attempts: int = 3) -> "LocalRayHead":
-        """Start the head; a start that loses a port race (another process bound one of the chosen free ports before
-        Ray did, e.g. a second head started by a parallel test worker) is retried with fresh ports."""
+        """Start the head. A head that exits during start-up is started again with fresh ports, up to `attempts`
+        times: the usual cause is a lost port race (another process, e.g. a second head started by a parallel test
+        worker, bound one of the chosen free ports before Ray did), which Ray reports in several ways depending on
+        the component that lost it."""
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.extra_env, **self.client_env()}
         # Jobs run `python ...` from the head's PATH: make that this interpreter's environment (the project venv).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -148,15 +150,11 @@ class LocalRayHead:
                 self._wait_ready(timeout)
                 return self
             except HeadExitedEarly:
-                if attempt == attempts or not self._lost_port_race():
+                if attempt == attempts:
                     raise
                 self._end_leftovers()
                 self._choose_ports()
         return self
-
-    def _lost_port_race(self) -> bool:
-        tail = self.log_tail().lower()
-        return "port" in tail and any(sign in tail for sign in ("in use", "used by other", "failed to bind"))
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

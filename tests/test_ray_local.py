@@ -84,3 +84,33 @@ def test_auth_settings_cannot_change_once_ray_is_imported(monkeypatch):
         assert other.auth_token == "e" * 64  # one token per process: the environment's
     finally:
         head.stop()
+
+
+def test_free_ports_are_distinct():
+    from arena_dist.ray_local import free_ports
+
+    for _ in range(20):
+        ports = free_ports(9)
+        assert len(set(ports)) == 9
+
+
+def test_head_that_loses_a_port_race_is_retried_with_fresh_ports():
+    """The first `ray start` gets two components on one port (what a parallel test worker's head, or two free-port
+    draws that happen to agree, does to it): Ray refuses and exits; the head is started again with fresh ports."""
+
+    class UnluckyHead(LocalRayHead):
+        draws = 0
+
+        def _choose_ports(self):
+            super()._choose_ports()
+            UnluckyHead.draws += 1
+            if UnluckyHead.draws == 1:
+                self.component_ports["runtime-env-agent"] = self.component_ports["ray-client-server"]
+
+    head = UnluckyHead(num_cpus=1, dashboard=False)
+    try:
+        head.start(timeout=90)
+        assert UnluckyHead.draws == 2 and head.process.poll() is None
+        assert len(set(head.component_ports.values())) == len(head.component_ports)
+    finally:
+        head.stop()
