@@ -124,6 +124,17 @@ def quantised_bytes_per_param(bits: int, double_quant: bool = True, blocksize: i
     raise ConfigError(f"training.quant_bits: expected 4 or 8, got {bits!r}")
 
 
+def linear_weight_bytes(dims: ModelDims, params: ParamCount, quant_bits: int | None,
+                        double_quant: bool = True) -> float:
+    """The decoder's linear weights: 16-bit (`quant_bits` None), NF4, or 8-bit plus one fp32 scale per output row."""
+    if quant_bits is None:
+        return params.decoder_linear * 2.0
+    linear = params.decoder_linear * quantised_bytes_per_param(quant_bits, double_quant)
+    if quant_bits == 8:
+        linear += dims.layers * sum(4 * out for _, out in linear_shapes(dims).values())
+    return linear
+
+
 def adapter_states(dims: ModelDims, params: ParamCount, method: str, lora_r: int, target_modules: list[str],
                    quant_bits: int, double_quant: bool, zero_stage: int, offload: str, gpus_per_node: int,
                    nodes: int, head: str) -> tuple[ModelStates, dict]:
@@ -136,13 +147,7 @@ def adapter_states(dims: ModelDims, params: ParamCount, method: str, lora_r: int
     head_trainable = params.head if head == "classifier" else 0
     trainable = adapters + head_trainable
     frozen_16bit = params.total - params.decoder_linear - head_trainable
-    if method == "qlora":
-        per_param = quantised_bytes_per_param(quant_bits, double_quant)
-        linear = params.decoder_linear * per_param
-        if quant_bits == 8:
-            linear += dims.layers * sum(4 * out for _, out in linear_shapes(dims).values())
-    else:
-        linear = params.decoder_linear * 2
+    linear = linear_weight_bytes(dims, params, quant_bits if method == "qlora" else None, double_quant)
     frozen = int(linear + 2 * frozen_16bit)
     frozen_gpu = frozen // n + 2 * params.largest_layer if zero_stage == 3 else frozen
     train_gpu, train_cpu = _trainable_states_bytes(trainable, zero_stage, offload, n)
@@ -204,3 +209,10 @@ def plan_memory(states: ModelStates, activation_per_sample: int, micro_batch: in
         max_micro_batch=max_micro_batch, cpu_per_node_gib=round(states.cpu_bytes / GIB, 2),
         model_states_formula=states.formula,
     )
+
+
+def inference_weight_bytes(dims: ModelDims, params: ParamCount, quant_bits: int | None) -> int:
+    """A replica's weights for inference: the decoder's linears as bitsandbytes stores them (or 16-bit), everything
+    else (embeddings, norms, biases, the score head) in 16 bits, which bitsandbytes leaves as it is."""
+    return int(linear_weight_bytes(dims, params, quant_bits) + 2 * (params.total - params.decoder_linear))
+

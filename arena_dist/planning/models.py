@@ -9,7 +9,7 @@ RMSNorm weights, and a head: the causal-LM head (absent when tied to the embeddi
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from arena_dist.errors import ConfigError
 
@@ -65,19 +65,34 @@ KNOWN_MODELS: dict[str, ModelDims] = {
 _ALIASES = {re.sub(r"-(Instruct|it)$", "", name): name for name in KNOWN_MODELS}  # the base model of each
 
 
-def known_model(name: str) -> ModelDims:
-    """Dims of a built-in hub id (case-insensitive, base or -Instruct/-it variant)."""
-    table = {key.lower(): key for key in [*KNOWN_MODELS, *_ALIASES]}
-    key = table.get(name.lower())
-    if key is None:
+def known_model(name: str, key: str = "model.name") -> ModelDims:
+    """Dims of a built-in hub id (case-insensitive, base or -Instruct/-it variant); `key` names the setting."""
+    table = {hub_id.lower(): hub_id for hub_id in [*KNOWN_MODELS, *_ALIASES]}
+    hub_id = table.get(name.lower())
+    if hub_id is None:
         raise ConfigError(
-            f"model.name: unknown model {name!r}; give explicit dims (layers, hidden, heads, kv_heads, "
+            f"{key}: unknown model {name!r}; give explicit dims (layers, hidden, heads, kv_heads, "
             f"intermediate, vocab) or one of {sorted(KNOWN_MODELS)}")
-    return KNOWN_MODELS[_ALIASES.get(key, key)]
+    return KNOWN_MODELS[_ALIASES.get(hub_id, hub_id)]
 
 
 def with_overrides(dims: ModelDims, **overrides) -> ModelDims:
     return replace(dims, **{k: v for k, v in overrides.items() if v is not None})
+
+
+DIM_FIELDS = tuple(field.name for field in fields(ModelDims))  # the six core dims come first
+
+
+def resolve_dims(model, key: str = "model") -> ModelDims:
+    """Built-in dims of `model.name`, with any explicit dims on top; explicit dims alone need the six core fields.
+    `key` names the config section in errors."""
+    explicit = {field: getattr(model, field) for field in DIM_FIELDS}
+    if model.name:
+        return with_overrides(known_model(model.name, f"{key}.name"), **explicit)
+    missing = [f for f in DIM_FIELDS[:6] if explicit[f] is None]
+    if missing:
+        raise ConfigError(f"{key}: give {key}.name or all of the dims; missing {', '.join(missing)}")
+    return ModelDims(**{k: v for k, v in explicit.items() if v is not None})
 
 
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -5,26 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from arena_dist.errors import ConfigError
 from arena_dist.planning.hardware import gpu_spec
 from arena_dist.planning.memory import (
     GIB, activation_bytes, adapter_states, full_finetune_states, plan_memory,
 )
-from arena_dist.planning.models import ModelDims, count_params, known_model, with_overrides
+from arena_dist.planning.models import count_params, resolve_dims
+from arena_dist.planning.submission import estimate_submission
 from arena_dist.planning.time import epoch_estimate, labelling_estimate
-
-DIM_FIELDS = tuple(field.name for field in dataclasses.fields(ModelDims))  # the six core dims come first
-
-
-def resolve_dims(model) -> ModelDims:
-    """Built-in dims of `model.name`, with any explicit dims on top; explicit dims alone need the six core fields."""
-    explicit = {field: getattr(model, field) for field in DIM_FIELDS}
-    if model.name:
-        return with_overrides(known_model(model.name), **explicit)
-    missing = [f for f in DIM_FIELDS[:6] if explicit[f] is None]
-    if missing:
-        raise ConfigError(f"model: give model.name or all of the dims; missing {', '.join(missing)}")
-    return ModelDims(**{k: v for k, v in explicit.items() if v is not None})
 
 
 def plan_job(job, cluster, mfu: float) -> dict:
@@ -55,15 +42,16 @@ def plan_job(job, cluster, mfu: float) -> dict:
 
 
 def build_plan(config) -> dict:
-    gpu = gpu_spec(config.cluster.gpu, config.cluster.gpu_memory_gib, config.cluster.peak_tflops)
-    plan = {
-        "cluster": {"nodes": config.cluster.nodes, "gpus_per_node": config.cluster.gpus_per_node, "gpu": gpu.name,
-                    "gpu_memory_gib": gpu.memory_gib, "peak_tflops": gpu.peak_tflops_bf16,
-                    "reserved_gib": config.cluster.reserved_gib},
-        "mfu": config.mfu,
-        "teacher": plan_job(config.teacher, config.cluster, config.mfu),
-    }
-    if config.label is not None:
+    plan = {}
+    if config.teacher is not None or config.student is not None:  # the cluster is theirs (and the labelling's)
+        gpu = gpu_spec(config.cluster.gpu, config.cluster.gpu_memory_gib, config.cluster.peak_tflops)
+        plan["cluster"] = {"nodes": config.cluster.nodes, "gpus_per_node": config.cluster.gpus_per_node,
+                           "gpu": gpu.name, "gpu_memory_gib": gpu.memory_gib, "peak_tflops": gpu.peak_tflops_bf16,
+                           "reserved_gib": config.cluster.reserved_gib}
+        plan["mfu"] = config.mfu
+    if config.teacher is not None:
+        plan["teacher"] = plan_job(config.teacher, config.cluster, config.mfu)
+    if config.label is not None:  # the config requires the teacher with it
         teacher_dims = resolve_dims(config.teacher.model)
         params = count_params(teacher_dims, config.teacher.model.head, config.teacher.model.num_labels)
         gpus = (config.label.nodes or config.cluster.nodes) * config.cluster.gpus_per_node
@@ -79,6 +67,8 @@ def build_plan(config) -> dict:
         plan["label"]["hours"] *= config.label.teachers
     if config.student is not None:
         plan["student"] = plan_job(config.student, config.cluster, config.mfu)
+    if config.submission is not None:
+        plan["submission"] = estimate_submission(config.submission)
     return plan
 
 
@@ -99,11 +89,43 @@ def _job_rows(name: str, job: dict) -> list[str]:
     ]
 
 
+def _submission_rows(sub: dict) -> list[str]:
+    cap = f", cut at {sub['max_length']}" if sub["max_length"] else ""
+    lines = [f"submission: {sub['rows']:,} rows (mean {sub['mean_tokens']:.0f} tokens{cap}, padding "
+             f"x{sub['padding']:.2f}) on {sub['devices']} x {sub['gpu']} ({sub['dtype']}, {sub['peak_tflops']:.0f} "
+             f"dense TFLOP/s, {sub['memory_bandwidth_gb_s']:.0f} GB/s), one replica per GPU, budget "
+             f"{sub['budget_hours']:.1f} h"]
+    for m in sub["models"]:
+        mem = m["memory"]
+        activations = ("not modelled" if mem["activations_gib"] is None
+                       else f"{mem['activations_gib']:.1f} GiB for {mem['batch_tokens']} tokens")
+        largest = f"{mem['max_batch_tokens']:,} tokens" if mem["max_batch_tokens"] is not None else "n/a"
+        rows_share = "" if m["max_rows_share"] is None else f", largest row share {m['max_rows_share']:.0%}"
+        lines += [
+            f"  {m['model']} ({m['params'] / 1e9:.2f}B params, {m['quantization']}): {m['rows_share']:.0%} of rows, "
+            f"swap-TTA on {m['tta_share']:.0%} -> {m['row_passes']:,.0f} row passes, {m['flops']:.3g} FLOPs at "
+            f"efficiency {m['efficiency']:.0%} ({m['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU)",
+            f"    per GPU: weights {mem['weights_gib']:.1f} GiB + activations {activations} + reserved "
+            f"{mem['reserved_gib']:.1f} GiB = {mem['total_gib']:.1f} / {mem['gpu_memory_gib']:.0f} GiB -> fits: "
+            f"{'yes' if mem['fits'] else 'NO'}; largest batch {largest}",
+            f"    load {m['load_hours']:.2f} h + compute {m['compute_hours']:.2f} h + 4-bit dequantisation "
+            f"{m['dequant_hours']:.2f} h = {m['hours']:.2f} h; largest swap-TTA share {m['max_tta_share']:.0%}"
+            f"{rows_share}",
+        ]
+    verdict = "yes" if sub["fits"] else "NO" + ("" if sub["fits_memory"] else " (memory)")
+    lines.append(f"  total {sub['hours']:.2f} h (setup {sub['setup_hours']:.2f} h) of {sub['budget_hours']:.1f} h "
+                 f"-> fits: {verdict}, margin {sub['margin_hours']:+.2f} h")
+    return lines
+
+
 def format_plan(plan: dict) -> str:
-    c = plan["cluster"]
-    lines = [f"cluster: {c['nodes']} node(s) x {c['gpus_per_node']} {c['gpu']} ({c['gpu_memory_gib']:.0f} GiB, "
-             f"{c['peak_tflops']:.0f} dense TFLOP/s bf16), MFU {plan['mfu']:.0%}"]
-    lines += _job_rows("teacher", plan["teacher"])
+    lines = []
+    if "cluster" in plan:
+        c = plan["cluster"]
+        lines.append(f"cluster: {c['nodes']} node(s) x {c['gpus_per_node']} {c['gpu']} ({c['gpu_memory_gib']:.0f} "
+                     f"GiB, {c['peak_tflops']:.0f} dense TFLOP/s bf16), MFU {plan['mfu']:.0%}")
+    if "teacher" in plan:
+        lines += _job_rows("teacher", plan["teacher"])
     if "label" in plan:
         lab = plan["label"]
         lines.append(f"label: {lab['rows']:,} rows x {lab['tokens_per_row']} tokens x {lab['passes']} pass(es) x "
@@ -111,4 +133,6 @@ def format_plan(plan: dict) -> str:
                      f"(16-bit weights {lab['weights_gib']:.0f} GiB: {lab['gpus_per_replica']} GPU(s) per replica)")
     if "student" in plan:
         lines += _job_rows("student", plan["student"])
+    if "submission" in plan:
+        lines += _submission_rows(plan["submission"])
     return "\n".join(lines)

@@ -20,8 +20,41 @@ def test_shipped_plan_configs_run(config_file, tmp_path, capsys):
     assert main(["plan", "--config", str(config_file), "--set", f"out_dir={tmp_path}"]) == 0
     written = json.loads((tmp_path / "plan.json").read_text())
     assert (tmp_path / "resolved_config.yaml").exists()
-    assert {"teacher", "label", "student"} <= set(written)
+    config = load_config(plan.Config, config_file)
+    sections = {name for name in ("teacher", "label", "student", "submission") if getattr(config, name) is not None}
+    assert sections and sections <= set(written)
     assert "fits:" in capsys.readouterr().out
+
+
+def test_shipped_submission_plan_through_the_cli(tmp_path, capsys):
+    """2xT4, Gemma-2-9B and Qwen2.5-14B in 4 bits: plan.json, the printed table and the stage record agree."""
+    config_file = REPO / "launch" / "configs" / "plan_submission_2xt4.yaml"
+    assert main(["plan", "--config", str(config_file), "--set", f"out_dir={tmp_path}"]) == 0
+    sub = json.loads((tmp_path / "plan.json").read_text())["submission"]
+    assert [m["model"] for m in sub["models"]] == ["google/gemma-2-9b-it", "Qwen/Qwen2.5-14B-Instruct"]
+    assert sub["gpu"] == "Tesla-T4-16GB" and sub["devices"] == 2 and sub["dtype"] == "fp16"
+    assert sub["hours"] == pytest.approx(sub["setup_hours"] + sum(m["hours"] for m in sub["models"]))
+    assert sub["fits"] and sub["margin_hours"] == pytest.approx(9.0 - sub["hours"])
+    assert all(m["memory"]["fits"] and m["memory"]["total_gib"] < 15 for m in sub["models"])
+    out = capsys.readouterr().out
+    assert f"total {sub['hours']:.2f} h" in out and "fits: yes" in out
+    record = json.loads((tmp_path / "stage.json").read_text())
+    assert record["headline"] == "submission_hours"
+    assert record["metrics"]["submission_hours"] == pytest.approx(sub["hours"])
+    assert record["metrics"]["submission_fits"] == 1.0
+    # Qwen on every row no longer fits: the flag flips and the margin turns negative
+    assert main(["plan", "--config", str(config_file), "--set", f"out_dir={tmp_path / 'all'}",
+                 "--set", "submission.models.1.rows_share=1.0"]) == 0
+    record = json.loads((tmp_path / "all" / "stage.json").read_text())
+    assert record["metrics"]["submission_fits"] == 0.0 and record["metrics"]["submission_margin_hours"] < 0
+
+
+def test_unknown_submission_gpu_is_a_one_line_error(tmp_path, capsys):
+    config_file = REPO / "launch" / "configs" / "plan_submission_2xt4.yaml"
+    assert main(["plan", "--config", str(config_file), "--set", f"out_dir={tmp_path}",
+                 "--set", "submission.gpu=p100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "submission.gpu: unknown GPU 'p100'" in err
 
 
 def test_run_returns_the_plan_and_flags_what_does_not_fit(tmp_path):
