@@ -30,7 +30,13 @@ def test_batched_equals_unbatched_and_swap_mapping(tmp_path):
                 np.testing.assert_allclose(column[i], expected, atol=1e-5)
     np.testing.assert_allclose(scored.p_mean, (scored.p_ab + scored.p_ba_mapped) / 2)
     np.testing.assert_allclose(scored.p_mean.sum(axis=1), 1.0, atol=1e-9)
-    no_swap = score_records(model, tokenizer, fmt, records, max_tokens=1024, swap_tta=False)
+    caches = []  # the decoder's outputs: a classification forward keeps no K/V cache
+    hook = model.model.register_forward_hook(lambda module, args, output: caches.append(output.past_key_values))
+    try:
+        no_swap = score_records(model, tokenizer, fmt, records, max_tokens=1024, swap_tta=False)
+    finally:
+        hook.remove()
+    assert caches and all(cache is None for cache in caches)
     assert no_swap.p_ba_mapped is None
     np.testing.assert_allclose(no_swap.p_mean, scored.p_ab, atol=1e-6)
 
