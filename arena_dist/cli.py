@@ -27,6 +27,7 @@ STAGES = {
     "label": "pseudo-label a prompt pool with teacher exports on Ray actors",
     "student": "train a QLoRA student by distillation",
     "predict": "write a competition submission from a trained model",
+    "bundle": "one folder for an offline notebook: exports, pinned wheels, predict config, run script",
     "evaluate": "score predictions against answers",
     "plan": "capacity planner: memory per GPU and time estimates",
     "report": "render an HTML report of a run directory",
