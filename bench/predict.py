@@ -75,6 +75,9 @@ def timed_pool(export: Path, sequences: list, replicas: int, threads: int, max_t
         # CPU the replicas got while scoring: 1.0 = a whole core per thread; below that, other processes took it.
         "replica_cpu_share": round(sum(s["cpu_seconds"] for s in shares)
                                    / (threads * sum(s["seconds"] for s in shares)), 3),
+        # Rows per CPU-second spent inside the replicas: the per-core cost, which other load on the machine changes
+        # far less than wall time (two replicas with no overhead match one).
+        "rows_per_replica_cpu_s": round(len(sequences) / sum(s["cpu_seconds"] for s in shares), 2),
         "probs": probs,
     }
 
