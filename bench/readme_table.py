@@ -62,6 +62,17 @@ def rows_label(d: dict) -> list[tuple]:
     ]
 
 
+def rows_predict(d: dict) -> list[tuple]:
+    r = d["replicas"]
+    one, two = r["1_replica"], r["2_replicas"]
+    return [
+        ("predict", "1 → 2 model replicas (worker processes, 1 thread each), rows/s",
+         f"{r['scaling_1_to_2']:.2f}× (replicas got {one['replica_cpu_share']:.2f} → {two['replica_cpu_share']:.2f} "
+         f"of a core each; token shares max/mean {two['token_share_max_over_mean']:.3f})",
+         f"≥ {r['target_scaling']}×"),
+    ]
+
+
 def rows_student(d: dict) -> list[tuple]:
     small = d["ratios"]["small"]
     cells = ", ".join(f"{name} {small[name]['step_cpu_time_vs_fp32']:.2f}×"
@@ -87,7 +98,7 @@ def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     rows: list[tuple] = []
     machines: set[str] = set()
     for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("label", rows_label),
-                         ("student", rows_student)):
+                         ("student", rows_student), ("predict", rows_predict)):
         data = load(name)
         if data is not None and name not in failed:
             machines.add(describe_machine(data.get("machine") or {}))
