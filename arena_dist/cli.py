@@ -26,6 +26,7 @@ STAGES = {
     "teacher": "fine-tune a teacher classifier with DeepSpeed ZeRO-3 on Ray Train",
     "label": "pseudo-label a prompt pool with teacher exports on Ray actors",
     "student": "train a QLoRA student by distillation",
+    "merge": "average a student's fold adapters into one model, checked against their ensemble",
     "predict": "write a competition submission from a trained model",
     "bundle": "one folder for an offline notebook: exports, pinned wheels, predict config, run script",
     "evaluate": "score predictions against answers",
