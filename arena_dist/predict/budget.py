@@ -7,9 +7,10 @@ long as the deadline allows, the submission rewritten after every step.
    chunk is the not yet refined rows, most uncertain first by the current ensemble probabilities (recomputed before
    every chunk), as many as its time allows; after each chunk `publish` again.
 3. Without a deadline every pass takes its whole share in one chunk. With one, a chunk gets 10% of the time left
-   (2% for a member whose speed is not measured yet), so chunks shrink as the deadline nears and refinement ends
-   close to it; it stops when not even one row's predicted time (plus a submission write) fits before
-   `deadline - safety_margin`. The first pass always runs to the end: without it there is no submission.
+   (2% for a member whose speed is not measured yet; at least 10 submission writes' time, at most 25% of what is
+   left), so chunks shrink as the deadline nears and refinement ends close to it; it stops when not even one row's
+   predicted time (plus a submission write) fits before `deadline - safety_margin`. The first pass always runs to
+   the end: without it there is no submission.
 
 The time of a chunk is predicted from tokens: seconds per token of its member, measured on everything that member
 has scored so far (the first pass measures member 0), counting every row's tokens with member 0's encoding (the
@@ -34,6 +35,8 @@ from arena_dist.predict.ensemble import Ensemble, most_uncertain_first
 CHUNK_SHARE = 0.1  # of the time left per chunk: the last chunks shrink with it, so refinement ends near the deadline
 PROBE_SHARE = 0.02  # the first chunk of a member whose speed is not measured yet
 MIN_CHUNK_WRITES = 10  # a chunk lasts at least 10 submission writes: writes stay under ~10% of the refinement time
+MAX_CHUNK_SHARE = 0.25  # ...but never more than this share of the time left: only a chunk 4x slower than predicted
+#                         could then pass the deadline
 FIRST_PASS_CHUNKS = 20  # progress lines (rows/s, ETA) of the first pass; each chunk keeps enough rows to batch well
 FIRST_PASS_MIN_CHUNK_ROWS = 256
 
@@ -202,7 +205,7 @@ class Planner:
             return order, float(predicted[-1])
         left = self.time_left() - self.cost.write_seconds
         share = CHUNK_SHARE if self.cost.measured(step.member) else PROBE_SHARE
-        target = min(left, max(share * (left + self.cost.write_seconds), MIN_CHUNK_WRITES * self.cost.write_seconds))
+        target = min(MAX_CHUNK_SHARE * left, max(share * left, MIN_CHUNK_WRITES * self.cost.write_seconds))
         take = int(np.searchsorted(predicted, target, side="right"))
         if take == 0 and predicted[0] <= left:
             take = 1
