@@ -83,10 +83,11 @@ def output_of(run: Path, directory: str, name: str) -> str:
 TEACHER_ID = "teacher"
 
 
-def predict_step(name: str, model: str, output: str, tta: str) -> Step:
+def predict_step(name: str, model: str, output: str, swap_tta: bool) -> Step:
+    """Without swap-TTA, no refinement at all (`refine=[]`); with it, the config's (swap-TTA on every row)."""
     return Step(name, "launch/predict.py", lambda run: [
-        f"test_file={output_of(run, 'synth', 'lmsys/test')}", f"model.export_path={output_of(run, model, 'export')}",
-        f"output_dir={run / output}", f"tta.mode={tta}",
+        f"test_file={output_of(run, 'synth', 'lmsys/test')}", f"models.0.export_path={output_of(run, model, 'export')}",
+        f"output_dir={run / output}", *([] if swap_tta else ["refine=[]"]),
     ], output, config_name="predict")
 
 
@@ -117,11 +118,11 @@ def pipeline() -> list[Step]:
             f"data.dataset_dir={output_of(run, 'dataset', 'dataset')}",
             f"data.soft_labels={output_of(run, 'labels', TEACHER_ID)}", f"output.run_dir={run / 'student'}",
         ], "student"),
-        predict_step("predict", "student", "predict", "all"),
+        predict_step("predict", "student", "predict", True),
         evaluate_step("evaluate", "predict", "evaluate"),
-        predict_step("predict-no-tta", "student", "predict_no_tta", "none"),
+        predict_step("predict-no-tta", "student", "predict_no_tta", False),
         evaluate_step("evaluate-no-tta", "predict_no_tta", "evaluate_no_tta"),
-        predict_step("predict-teacher", "teacher", "predict_teacher", "all"),
+        predict_step("predict-teacher", "teacher", "predict_teacher", True),
         evaluate_step("evaluate-teacher", "predict_teacher", "evaluate_teacher"),
         Step("report", "launch/report.py", lambda run: [f"run_dir={run}"], "report"),
     ]

@@ -293,8 +293,6 @@ def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None
     path = Path(path)
     meta = read_export_meta(path)
     check_remote_code(path, trust_remote_code, base_path=base_path)  # before transformers is even imported
-    from transformers import AutoTokenizer
-
     if meta["lora"]:
         from peft import PeftModel
 
@@ -306,7 +304,61 @@ def load_export(path: str | os.PathLike, dtype: str = "float32", device_map=None
     else:
         model = _load_classifier(path, meta, dtype, device_map, quantization, trust_remote_code=trust_remote_code)
     model.eval()
-    tokenizer = None
-    if (path / "tokenizer_config.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    return model, tokenizer, meta
+    return model, _tokenizer(path, trust_remote_code), meta
+
+
+def _tokenizer(path: Path, trust_remote_code: bool):
+    """The export's tokenizer, None when it carries none."""
+    from transformers import AutoTokenizer
+
+    if not (path / "tokenizer_config.json").exists():
+        return None
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
+# What builds a LoRA export's base classifier besides the base checkpoint (`_load_classifier`): exports that agree
+# on all of it (and on the caller's dtype / quantization) can share one loaded base.
+SHARED_BASE_META = ("head", "num_labels", "pad_token_id", "segment_markers", "answer_token_ids",
+                    "attn_implementation")
+
+
+def shared_base_key(path: str | os.PathLike, base_path: str | os.PathLike | None = None) -> str | None:
+    """A LoRA export's base and the metadata its base classifier is built from, as one comparable string (None
+    for a full export): LoRA exports with equal keys load onto one base (`load_lora_exports`)."""
+    path = Path(path)
+    meta = read_export_meta(path)
+    base = _base_path(path, meta, base_path)
+    if base is None:
+        return None
+    where = str(base.resolve()) if base.exists() else str(base)  # a folder by its real path; a hub id as it is
+    return json.dumps([where, *(meta.get(key) for key in SHARED_BASE_META)])
+
+
+def load_lora_exports(paths, dtype: str = "float32", device_map=None, quantization: str = "none",
+                      trust_remote_code: bool = False, base_paths=None):
+    """Several LoRA exports of one base (k-fold students, say) -> (one PeftModel, [(adapter name, tokenizer, meta)]
+    in the order of `paths`). The base is loaded once and each export's adapter, trained head included
+    (modules_to_save), is added under its own name; `model.set_adapter(name)` picks the one that runs. Each
+    export alone would hold its own copy of the base: k copies of a 9B base do not fit a 16 GB T4.
+    `base_paths`: per export, as `load_export`'s `base_path`."""
+    from peft import PeftModel
+
+    paths = [Path(p) for p in paths]
+    base_paths = list(base_paths) if base_paths is not None else [None] * len(paths)
+    keys = []
+    for path, base_path in zip(paths, base_paths):
+        check_remote_code(path, trust_remote_code, base_path=base_path)
+        keys.append(shared_base_key(path, base_path))
+        if keys[-1] is None:
+            raise InputError(f"{path}: not a LoRA export (only adapters can share one loaded base)")
+        if keys[-1] != keys[0]:
+            raise InputError(f"{path}: its base model or head differs from {paths[0]}'s; they cannot share a base")
+    metas = [read_export_meta(path) for path in paths]
+    base = _load_classifier(_base_path(paths[0], metas[0], base_paths[0]), metas[0], dtype, device_map,
+                            quantization, own_weights=False, trust_remote_code=trust_remote_code)
+    names = [f"export{i}" for i in range(len(paths))]
+    model = PeftModel.from_pretrained(base, str(paths[0]), adapter_name=names[0], is_trainable=False)
+    for name, path in zip(names[1:], paths[1:]):
+        model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    model.eval()
+    return model, [(name, _tokenizer(path, trust_remote_code), meta) for name, path, meta in zip(names, paths, metas)]

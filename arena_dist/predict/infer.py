@@ -1,19 +1,15 @@
-"""Model probabilities for test records: token-budget batches (the label stage's batcher), swap-TTA on all rows or
-on the most uncertain fraction, and an optional second model on the rows the first is least sure of.
+"""Scoring test records in this process: `LocalScorer`, the `predict.scorer.Scorer` of a one-process predict.
 
-Uncertainty is the entropy of the first model's probabilities (after its TTA). Swap-TTA scores (B, A) and maps the
-probabilities back (the swapped "A" is the original B); the two orders are averaged. The blend on the selected rows
-is (1 − w)·p_first + w·p_second; the other rows keep p_first.
+Each ensemble member is an arena_dist export. LoRA exports of one base (same base checkpoint and head, same dtype and
+quantisation: k-fold students) share one loaded base, each as a named PEFT adapter switched on before its member
+scores; any other export is loaded on its own. Rows go through the label stage's token-budget batches.
+`build_local_scorer` is the picklable factory a worker process builds its own copy from (`predict.replicas`).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
-import numpy as np
-
-from arena_dist.classes import to_classes
+from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass
@@ -22,110 +18,160 @@ class LoadedModel:
     tokenizer: object
     meta: dict
     fmt: object
+    adapter: str | None = None  # the PEFT adapter to switch on first, when several members share this model
 
     @property
     def num_labels(self) -> int:
         return int(self.meta["num_labels"])
 
 
-@dataclass
-class Prediction:
-    probs: np.ndarray  # rows x classes, in the test file's order
-    swapped: np.ndarray  # bool per row: swap-TTA applied
-    second: np.ndarray  # bool per row: the second model was blended in
-    stats: dict = field(default_factory=dict)
-
-
-def load_model(export_path: str, dtype: str = "float32", quantization: str = "auto", threads: int | None = None,
-               trust_remote_code: bool = False, base_path: str | None = None):
-    """`trust_remote_code`: the predict config's (an export that ships code is refused without it). `base_path`:
-    where a LoRA export's base is now (`load_export`)."""
+def _prepare(model, quantization: str) -> None:
+    """As the student was trained and evaluated: bitsandbytes' training layout; unquantised models on the GPU."""
     import torch
 
-    from arena_dist.label.scoring import format_from_meta
-    from arena_dist.models.build import device_dtype
-    from arena_dist.models.export import load_export, read_export_meta
-    from arena_dist.quiet import silence_known_warnings
-
-    silence_known_warnings()  # also when run() is called without the CLI (notebooks, tests)
-
-    if threads:
-        torch.set_num_threads(threads)
-    meta = read_export_meta(export_path)
-    if quantization == "auto":
-        quantization = meta.get("quantization", "none")
-    model, tokenizer, meta = load_export(export_path, dtype=device_dtype(dtype), quantization=quantization,
-                                         trust_remote_code=trust_remote_code, base_path=base_path)
     if quantization != "none":
         from arena_dist.models.quant import keep_training_layout
 
-        keep_training_layout(model)  # the kernels the student was trained and evaluated with
+        keep_training_layout(model)
+    if torch.cuda.is_available() and quantization == "none":
+        model.to("cuda")
+
+
+def _resolved_quantization(export_path: str, quantization: str) -> str:
+    from arena_dist.models.export import read_export_meta
+
+    return read_export_meta(export_path).get("quantization", "none") if quantization == "auto" else quantization
+
+
+def _loaded(model, tokenizer, meta: dict, export_path: str, adapter: str | None = None) -> LoadedModel:
+    from arena_dist.label.scoring import format_from_meta
+
     if tokenizer is None:
         from arena_dist.errors import InputError
 
         raise InputError(f"{export_path}: the export carries no tokenizer")
-    if torch.cuda.is_available() and quantization == "none":
-        model.to("cuda")
-    return LoadedModel(model, tokenizer, meta, format_from_meta(meta))
+    return LoadedModel(model, tokenizer, meta, format_from_meta(meta), adapter)
 
 
-def entropy(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(probs, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=1)
+def load_model(export_path: str, dtype: str = "float32", quantization: str = "auto", threads: int | None = None,
+               trust_remote_code: bool = False, base_path: str | None = None) -> LoadedModel:
+    """One export. `quantization` "auto": as the export was trained. `trust_remote_code`: the predict config's (an
+    export that ships code is refused without it). `base_path`: where a LoRA export's base is now (`load_export`)."""
+    import torch
+
+    from arena_dist.models.build import device_dtype
+    from arena_dist.models.export import load_export
+    from arena_dist.quiet import silence_known_warnings
+
+    silence_known_warnings()  # also when run() is called without the CLI (notebooks, tests)
+    if threads:
+        torch.set_num_threads(threads)
+    quantization = _resolved_quantization(export_path, quantization)
+    model, tokenizer, meta = load_export(export_path, dtype=device_dtype(dtype), quantization=quantization,
+                                         trust_remote_code=trust_remote_code, base_path=base_path)
+    _prepare(model, quantization)
+    return _loaded(model, tokenizer, meta, export_path)
 
 
-def most_uncertain(probs: np.ndarray, fraction: float) -> np.ndarray:
-    """Bool mask of the ceil(fraction·n) rows with the highest entropy (ties broken by row order)."""
-    n = len(probs)
-    k = min(n, math.ceil(fraction * n))
-    order = np.lexsort((np.arange(n), -entropy(probs)))  # highest entropy first, then row order
-    mask = np.zeros(n, dtype=bool)
-    mask[order[:k]] = True
-    return mask
+def load_shared_base(members: Sequence[dict]) -> list[LoadedModel]:
+    """LoRA exports with one `shared_base_key` and the same dtype / quantisation / trust_remote_code -> one model
+    holding every adapter; each member gets it with its own adapter name."""
+    from arena_dist.models.build import device_dtype
+    from arena_dist.models.export import load_lora_exports
+
+    first = members[0]
+    quantization = _resolved_quantization(first["export_path"], first["quantization"])
+    model, adapters = load_lora_exports([m["export_path"] for m in members], dtype=device_dtype(first["dtype"]),
+                                        quantization=quantization, trust_remote_code=first["trust_remote_code"],
+                                        base_paths=[m.get("base_path") for m in members])
+    _prepare(model, quantization)
+    return [_loaded(model, tokenizer, meta, m["export_path"], name)
+            for m, (name, tokenizer, meta) in zip(members, adapters)]
+
+
+def shared_base_groups(members: Sequence[dict]) -> list[list[int]]:
+    """Member indices grouped by what they can share: LoRA exports of one base and one load setting together, every
+    other member alone; groups in the order of their first member."""
+    from arena_dist.models.export import shared_base_key
+
+    groups: dict[object, list[int]] = {}
+    for index, member in enumerate(members):
+        base = shared_base_key(member["export_path"], member.get("base_path"))
+        settings = (member["dtype"], _resolved_quantization(member["export_path"], member["quantization"]),
+                    member["trust_remote_code"])
+        groups.setdefault(index if base is None else (base, settings), []).append(index)
+    return list(groups.values())
 
 
 def score(loaded: LoadedModel, records, swap: bool, max_tokens: int, max_rows: int | None):
-    from arena_dist.formatting.encode import encode_records
+    """One member's probabilities for `records` in one order, mapped back to (A, B) when swapped."""
     from arena_dist.label.probs import swap_back
     from arena_dist.label.scoring import score_token_ids
 
-    rows = encode_records(records, loaded.tokenizer, loaded.fmt, swap=swap)
-    probs, stats = score_token_ids(loaded.model, [row.input_ids for row in rows], max_tokens, max_rows)
+    sequences = encode(loaded, records, swap)
+    if loaded.adapter is not None:
+        loaded.model.set_adapter(loaded.adapter)
+    probs, stats = score_token_ids(loaded.model, sequences, max_tokens, max_rows)
     return (swap_back(probs) if swap else probs), stats
 
 
-def predict_with_tta(loaded: LoadedModel, records, tta_mode: str, tta_fraction: float, max_tokens: int,
-                     max_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """-> (probabilities, swapped mask, stats)."""
-    probs, stats = score(loaded, records, False, max_tokens, max_rows)
-    swapped = np.zeros(len(records), dtype=bool)
-    if tta_mode == "all":
-        swapped[:] = True
-    elif tta_mode == "uncertain":
-        swapped = most_uncertain(probs, tta_fraction)
-    total = stats
-    if swapped.any():
-        picked = [records[i] for i in np.flatnonzero(swapped)]
-        back, swap_stats = score(loaded, picked, True, max_tokens, max_rows)
-        probs = probs.copy()
-        probs[swapped] = (probs[swapped] + back) / 2
-        total = total + swap_stats
-    return probs, swapped, {"padding": total.as_dict(), "swapped_rows": int(swapped.sum())}
+def encode(loaded: LoadedModel, records, swap: bool) -> list[list[int]]:
+    from arena_dist.formatting.encode import encode_records
+
+    return [row.input_ids for row in encode_records(records, loaded.tokenizer, loaded.fmt, swap=swap)]
 
 
-def predict(records, first: LoadedModel, num_classes: int, tta_mode: str = "all", tta_fraction: float = 0.3,
-            max_tokens: int = 16384, max_rows: int | None = None, second: LoadedModel | None = None,
-            second_fraction: float = 0.3, second_weight: float = 0.5, second_tta: bool = True) -> Prediction:
-    probs, swapped, stats = predict_with_tta(first, records, tta_mode, tta_fraction, max_tokens, max_rows)
-    probs = to_classes(probs, num_classes)
-    blended = np.zeros(len(records), dtype=bool)
-    if second is not None:
-        blended = most_uncertain(probs, second_fraction)
-        picked = [records[i] for i in np.flatnonzero(blended)]
-        if picked:
-            p2, _, stats2 = predict_with_tta(second, picked, "all" if second_tta else "none", 1.0, max_tokens,
-                                             max_rows)
-            probs = probs.copy()
-            probs[blended] = (1 - second_weight) * probs[blended] + second_weight * to_classes(p2, num_classes)
-            stats["second_model"] = {"rows": int(blended.sum()), "weight": second_weight, **stats2}
-    return Prediction(probs, swapped, blended, stats)
+class LocalScorer:
+    """The ensemble's members loaded in this process (the `Scorer` protocol of `predict.scorer`).
+
+    `members`: one dict per member with the predict config's model fields (export_path, dtype, quantization,
+    trust_remote_code, base_path); plain data, so a worker process can get the same list."""
+
+    def __init__(self, members: Sequence[dict], max_tokens: int, max_rows: int | None = None,
+                 threads: int | None = None):
+        import torch
+
+        from arena_dist.quiet import silence_known_warnings
+
+        silence_known_warnings()
+        if threads:
+            torch.set_num_threads(threads)
+        self.max_tokens, self.max_rows = max_tokens, max_rows
+        self.members: list[LoadedModel | None] = [None] * len(members)
+        for group in shared_base_groups(members):
+            specs = [members[i] for i in group]
+            if len(group) == 1:
+                spec = specs[0]
+                loaded = [load_model(spec["export_path"], spec["dtype"], spec["quantization"], None,
+                                     spec["trust_remote_code"], spec.get("base_path"))]
+            else:
+                loaded = load_shared_base(specs)
+            for index, member in zip(group, loaded):
+                self.members[index] = member
+
+    def num_members(self) -> int:
+        return len(self.members)
+
+    def num_labels(self, member: int) -> int:
+        return self.members[member].num_labels
+
+    def encode(self, member: int, records: Sequence[dict], swap: bool) -> list[list[int]]:
+        return encode(self.members[member], records, swap)
+
+    def score(self, member: int, sequences: Sequence[Sequence[int]]):
+        from arena_dist.label.scoring import score_token_ids
+
+        loaded = self.members[member]
+        if loaded.adapter is not None:
+            loaded.model.set_adapter(loaded.adapter)
+        return score_token_ids(loaded.model, sequences, self.max_tokens, self.max_rows)
+
+    def close(self) -> None:
+        self.members = []
+
+
+def build_local_scorer(members: Sequence[dict], max_tokens: int, max_rows: int | None = None,
+                       threads: int | None = None) -> LocalScorer:
+    """The picklable factory of a `LocalScorer` (a module-level function of plain arguments)."""
+    return LocalScorer(members, max_tokens, max_rows, threads)
+

@@ -1,5 +1,7 @@
-"""predict on synthetic LMSYS / WSDM test files with tiny exports: valid submissions, TTA and blend arithmetic."""
+"""predict on synthetic LMSYS / WSDM test files with tiny exports, without a time budget: valid submissions, the
+label stage's swap-TTA reproduced, refinement on a fraction of the rows, a second member's weighted blend."""
 
+import json
 import math
 
 import numpy as np
@@ -8,33 +10,22 @@ import pytest
 
 from arena_dist.cli import main
 from arena_dist.errors import InputError
-from arena_dist.predict.infer import entropy, load_model, score
+from arena_dist.predict.ensemble import uncertainty
+from arena_dist.predict.infer import load_model, score
 from arena_dist.predict.submission import check_submission, read_table
 from arena_dist.predict.testfile import read_test_file
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from tiny_fixtures import make_teacher_export
-    from arena_dist.stages import synth
-
-    root = tmp_path_factory.mktemp("predict")
-    synth.run(synth.Config(output_dir=str(root / "synth"), n_train=0, n_test=30, n_pool=0, n_wsdm_train=0,
-                           n_wsdm_test=16, n_pairwise=0, progress=False))
-    return {
-        "lmsys": root / "synth" / "lmsys" / "test.csv",
-        "lmsys_answers": root / "synth" / "lmsys" / "test_answers.csv",
-        "wsdm": root / "synth" / "wsdm" / "test.parquet",
-        "wsdm_answers": root / "synth" / "wsdm" / "test_answers.parquet",
-        "model3": make_teacher_export(root / "m3", seed=1, head_std=2.0, max_length=256),
-        "model3b": make_teacher_export(root / "m3b", seed=5, head_std=2.0, max_length=256),
-        "model2": make_teacher_export(root / "m2", seed=2, head_std=2.0, max_length=256, label_mode="2class"),
-    }
+def models(*exports, **settings) -> str:
+    """`--set models=[...]` (JSON is YAML) for exports given as paths or (path, weight) pairs."""
+    specs = [{"export_path": str(e)} if not isinstance(e, tuple) else {"export_path": str(e[0]), "weight": e[1]}
+             for e in exports]
+    return "models=" + json.dumps([{**spec, **settings} for spec in specs])
 
 
 def run_predict(files, out, *sets):
     args = ["predict", "--set", f"test_file={files['lmsys']}", "--set", f"output_dir={out}",
-            "--set", f"model.export_path={files['model3']}", *[x for s in sets for x in ("--set", s)]]
+            "--set", models(files["model3"]), *[x for s in sets for x in ("--set", s)]]
     assert main(args) == 0
     return pd.read_parquet(out / "probabilities.parquet")
 
@@ -43,11 +34,12 @@ def run_predict(files, out, *sets):
 def test_lmsys_submission_with_full_swap_tta_matches_the_label_stage_reference(files, tmp_path):
     from arena_dist.label.scoring import score_records
 
-    probs = run_predict(files, tmp_path, "tta.mode=all")
+    probs = run_predict(files, tmp_path)  # the default refinement of one member: swap-TTA on every row
     ids, records, counts = read_test_file(files["lmsys"])
     submission = read_table(tmp_path / "submission.csv")
     check_submission(submission, ids, "lmsys")
-    assert list(submission["id"]) == ids and counts["rows"] == 30 and probs["swap_tta"].all()
+    assert list(submission["id"]) == ids and counts["rows"] == 60
+    assert probs["pass_m0_direct"].all() and probs["pass_m0_swap"].all()
     loaded = load_model(str(files["model3"]))
     reference = score_records(loaded.model, loaded.tokenizer, loaded.fmt, records, 4096, swap_tta=True).p_mean
     np.testing.assert_allclose(probs[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), reference,
@@ -59,47 +51,55 @@ def test_lmsys_submission_with_full_swap_tta_matches_the_label_stage_reference(f
     from arena_dist.artefacts import read_artefact
 
     record = read_artefact(tmp_path)
-    assert (record.stage, record.rows, record.headline) == ("predict", 30, "rows_per_second")
+    assert (record.stage, record.rows, record.headline) == ("predict", 60, "rows_per_second")
     assert record.outputs["probabilities"] == str(tmp_path / "probabilities.parquet") and record.seconds > 0
 
 
 @pytest.mark.slow
-def test_uncertain_fraction_tta_and_second_model_blend(files, tmp_path):
+def test_swap_tta_on_a_fraction_and_a_second_member_on_the_most_uncertain_rows(files, tmp_path):
     _, records, _ = read_test_file(files["lmsys"])
     first = load_model(str(files["model3"]))
     direct, _ = score(first, records, False, 4096, None)
     swapped_back, _ = score(first, records, True, 4096, None)
 
-    probs = run_predict(files, tmp_path / "a", "tta.mode=uncertain", "tta.fraction=0.25")
-    flags = probs["swap_tta"].to_numpy()
-    assert flags.sum() == math.ceil(0.25 * 30)
-    assert entropy(direct)[flags].min() >= entropy(direct)[~flags].max()  # the most uncertain rows
+    probs = run_predict(files, tmp_path / "a", 'refine=[{member: 0, swap: true, fraction: 0.25}]')
+    flags = probs["pass_m0_swap"].to_numpy()
+    assert flags.sum() == math.ceil(0.25 * 60)
+    assert uncertainty(direct, "entropy")[flags].min() >= uncertainty(direct, "entropy")[~flags].max()
     p = probs[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
     np.testing.assert_allclose(p[~flags], direct[~flags], atol=1e-6)
     np.testing.assert_allclose(p[flags], (direct[flags] + swapped_back[flags]) / 2, atol=1e-6)
 
-    blended = run_predict(files, tmp_path / "b", "tta.mode=none", f"second_model.export_path={files['model3b']}",
-                          "second_model.fraction=0.5", "second_model.weight=0.25", "second_model.swap_tta=false")
+    # member weights 3 : 1, the second member in its direct order on the half the first is least sure of (margin)
+    out = tmp_path / "b"
+    assert main(["predict", "--set", f"test_file={files['lmsys']}", "--set", f"output_dir={out}",
+                 "--set", models((files["model3"], 3), (files["model3b"], 1)),
+                 "--set", "refine=[{member: 1, swap: false, fraction: 0.5}]", "--set", "uncertainty=margin"]) == 0
+    blended = pd.read_parquet(out / "probabilities.parquet")
     second = load_model(str(files["model3b"]))
     p2, _ = score(second, records, False, 4096, None)
-    mask = blended["second_model"].to_numpy()
-    assert mask.sum() == 15 and entropy(direct)[mask].min() >= entropy(direct)[~mask].max()
+    mask = blended["pass_m1_direct"].to_numpy()
+    assert mask.sum() == 30 and [c for c in blended.columns if c.startswith("pass_")] == ["pass_m0_direct",
+                                                                                        "pass_m1_direct"]
+    margin = uncertainty(direct, "margin")
+    assert margin[mask].min() >= margin[~mask].max()
     q = blended[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
     np.testing.assert_allclose(q[mask], 0.75 * direct[mask] + 0.25 * p2[mask], atol=1e-6)
     np.testing.assert_allclose(q[~mask], direct[~mask], atol=1e-6)
 
 
 @pytest.mark.slow
-def test_wsdm_submission_and_two_class_guard(files, tmp_path):
+def test_wsdm_submission_and_two_class_guard(files, tmp_path, capsys):
     assert main(["predict", "--set", f"test_file={files['wsdm']}", "--set", f"output_dir={tmp_path}",
-                 "--set", f"model.export_path={files['model2']}"]) == 0
+                 "--set", models(files["model2"])]) == 0
     submission = read_table(tmp_path / "submission.csv")
     ids, _, _ = read_test_file(files["wsdm"])
     assert list(submission.columns) == ["id", "winner"]
     check_submission(submission, ids, "wsdm")
     # a 2-class model cannot fill LMSYS' tie column: one clear error, no submission written
     assert main(["predict", "--set", f"test_file={files['lmsys']}", "--set", f"output_dir={tmp_path / 'x'}",
-                 "--set", f"model.export_path={files['model2']}"]) == 2
+                 "--set", models(files["model3"], files["model2"])]) == 2
+    assert "models.1.export_path: a 2-class model cannot predict LMSYS ties" in capsys.readouterr().err
     assert not (tmp_path / "x" / "submission.csv").exists()
 
 
@@ -130,13 +130,12 @@ def test_predict_refuses_an_export_that_ships_code(files, tmp_path, capsys, ship
     export, marker = shipping_copy(files, tmp_path, ship_code)
     out = tmp_path / "out"
     args = ["predict", "--set", f"test_file={files['lmsys']}", "--set", f"output_dir={out}"]
-    assert main([*args, "--set", f"model.export_path={export}"]) == 2
+    assert main([*args, "--set", models(export)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(export) in err and "model.trust_remote_code: true" in err
-    # The second model is checked before the first is even loaded.
-    assert main([*args, "--set", f"model.export_path={files['model3b']}",
-                 "--set", f"second_model.export_path={export}"]) == 2
-    assert "second_model.trust_remote_code: true" in capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(export) in err and "models.0.trust_remote_code: true" in err
+    # Every member is checked before the first is even loaded.
+    assert main([*args, "--set", models(files["model3b"], export)]) == 2
+    assert "models.1.trust_remote_code: true" in capsys.readouterr().err
     assert not marker.exists() and not (out / "submission.csv").exists()
 
 
@@ -149,8 +148,8 @@ def test_predict_runs_shipped_code_when_its_config_trusts_it(files, tmp_path, sh
     export, marker = shipping_copy(files, tmp_path, ship_code)
     # A fresh process with its own modules cache: transformers copies the shipped code there before importing it.
     done = subprocess.run([sys.executable, "-m", "arena_dist.cli", "predict", "--set", f"test_file={files['lmsys']}",
-                           "--set", f"output_dir={tmp_path / 'out'}", "--set", f"model.export_path={export}",
-                           "--set", "model.trust_remote_code=true", "--set", "tta.mode=none"],
+                           "--set", f"output_dir={tmp_path / 'out'}",
+                           "--set", models(export, trust_remote_code=True), "--set", "refine=[]"],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert done.returncode == 0, done.stderr[-3000:]

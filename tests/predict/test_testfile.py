@@ -44,6 +44,6 @@ def test_predict_cli_exits_2_on_a_corrupt_test_file(tmp_path, capsys):
     path = tmp_path / "test.parquet"
     path.write_bytes(bytes(range(256)) * 16)
     assert main(["predict", "--set", f"test_file={path}", "--set", f"output_dir={tmp_path / 'out'}",
-                 "--set", f"model.export_path={tmp_path / 'no_model'}"]) == 2
+                 "--set", f"models=[{{export_path: '{tmp_path / 'no_model'}'}}]"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"arena-dist predict: {path}: ")

@@ -7,7 +7,7 @@ ZeRO-3 with CPU offload) at once, 2 ZeRO-3 workers and 2 steps each, bf16, gradi
 given the two exports, 8-bit, the ensemble) -> student_gemma2_9b (4-bit), its verbaliser variant (with the causal-LM
 export) and student_qwen25_14b (its documented 8-bit option), 2 steps each in one process -> predict_lmsys with both students.
 Then the students' base checkpoint moves to another folder: predict says which setting to use, and with
-`model.base_path` writes the same probabilities. The consoles carry neither transformers' load report for a LoRA
+`models.0.base_path` writes the same probabilities. The consoles carry neither transformers' load report for a LoRA
 base ("MISSING") nor bitsandbytes' per-forward "MatMul8bitLt" line.
 """
 
@@ -116,8 +116,8 @@ def predict(chain, out: Path, *sets: str) -> subprocess.CompletedProcess:
     root = chain["root"]
     return cli("predict", CONFIGS / "predict_lmsys.yaml", [
         f"test_file={chain['test_csv']}", f"output_dir={out}",
-        f"model.export_path={root / 'student_gemma2_9b' / 'export'}",
-        f"second_model.export_path={root / 'student_qwen25_14b' / 'export'}", "batching.max_tokens=4096", *sets])
+        f"models.0.export_path={root / 'student_gemma2_9b' / 'export'}",
+        f"models.1.export_path={root / 'student_qwen25_14b' / 'export'}", "batching.max_tokens=4096", *sets])
 
 
 def test_teacher_and_label_configs_run(chain):
@@ -162,9 +162,9 @@ def test_predict_config_and_a_moved_base(chain, tmp_path):
     try:
         lost = predict(chain, tmp_path / "lost")
         assert lost.returncode == 2, lost.stdout[-2000:] + lost.stderr[-2000:]
-        assert str(original) in lost.stderr and "model.base_path" in lost.stderr
-        again = predict(chain, tmp_path / "after", f"model.base_path={moved}")
-        ok(again, "predict with model.base_path")
+        assert str(original) in lost.stderr and "models.0.base_path" in lost.stderr
+        again = predict(chain, tmp_path / "after", f"models.0.base_path={moved}")
+        ok(again, "predict with models.0.base_path")
     finally:
         shutil.move(str(moved), str(original))
     after = pd.read_parquet(tmp_path / "after" / "probabilities.parquet")
