@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-# The tiny export / dataset fixtures and the test scorer factory live with the tests.
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path[:0] = [str(_TESTS / "fixtures"), str(_TESTS / "predict")]
+# The tiny export / dataset fixtures live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                      "DS_ACCELERATOR": "cpu"}.items():
@@ -52,14 +51,19 @@ def machine_info() -> dict:
             "transformers": transformers.__version__}
 
 
+def members(export: Path) -> list[dict]:
+    """Predict's member dicts (its config's model fields) for one float32 export."""
+    return [{"export_path": str(export), "dtype": "float32", "quantization": "auto", "trust_remote_code": False,
+             "base_path": None}]
+
+
 def timed_pool(export: Path, sequences: list, replicas: int, threads: int, max_tokens: int) -> dict:
     """One pool: start it, warm every replica up, then time one score call over all `sequences`."""
-    from replica_fixtures import build_export_scorer
-
+    from arena_dist.predict.infer import build_local_scorer
     from arena_dist.predict.replicas import ReplicaPool
 
     started = time.perf_counter()
-    with ReplicaPool(build_export_scorer, ([export], max_tokens), replicas, threads) as pool:
+    with ReplicaPool(build_local_scorer, (members(export), max_tokens), replicas, threads) as pool:
         ready = time.perf_counter() - started
         pool.score(0, sequences[:: max(1, len(sequences) // (16 * replicas))])  # warm-up: a few rows each
         wall = time.perf_counter()
@@ -84,15 +88,15 @@ def timed_pool(export: Path, sequences: list, replicas: int, threads: int, max_t
 
 def bench_replicas(work: Path, rows: int, max_tokens: int) -> dict:
     import numpy as np
-    from replica_fixtures import ExportScorer
     from tiny_fixtures import make_pool_dataset, make_teacher_export
 
     from arena_dist.data.store import iter_records
+    from arena_dist.predict.infer import LocalScorer
 
     dataset = make_pool_dataset(work / "data", n_rows=rows, num_shards=1)
     export = make_teacher_export(work / "export", max_length=1024, head_std=0.1, **BENCH_MODEL)
     records = list(iter_records(dataset, "pool"))
-    encoder = ExportScorer([export], max_tokens)
+    encoder = LocalScorer(members(export), max_tokens)
     sequences = encoder.encode(0, records, False) + encoder.encode(0, records, True)
     cores = os.cpu_count() or 1
     runs = {"1_replica": timed_pool(export, sequences, 1, 1, max_tokens),
@@ -107,7 +111,10 @@ def bench_replicas(work: Path, rows: int, max_tokens: int) -> dict:
 
 def sections(args) -> dict[str, Callable[[Path], dict]]:
     """name -> a function of a scratch directory returning that section's results."""
-    return {"replicas": lambda work: bench_replicas(work, args.rows, args.max_tokens)}
+    from bench import predict_budget
+
+    return {"replicas": lambda work: bench_replicas(work, args.rows, args.max_tokens),
+            "budget": lambda work: predict_budget.run()}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -89,6 +89,25 @@ def test_swap_tta_on_a_fraction_and_a_second_member_on_the_most_uncertain_rows(f
 
 
 @pytest.mark.slow
+def test_two_replicas_write_the_submission_one_process_writes(files, tmp_path):
+    """The stage on 2 worker processes (one replica per device; CPU here): an ensemble with its default refinement
+    gives the 1-process probabilities, every test id exactly once."""
+    ensemble = models((files["model3"], 2), (files["model3b"], 1))
+    one = run_predict(files, tmp_path / "one", ensemble)
+    two = run_predict(files, tmp_path / "two", ensemble, "replicas=2")
+    ids, _, _ = read_test_file(files["lmsys"])
+    submission = read_table(tmp_path / "two" / "submission.csv")
+    check_submission(submission, ids, "lmsys")
+    assert list(two["id"]) == ids == list(one["id"]) and two["id"].is_unique
+    columns = ["winner_model_a", "winner_model_b", "winner_tie"]
+    np.testing.assert_allclose(two[columns].to_numpy(), one[columns].to_numpy(), atol=1e-5, rtol=0)
+    passes = [c for c in two.columns if c.startswith("pass_")]
+    assert len(passes) == 4 and two[passes].all().all()  # every pass of the default refinement on every row
+    summary = json.loads((tmp_path / "two" / "predict_summary.json").read_text())
+    assert summary["replicas"] == 2
+
+
+@pytest.mark.slow
 def test_wsdm_submission_and_two_class_guard(files, tmp_path, capsys):
     assert main(["predict", "--set", f"test_file={files['wsdm']}", "--set", f"output_dir={tmp_path}",
                  "--set", models(files["model2"])]) == 0

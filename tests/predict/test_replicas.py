@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replica_fixtures import ExportScorer, build_export_scorer  # noqa: E402
+from replica_fixtures import build_dying_scorer, members  # noqa: E402
 
 from arena_dist.errors import ConfigError, InputError  # noqa: E402
+from arena_dist.predict.infer import LocalScorer, build_local_scorer  # noqa: E402
 from arena_dist.predict.replicas import ReplicaPool, ReplicasLost, replica_environment, split_by_tokens  # noqa: E402
 
 MAX_TOKENS = 1024
@@ -37,7 +38,7 @@ def setup(tmp_path_factory):
 
     export = make_teacher_export(tmp_path_factory.mktemp("replicas") / "m", seed=1, head_std=0.1, max_length=512)
     records = long_tailed_records(40)
-    reference = ExportScorer([export], MAX_TOKENS)
+    reference = LocalScorer(members(export), MAX_TOKENS)
     sequences = reference.encode(0, records, False) + reference.encode(0, records, True)
     probs, stats = reference.score(0, sequences)
     return {"export": export, "records": records, "sequences": sequences, "probs": probs, "stats": stats,
@@ -71,13 +72,13 @@ def test_replica_environment_pins_one_device_and_its_threads():
                                                      "MKL_NUM_THREADS": "4"}
     assert "CUDA_VISIBLE_DEVICES" not in replica_environment(0, [], 2)  # CPU: left as it is
     with pytest.raises(ConfigError, match="3 replicas but 2 GPU"):
-        ReplicaPool(build_export_scorer, (), 3, devices=["0", "1"])
+        ReplicaPool(build_local_scorer, (), 3, devices=["0", "1"])
 
 
 @pytest.mark.slow
 def test_two_replicas_score_like_one_process_with_equal_token_shares(setup):
     sequences = setup["sequences"]
-    with ReplicaPool(build_export_scorer, ([setup["export"]], MAX_TOKENS), 2, 1, devices=["5", "7"]) as pool:
+    with ReplicaPool(build_local_scorer, (members(setup["export"]), MAX_TOKENS), 2, 1, devices=["5", "7"]) as pool:
         assert (pool.num_members(), pool.num_labels(0)) == (1, 3)
         # Each replica saw only its device (set before it imported torch) and kept to its thread count.
         assert [(info["device"], info["threads"]) for info in pool.replica_info] == [("5", 1), ("7", 1)]
@@ -111,7 +112,7 @@ def test_two_replicas_score_like_one_process_with_equal_token_shares(setup):
 def test_a_replica_killed_mid_score_loses_no_row_and_all_dead_is_a_clear_error(setup, tmp_path):
     sequences = setup["sequences"]
     flag = tmp_path / "died"
-    pool = ReplicaPool(build_export_scorer, ([setup["export"]], MAX_TOKENS, None, str(flag)), 2, 1)
+    pool = ReplicaPool(build_dying_scorer, (members(setup["export"]), MAX_TOKENS, str(flag)), 2, 1)
     with pytest.raises(ReplicasLost, match="every replica died; 80 of 80 rows"):
         with pool:
             started = pool.pids
@@ -137,11 +138,11 @@ class Interrupted(Exception):
 def test_no_worker_is_left_after_a_factory_error_or_an_exception(setup, tmp_path):
     missing = tmp_path / "no-export"
     with pytest.raises(InputError, match=str(missing)):  # the loader's own error, raised here
-        ReplicaPool(build_export_scorer, ([missing],), 2, 1)
+        ReplicaPool(build_local_scorer, (members(missing), MAX_TOKENS), 2, 1)
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("replica-")]
     # Leaving the pool on an exception ends its (idle, alive) workers at once.
     with pytest.raises(Interrupted):
-        with ReplicaPool(build_export_scorer, ([setup["export"]], MAX_TOKENS), 1, 1) as pool:
+        with ReplicaPool(build_local_scorer, (members(setup["export"]), MAX_TOKENS), 1, 1) as pool:
             pids = pool.pids
             raise Interrupted
     assert_gone(pids)
