@@ -75,17 +75,10 @@ def models(tmp_path_factory):
 
 
 def predict_tree(test_file, output_dir, exports: list[Path]) -> dict:
-    """A predict config in the shape the predict stage takes (`model` + `second_model`, or a `models` list),
-    blending both models on every row."""
-    from arena_dist.stages import predict
-
-    common = {"test_file": str(test_file), "output_dir": str(output_dir), "tta": {"mode": "none"},
-              "batching": {"max_tokens": 4096}, "threads": 1}
-    if "models" in predict.Config.model_fields:
-        return {**common, "models": [{"export_path": str(path), "weight": 1 / len(exports)} for path in exports]}
-    first, second = exports
-    return {**common, "model": {"export_path": str(first)},
-            "second_model": {"export_path": str(second), "fraction": 1.0, "weight": 0.5, "swap_tta": False}}
+    """A predict config blending the exports with equal weights on every row, each in its direct order."""
+    return {"test_file": str(test_file), "output_dir": str(output_dir), "batching": {"max_tokens": 4096},
+            "threads": 1, "models": [{"export_path": str(path), "weight": 1 / len(exports)} for path in exports],
+            "refine": [{"member": member, "swap": False} for member in range(1, len(exports))]}
 
 
 def write_yaml(path: Path, tree: dict) -> Path:
@@ -314,7 +307,6 @@ def test_a_bundle_installs_into_a_torch_only_environment_and_predicts_without_ne
     from arena_dist.predict.testfile import read_test_file
     from arena_dist.artefacts import read_artefact
     from arena_dist.io import OWNER_MARKER, sha256_file
-    from arena_dist.stages import predict
 
     started = time.monotonic()
     exports = [models["full"], models["lora"]]
@@ -327,9 +319,7 @@ def test_a_bundle_installs_into_a_torch_only_environment_and_predicts_without_ne
     served = tmp_path / "input" / "llama-base"
     bundle, work = tmp_path / "bundle", tmp_path / "working"
     out = work / "submission"
-    notebook = {"bundle_dir": str(bundle)}
-    if "time_budget" in predict.Config.model_fields:
-        notebook["time_budget_s"] = 3600
+    notebook = {"bundle_dir": str(bundle), "time_budget_s": 3600}
     config = write_yaml(tmp_path / "bundle.yaml", {
         "predict_config": str(predict_config), "output_dir": str(bundle), "target": "local",
         "base_paths": {str(models["base"]): str(served)}, "predict_overrides": [f"output_dir={out}"],

@@ -1,9 +1,9 @@
 """The models a predict config uses, placed into a bundle: exports copied (with sha256 of every file), LoRA bases
 copied or pointed at where the target serves them, and the config's paths rewritten to the bundle's copies.
 
-The predict config is handled as plain YAML, not through its typed class: whatever its shape (one `model` and a
-`second_model`, or a `models` list), every mapping with an `export_path` is a model, and every string anywhere in the
-config that names a copied folder is rewritten. Paths in the bundled config are relative to the bundle folder; the
+The predict config is handled as plain YAML, not through its typed class, so the bundle keeps working whatever
+shape that class takes: every mapping with an `export_path` (today each item of `models`) is a model, and every
+string anywhere in the config that names a copied folder is rewritten. Paths in the bundled config are relative to the bundle folder; the
 bundle's run script passes each rewritten key (`anchored`) as an absolute `--set` where the bundle lies.
 """
 
@@ -25,7 +25,7 @@ GENERIC_NAMES = {"export", "exports", "model", "final", "base"}  # a folder name
 
 @dataclass
 class Member:
-    """One mapping of the predict config that names an export (`model`, `second_model`, `models.0`, ...)."""
+    """One mapping of the predict config that names an export (`models.0`, `models.1`, ...)."""
 
     key: str
     node: dict  # the mapping itself, inside the config tree (edited in place)

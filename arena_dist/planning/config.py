@@ -98,11 +98,11 @@ class SubmissionModel(ModelSection):
     params: Optional[float] = Field(
         None, gt=0, description="parameter count of a model the table lacks (e.g. 9.2e9): 2 x params FLOPs per token, "
                                 "no attention term, every weight quantised, activations not modelled")
-    quantization: Literal["none", "8bit", "4bit"] = "4bit"  # bitsandbytes, as predict's model.quantization
+    quantization: Literal["none", "8bit", "4bit"] = "4bit"  # bitsandbytes, as predict's models[i].quantization
     rows_share: float = Field(1.0, gt=0, le=1,
-                              description="share of the rows it scores (predict: second_model.fraction)")
+                              description="share of the rows it scores (predict: refine[i].fraction of its direct pass)")
     tta_share: float = Field(0.0, ge=0, le=1, description="share of its rows scored again with A and B swapped "
-                                                          "(predict: tta.fraction; 1.0 for second_model.swap_tta)")
+                                                          "(predict: refine[i].fraction of its swap pass)")
     attention: Optional[Literal["sdpa", "eager"]] = Field(
         None, description="default: eager for Gemma-2 (its logit soft-capping needs it, as the model builder "
                           "chooses), sdpa otherwise")
@@ -143,7 +143,8 @@ class SubmissionSection(StrictModel):
     int8_speed: float = Field(0.5, gt=0, le=1, description="bitsandbytes LLM.int8() speed relative to 16-bit")
     padding: float = Field(1.02, ge=1, description="padded / real tokens of length-sorted token-budget batches")
     batch_tokens: int = Field(8192, gt=0, description="padded tokens per forward (predict: batching.max_tokens)")
-    kv_cache: bool = Field(True, description="the forward keeps every layer's K/V (config.use_cache true)")
+    kv_cache: bool = Field(False, description="the forward keeps every layer's K/V (use_cache on; predict turns it "
+                                              "off, a plain transformers forward of the hub configs keeps it)")
     reserved_gib: float = Field(1.0, ge=0, description="CUDA context and allocator slack per GPU")
     load_gb_per_s: float = Field(0.4, gt=0, description="checkpoint read rate shared by all replicas")
     setup_minutes: float = Field(5.0, ge=0, description="start, reading and tokenising the test file, writing")

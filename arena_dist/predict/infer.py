@@ -9,6 +9,7 @@ scores; any other export is loaded on its own. Rows go through the label stage's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 
@@ -125,10 +126,16 @@ class LocalScorer:
     """The ensemble's members loaded in this process (the `Scorer` protocol of `predict.scorer`).
 
     `members`: one dict per member with the predict config's model fields (export_path, dtype, quantization,
-    trust_remote_code, base_path); plain data, so a worker process can get the same list."""
+    trust_remote_code, base_path); plain data, so a worker process can get the same list.
+
+    `resident`: "all" loads every member (every group of members sharing a base) up front and keeps them; "one"
+    keeps one group at a time, loading a group when one of its members first scores and unloading the other groups
+    first. "one" is for devices that hold one model but not the whole ensemble (Gemma-2-9B and Qwen2.5-14B in 4 bits
+    on one 16 GB T4): predict's passes take the members in order, so each group is loaded about once. Tokenizers and
+    metadata are read for every member at once, so encoding and label checks never load a model."""
 
     def __init__(self, members: Sequence[dict], max_tokens: int, max_rows: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, resident: str = "all"):
         import torch
 
         from arena_dist.quiet import silence_known_warnings
@@ -136,32 +143,62 @@ class LocalScorer:
         silence_known_warnings()
         if threads:
             torch.set_num_threads(threads)
+        if resident not in ("all", "one"):
+            raise ValueError(f"resident must be 'all' or 'one', not {resident!r}")
+        self.specs, self.resident = list(members), resident
         self.max_tokens, self.max_rows = max_tokens, max_rows
-        self.members: list[LoadedModel | None] = [None] * len(members)
-        for group in shared_base_groups(members):
-            specs = [members[i] for i in group]
-            if len(group) == 1:
-                spec = specs[0]
-                loaded = [load_model(spec["export_path"], spec["dtype"], spec["quantization"], None,
-                                     spec["trust_remote_code"], spec.get("base_path"))]
-            else:
-                loaded = load_shared_base(specs)
-            for index, member in zip(group, loaded):
-                self.members[index] = member
+        self.groups = shared_base_groups(self.specs)
+        self.group_of = {index: g for g, group in enumerate(self.groups) for index in group}
+        self.encoders = [load_encoder(spec) for spec in self.specs]
+        self.members: list[LoadedModel | None] = [None] * len(self.specs)
+        for g in range(len(self.groups) if resident == "all" else 1):  # "one": the first group, so errors show now
+            self._load(g)
+
+    def _load(self, group: int) -> None:
+        indices = self.groups[group]
+        specs = [self.specs[i] for i in indices]
+        if len(indices) == 1:
+            spec = specs[0]
+            loaded = [load_model(spec["export_path"], spec["dtype"], spec["quantization"], None,
+                                 spec["trust_remote_code"], spec.get("base_path"))]
+        else:
+            loaded = load_shared_base(specs)
+        for index, member in zip(indices, loaded):
+            self.members[index] = member
+
+    def _unload_all(self) -> None:
+        import gc
+
+        import torch
+
+        self.members = [None] * len(self.specs)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def loaded_members(self) -> list[int]:
+        return [index for index, member in enumerate(self.members) if member is not None]
+
+    def _member(self, member: int) -> LoadedModel:
+        if self.members[member] is None:
+            if self.resident == "one":
+                self._unload_all()
+            self._load(self.group_of[member])
+        return self.members[member]
 
     def num_members(self) -> int:
-        return len(self.members)
+        return len(self.specs)
 
     def num_labels(self, member: int) -> int:
-        return self.members[member].num_labels
+        return self.encoders[member].num_labels
 
     def encode(self, member: int, records: Sequence[dict], swap: bool) -> list[list[int]]:
-        return encode(self.members[member], records, swap)
+        return encode(self.encoders[member], records, swap)
 
     def score(self, member: int, sequences: Sequence[Sequence[int]]):
         from arena_dist.label.scoring import score_token_ids
 
-        loaded = self.members[member]
+        loaded = self._member(member)
         if loaded.adapter is not None:
             loaded.model.set_adapter(loaded.adapter)
         return score_token_ids(loaded.model, sequences, self.max_tokens, self.max_rows)
@@ -170,8 +207,22 @@ class LocalScorer:
         self.members = []
 
 
+def load_encoder(spec: dict) -> LoadedModel:
+    """A member's tokenizer, metadata and format without its model (what encoding and label checks need)."""
+    from transformers import AutoTokenizer
+
+    from arena_dist.models.export import read_export_meta
+
+    path = spec["export_path"]
+    meta = read_export_meta(path)
+    tokenizer = None
+    if (Path(path) / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec["trust_remote_code"])
+    return _loaded(None, tokenizer, meta, path)
+
+
 def build_local_scorer(members: Sequence[dict], max_tokens: int, max_rows: int | None = None,
-                       threads: int | None = None) -> LocalScorer:
+                       threads: int | None = None, resident: str = "all") -> LocalScorer:
     """The picklable factory of a `LocalScorer` (a module-level function of plain arguments)."""
-    return LocalScorer(members, max_tokens, max_rows, threads)
+    return LocalScorer(members, max_tokens, max_rows, threads, resident)
 

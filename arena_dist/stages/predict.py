@@ -92,6 +92,9 @@ class Config(StrictModel):
     # chunk overruns by a small share of what is left, not of the budget.
     safety_margin: float | None = Field(None, ge=0)
     replicas: int = Field(1, ge=1)  # >1: one scorer per worker process (arena_dist.predict.replicas)
+    # "all": every member stays loaded; "one": one member (or group of fold adapters sharing a base) at a time, for
+    # devices that hold one model but not the ensemble (two 4-bit 9B/14B students on a 16 GB T4).
+    resident_models: Literal["all", "one"] = "all"
     batching: Batching = Batching()
     submission_name: str = "submission.csv"
     threads: int | None = Field(None, gt=0)
@@ -193,7 +196,7 @@ def build_scorer(config: Config):
     from arena_dist.predict.infer import build_local_scorer
 
     members = [spec.model_dump(exclude={"weight"}) for spec in config.models]
-    args = (members, config.batching.max_tokens, config.batching.max_rows, config.threads)
+    args = (members, config.batching.max_tokens, config.batching.max_rows, config.threads, config.resident_models)
     if config.replicas == 1:
         return build_local_scorer(*args)
     from arena_dist.predict.replicas import ReplicaPool

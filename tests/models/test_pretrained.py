@@ -35,6 +35,12 @@ def logits(model, ids=((5, 9, 30, 7, 2), (11, 3, 8, 40, 6))):
         return model.eval()(input_ids=torch.tensor(ids)).logits.float()
 
 
+def last_hidden(model, ids=((5, 9, 30, 7, 2), (11, 3, 8, 40, 6))):
+    with torch.no_grad():
+        out = model.eval()(input_ids=torch.tensor(ids), output_hidden_states=True)
+    return out.hidden_states[-1][:, -1].float()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_new_head_on_a_causal_lm_checkpoint(hub, family, head):
@@ -80,10 +86,12 @@ def test_causal_lm_checkpoint_quantises_at_load(hub, family, quantization):
     head = model.get_base_model().score
     assert all(p.dtype == torch.float32 for p in head.parameters())  # the head is never quantised
     full = build_model(cfg.model_copy(update={"quantization": "none", "lora": None}), 3, 0, for_training=False)
-    quantised = logits(model)
-    assert torch.isfinite(quantised).all()
-    # same seeded head on (nearly) the same body: close to the full-precision model, not equal
-    assert torch.allclose(quantised, logits(full), atol=0.1)
+    assert torch.isfinite(logits(model)).all()
+    # The checkpoint's body, quantised: the last token's final hidden state points where the full-precision one
+    # does (a body of other weights would be near-orthogonal); quantisation error keeps it from being equal.
+    quantised, reference = last_hidden(model), last_hidden(full)
+    similarity = torch.nn.functional.cosine_similarity(quantised, reference, dim=-1)
+    assert similarity.min() > 0.8 and not torch.equal(quantised, reference), similarity
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])

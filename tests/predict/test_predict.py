@@ -107,6 +107,25 @@ def test_two_replicas_write_the_submission_one_process_writes(files, tmp_path):
     assert summary["replicas"] == 2
 
 
+def test_one_resident_model_at_a_time_scores_like_all_resident(files):
+    """`resident_models: one`: a member's model is loaded when it first scores and the other members' models are
+    dropped first; encoding and label counts need no model; the probabilities are those of all-resident."""
+    from arena_dist.predict.infer import LocalScorer
+
+    _, records, _ = read_test_file(files["lmsys"])
+    specs = [{"export_path": str(files[name]), "dtype": "float32", "quantization": "auto",
+              "trust_remote_code": False, "base_path": None} for name in ("model3", "model3b", "model2")]
+    every = LocalScorer(specs, 4096)
+    one = LocalScorer(specs, 4096, resident="one")
+    assert every.loaded_members() == [0, 1, 2] and one.loaded_members() == [0]
+    assert [one.num_labels(m) for m in range(3)] == [3, 3, 2] and one.loaded_members() == [0]
+    for member in (1, 0, 2):
+        sequences = one.encode(member, records, swap=member == 1)
+        assert sequences == every.encode(member, records, swap=member == 1)
+        np.testing.assert_allclose(one.score(member, sequences)[0], every.score(member, sequences)[0], atol=1e-6)
+        assert one.loaded_members() == [member]
+
+
 @pytest.mark.slow
 def test_wsdm_submission_and_two_class_guard(files, tmp_path, capsys):
     assert main(["predict", "--set", f"test_file={files['wsdm']}", "--set", f"output_dir={tmp_path}",
