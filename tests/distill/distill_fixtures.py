@@ -48,3 +48,46 @@ def make_distill_fixture(root: str | os.PathLike, n_train: int = 240, n_pool: in
         stores.append(str(store.directory))
     return {"synth_dir": str(synth_dir), "dataset_dir": str(dataset_dir), "teacher_export": str(teacher),
             "teacher_init_seed": teacher_seed, "soft_labels": stores}
+
+
+# Student runs for the stage tests: one config shape, one in-process fit, checkpoint weights compared.
+NO_DROPOUT = {"head_dropout": 0.0}
+
+
+def student_config(fx, run_dir, quantization="4bit", ray=None, loss=None, init_seed=3, model=None,
+                   **training) -> "StudentConfig":
+    from arena_dist.distill.config import StudentConfig
+
+    return StudentConfig.model_validate({
+        "output": {"run_dir": str(run_dir)},
+        "model": {"arch": "llama", "init_seed": init_seed, "head": "mlp", "quantization": quantization,
+                  "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, **(model or {})},
+        "format": {"template": "llama3", "max_length": 256},
+        "data": {"dataset_dir": fx["dataset_dir"], "soft_labels": fx["soft_labels"], "soft_on_hard_rows": True,
+                 "fold": 0, "num_folds": 4, "swap_augment": "random"},
+        "loss": loss or {"w_ce": 0.2, "w_kl": 1.0, "w_cos": 0.5},
+        "training": {"lr": 3e-3, "epochs": 1, "global_batch": 16, "micro_batch": 8, "log_every": 5, "threads": 1,
+                     "eval_micro_batch": 16, **training},
+        "ray": ray or {"enabled": False},
+    })
+
+
+def fit(cfg) -> tuple:
+    """One rank in this process (what `ray.enabled: false` runs): (trainer, summary)."""
+    from arena_dist.distill.train import StudentRecipe
+    from arena_dist.train.loop import Trainer
+
+    trainer = Trainer(StudentRecipe(cfg), 0, 1, {"attempt_id": "test"}, under_ray=False)
+    return trainer, trainer.fit()
+
+
+def trainable(run_dir: Path, step: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:07d}" / "trainable.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= atol, worst
