@@ -18,6 +18,8 @@ UNKNOWN_LANGUAGE = "unknown"
 
 SPLIT_TRAIN = "train"  # rows with a human (or source) label
 SPLIT_POOL = "pool"  # unlabelled rows for pseudo-labelling
+SPLIT_EVAL = "eval"  # labelled rows held out of training (never in a fold's training side)
+SPLIT_PROMPTS = "prompts"  # prompts without responses (conversation files): the pool's input before generation
 
 
 class Record(TypedDict):
@@ -31,6 +33,9 @@ class Record(TypedDict):
     language: str
     label: int | None  # LABEL_A / LABEL_B / LABEL_TIE, None when unlabelled
     fold: int
+    # The label a labelled source gave a row it routes to the pool (the row's `label` is None there), kept so the
+    # label stage's output can be compared with it; None elsewhere.
+    source_label: int | None
 
 
 RECORD_SCHEMA = pa.schema(
@@ -45,17 +50,19 @@ RECORD_SCHEMA = pa.schema(
         pa.field("language", pa.string(), nullable=False),
         pa.field("label", pa.int8()),
         pa.field("fold", pa.int16(), nullable=False),
+        pa.field("source_label", pa.int8()),
     ],
     metadata={"arena_dist.schema_version": str(SCHEMA_VERSION)},
 )
 
 
 def swap_record(record: Record) -> Record:
-    """The same comparison with A and B exchanged; the label follows (A <-> B, tie stays)."""
+    """The same comparison with A and B exchanged; the labels follow (A <-> B, tie stays)."""
     swapped = dict(record)
     swapped["response_a"], swapped["response_b"] = record["response_b"], record["response_a"]
     swapped["model_a"], swapped["model_b"] = record["model_b"], record["model_a"]
-    label = record["label"]
-    if label in (LABEL_A, LABEL_B):
-        swapped["label"] = 1 - label
+    for key in ("label", "source_label"):
+        label = record.get(key)
+        if label in (LABEL_A, LABEL_B):
+            swapped[key] = 1 - label
     return swapped  # type: ignore[return-value]

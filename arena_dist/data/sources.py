@@ -6,13 +6,18 @@ the encoding of every byte), then checks its required columns (an unusable file 
 here: dedup, duplicate ids and the per-source limits are decided by the pipeline (`arena_dist.data.store`).
 
 Formats: LMSYS csv (JSON-list cells), WSDM parquet, pairwise chosen/rejected JSONL (transcripts, explicit prompt, or
-message lists), and the unlabelled prompt pool (parquet or JSONL). csv and JSONL may be gzip-compressed.
+message lists), the unlabelled prompt pool (parquet or JSONL), and (`arena_dist.data.rated`) rated completion sets,
+scored chosen/rejected pairs and conversation files. csv and JSONL may be gzip-compressed.
+
+Where the rows go is the source's `use_as` (train, pool or eval). A labelled source routed to the pool keeps its label
+in `source_label` (the row's `label` is None there), so pseudo-labels can be compared with it later.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import re
 import sys
@@ -23,19 +28,27 @@ from typing import Any, Iterator, Literal
 from pydantic import Field, field_validator, model_validator
 
 from arena_dist.config import StrictModel
+from arena_dist.data.filters import FilterConfig
 from arena_dist.data.normalize import hash64, repair_text
+from arena_dist.data.pairing import PairingConfig
 from arena_dist.data.records import (
     LABEL_A, LABEL_B, LABEL_TIE, SPLIT_POOL, SPLIT_TRAIN, UNKNOWN_LANGUAGE, Record, swap_record,
 )
 from arena_dist.data.sniff import cannot_read, check_parquet, check_text, codec_name, one_line
 from arena_dist.errors import InputError
 
-SourceKind = Literal["lmsys_csv", "wsdm_parquet", "pairwise_jsonl", "pool"]
+SourceKind = Literal[
+    "lmsys_csv", "wsdm_parquet", "pairwise_jsonl", "pool", "rated_completions", "scored_pairs", "conversations"
+]
+# Kinds read from parquet or JSONL, whichever the file name says.
+TABLE_KINDS = ("pool", "rated_completions", "scored_pairs", "conversations")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 # Canonical column names a source may rename with `columns: {canonical: name_in_file}`.
 CANONICAL_COLUMNS = (
     "id", "prompt", "response_a", "response_b", "model_a", "model_b", "language",
     "winner_model_a", "winner_model_b", "winner_tie", "winner", "chosen", "rejected",
+    "completions", "score_chosen", "score_rejected", "messages",
 )
 
 # Quarantine reasons (the manifest counts each).
@@ -50,13 +63,21 @@ EMPTY_RESPONSE = "empty_response"
 IDENTICAL_RESPONSES = "identical_responses"
 INVALID_LABEL = "invalid_label"
 DUPLICATE_ID = "duplicate_id"
+MISSING_SCORE = "missing_score"  # a completion (or chosen/rejected) without a numeric score
+TOO_FEW_COMPLETIONS = "too_few_completions"  # a rated set with fewer than two completions
+NO_PAIR = "no_pair"  # no two completions satisfy the pairing rule (score gap, ties in 2-class mode)
+BAD_CONVERSATION = "bad_conversation"  # a conversation without a user turn, or not a list of messages
 
 
 class SourceConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)  # id prefix and `source` tag
     kind: SourceKind
     path: Path
-    split: Literal["train", "pool"] | None = None  # default: pool for kind pool, train otherwise
+    # Where the rows go: train (labelled), pool (unlabelled; a labelled source keeps its label in source_label) or
+    # eval (labelled, held out). Default: pool for kinds pool and conversations, train otherwise. `split` is the
+    # older name of the same option.
+    use_as: Literal["train", "pool", "eval"] | None = None
+    split: Literal["train", "pool", "eval"] | None = None
     columns: dict[str, str] = Field(default_factory=dict)  # canonical column -> its name in the file
     language: str = UNKNOWN_LANGUAGE  # used when the file has no language column (or the cell is empty)
     # Text encoding of a csv / JSONL source (any codec Python knows: cp1252, latin-1, utf-16, ...). Every byte is
@@ -67,6 +88,8 @@ class SourceConfig(StrictModel):
     # The run stops when the source gives no rows to the dataset (an empty file, or every row a duplicate or
     # quarantined) unless this is true.
     allow_empty: bool = False
+    pairing: PairingConfig = Field(default_factory=PairingConfig)  # rated_completions and scored_pairs only
+    filters: FilterConfig = Field(default_factory=FilterConfig)
 
     @field_validator("encoding")
     @classmethod
@@ -79,8 +102,17 @@ class SourceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _defaults(self) -> "SourceConfig":
-        if self.split is None:
-            self.split = SPLIT_POOL if self.kind == "pool" else SPLIT_TRAIN
+        if self.use_as is not None and self.split is not None and self.use_as != self.split:
+            raise ValueError(f"use_as {self.use_as!r} and split {self.split!r} disagree (split is the older name)")
+        split = self.use_as or self.split or (SPLIT_POOL if self.kind in ("pool", "conversations") else SPLIT_TRAIN)
+        # Set without validation: an assignment would re-run this validator (validate_assignment) halfway through.
+        object.__setattr__(self, "split", split)
+        object.__setattr__(self, "use_as", split)
+        if self.kind == "conversations" and self.split != SPLIT_POOL:
+            raise ValueError("a conversations source gives prompts without responses: use_as must be pool")
+        # Compared with the defaults, not "was it given": a resolved config spells every default out.
+        if self.pairing != PairingConfig() and self.kind not in ("rated_completions", "scored_pairs"):
+            raise ValueError(f"pairing applies to rated_completions and scored_pairs sources, not {self.kind}")
         unknown = sorted(set(self.columns) - set(CANONICAL_COLUMNS))
         if unknown:
             raise ValueError(f"columns: unknown canonical column {unknown[0]!r} (known: {', '.join(CANONICAL_COLUMNS)})")
@@ -90,7 +122,7 @@ class SourceConfig(StrictModel):
 
     @property
     def is_parquet(self) -> bool:
-        return self.kind == "wsdm_parquet" or (self.kind == "pool" and data_suffix(self.path) == ".parquet")
+        return self.kind == "wsdm_parquet" or (self.kind in TABLE_KINDS and data_suffix(self.path) == ".parquet")
 
 
 class Quarantined(Exception):
@@ -103,9 +135,16 @@ class Quarantined(Exception):
 class Outcome:
     row: int  # 1 = first data row (CSV: after the header; JSONL: line number; parquet: row index + 1)
     raw: Any  # the row as read (dict of canonical column -> value, or the raw line)
-    record: Record | None = None
+    record: Record | None = None  # the first (usually only) record of the row
     reason: str | None = None
     detail: str = ""
+    records: list[Record] = dataclasses.field(default_factory=list)  # every record of the row (rated sets: several)
+
+    def __post_init__(self):
+        if self.record is not None and not self.records:
+            self.records = [self.record]
+        elif self.records and self.record is None:
+            self.record = self.records[0]
 
 
 # ------------------------------------------------------------------------------------------------------ text helpers
@@ -114,17 +153,22 @@ class SourceReader:
 
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
-    label_columns: tuple[str, ...] = ()  # required when the split is train
+    label_columns: tuple[str, ...] = ()  # required when the rows go to train or eval
+    default_columns: dict[str, str] = {}  # canonical column -> its usual name in this layout (before `columns`)
+    balance_sides = False  # the winner is put in A: the pipeline swaps a seeded, exactly balanced half
+    output_split: str  # the split the records are written to
 
     def __init__(self, config: SourceConfig):
         self.config = config
         self.path = Path(config.path)
         self.repaired_surrogates = 0  # texts in which lone surrogates were replaced by U+FFFD
         self.total_rows: int | None = None  # known up front for parquet (progress ETA), None for streams
+        self.output_split = config.split
+        self.reads_labels = self.labelled  # a pool-routed reader sets it when the file has labels
 
     # --- columns
     def file_column(self, canonical: str) -> str:
-        return self.config.columns.get(canonical, canonical)
+        return self.config.columns.get(canonical, self.default_columns.get(canonical, canonical))
 
     def check_columns(self, present: list[str], required: tuple[str, ...]) -> None:
         for canonical in required:
@@ -186,13 +230,21 @@ class SourceReader:
         value = self.text(row.get(field), field).strip()
         return value or None
 
-    def record(self, row: dict, source_id: Any, prompt, response_a, response_b, label: int | None) -> Record:
-        """Shared validation, then the canonical record (fold is set by the pipeline)."""
+    @staticmethod
+    def checked_id(source_id: Any) -> str:
         if source_id is None or (isinstance(source_id, str) and not source_id.strip()):
             raise Quarantined(MISSING_ID, "id is empty")
         if isinstance(source_id, bool) or not isinstance(source_id, (str, int, float)) or source_id != source_id:
             raise Quarantined(BAD_VALUE, f"id: expected text or a number, got {source_id!r:.40}")
-        source_id = str(source_id).strip()
+        return str(source_id).strip()
+
+    def set_label(self, record: Record, label: int) -> None:
+        """Set the label a reader decided after building the record (kept as source_label on the pool side)."""
+        record["source_label" if self.config.split == SPLIT_POOL else "label"] = label
+
+    def record(self, row: dict, source_id: Any, prompt, response_a, response_b, label: int | None) -> Record:
+        """Shared validation, then the canonical record (fold is set by the pipeline)."""
+        source_id = self.checked_id(source_id)
         if not (len(prompt) == len(response_a) == len(response_b)):
             raise Quarantined(
                 TURN_COUNT_MISMATCH, f"prompt {len(prompt)}, response_a {len(response_a)}, response_b {len(response_b)}"
@@ -205,29 +257,39 @@ class SourceReader:
         if list(response_a) == list(response_b):
             raise Quarantined(IDENTICAL_RESPONSES, "response_a equals response_b")
         language = self.optional_text(row, "language") or self.config.language
+        source_label = None
+        if self.config.split == SPLIT_POOL:  # a pool row is unlabelled; the source's own label is kept aside
+            label, source_label = None, label
         return Record(
             id=f"{self.config.name}/{source_id}", source=self.config.name, prompt=list(prompt),
             response_a=list(response_a), response_b=list(response_b), model_a=self.optional_text(row, "model_a"),
             model_b=self.optional_text(row, "model_b"), language=language, label=label, fold=0,
+            source_label=source_label,
         )
 
     # --- iteration
     def rows(self) -> Iterator[tuple[int, Any]]:
         raise NotImplementedError
 
-    def convert(self, row_number: int, row: Any) -> Record:
+    def convert(self, row_number: int, row: Any) -> Record | list[Record]:
+        """One record, or a non-empty list of them (a rated set gives one per pair)."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Outcome]:
         for row_number, row in self.rows():
             try:
-                yield Outcome(row_number, row, record=self.convert(row_number, row))
+                converted = self.convert(row_number, row)
+                if isinstance(converted, list):
+                    yield Outcome(row_number, row, records=converted)
+                else:
+                    yield Outcome(row_number, row, record=converted)
             except Quarantined as q:
                 yield Outcome(row_number, row, reason=q.reason, detail=q.detail)
 
     @property
     def labelled(self) -> bool:
-        return self.config.split == SPLIT_TRAIN
+        """Labels are required (train and eval); a pool-routed source reads them only when its file has them."""
+        return self.config.split != SPLIT_POOL
 
 
 # ------------------------------------------------------------------------------------------------------- LMSYS csv
@@ -250,6 +312,7 @@ class LmsysCsvReader(SourceReader):
         if not self.header:
             raise InputError(f"{self.path}: empty file (no header row)")
         self.check_columns(self.header, self.required + (LMSYS_LABEL_COLUMNS if self.labelled else ()))
+        self.reads_labels = all(self.file_column(name) in self.header for name in LMSYS_LABEL_COLUMNS)
 
     def next_row(self, reader) -> list[str] | None:
         """The next csv row (None at the end); a line the csv module cannot parse stops the run, naming it."""
@@ -274,7 +337,7 @@ class LmsysCsvReader(SourceReader):
         if "_fields" in row:
             raise Quarantined(BAD_ROW, f"{len(row['_fields'])} fields, header has {len(self.header)}")
         row = self.canonical_row(row)
-        label = self.label(row) if self.labelled else None
+        label = self.label(row) if self.reads_labels else None
         return self.record(row, row["id"], *self.texts(row, self.json_turns), label)
 
     @staticmethod
@@ -388,11 +451,25 @@ class JsonlRows:
                                     else self.canonical_row(value))
 
 
+class TableRows(ParquetRows, JsonlRows):
+    """Mixin: rows of a parquet file or a JSONL file, whichever the file name says (.parquet or .jsonl[.gz])."""
+
+    def open_rows(self, required: tuple[str, ...]) -> None:
+        self.from_parquet = data_suffix(self.path) == ".parquet"
+        if self.from_parquet:
+            self.open_parquet(required)
+        else:
+            self.open_jsonl(required)
+
+    def rows(self) -> Iterator[tuple[int, Any]]:
+        return ParquetRows.rows(self) if self.from_parquet else JsonlRows.rows(self)
+
+
 def _json_error(exc: Exception) -> str:
     return getattr(exc, "msg", None) or one_line(exc)
 
 
-def _reject_bad_line(row: dict) -> None:
+def reject_bad_line(row: dict) -> None:
     if "_error" in row:
         raise Quarantined(BAD_ROW, row["_error"])
 
@@ -409,10 +486,11 @@ class WsdmParquetReader(ParquetRows, SourceReader):
     def __init__(self, config: SourceConfig):
         super().__init__(config)
         self.open_parquet(self.required + (("winner",) if self.labelled else ()))
+        self.reads_labels = self.file_column("winner") in self.read_columns
 
     def convert(self, row_number: int, row: Any) -> Record:
         label = None
-        if self.labelled:
+        if self.reads_labels:
             winner = row.get("winner")
             if winner not in WSDM_WINNERS:
                 raise Quarantined(INVALID_LABEL, f"winner {winner!r} is not model_a or model_b")
@@ -426,7 +504,7 @@ class _PoolMixin:
     optional = ("id", "model_a", "model_b", "language")
 
     def convert(self, row_number: int, row: Any) -> Record:
-        _reject_bad_line(row)
+        reject_bad_line(row)
         return self.record(row, row["id"] if "id" in row else row_number, *self.texts(row, self.turns), None)
 
 
@@ -492,11 +570,11 @@ class PairwiseJsonlReader(JsonlRows, SourceReader):
 
     required = ("chosen", "rejected")
     optional = ("id", "prompt", "model_a", "model_b", "language")
+    balance_sides = True
 
     def __init__(self, config: SourceConfig):
         super().__init__(config)
-        if not self.labelled:
-            raise InputError(f"{self.path}: a pairwise source is labelled by construction; use split: train")
+        self.reads_labels = True  # labelled by construction
         self.open_jsonl(self.required)
 
     def conversation(self, row: dict, field: str) -> list[tuple[str, str]]:
@@ -516,7 +594,7 @@ class PairwiseJsonlReader(JsonlRows, SourceReader):
         return messages if messages[: len(prompt)] == prompt else merge_turns(prompt + messages)
 
     def convert(self, row_number: int, row: Any) -> Record:
-        _reject_bad_line(row)
+        reject_bad_line(row)
         chosen = [(role, self.text(text, role)) for role, text in self.conversation(row, "chosen")]
         rejected = [(role, self.text(text, role)) for role, text in self.conversation(row, "rejected")]
         if not chosen or not rejected or chosen[-1][0] != "assistant" or rejected[-1][0] != "assistant":
@@ -561,15 +639,19 @@ def open_source(config: SourceConfig) -> SourceReader:
     path = Path(config.path)
     if not path.is_file():
         raise InputError(f"{path}: cannot read (no such file)" if not path.exists() else f"{path}: not a file")
-    readers = {"lmsys_csv": LmsysCsvReader, "wsdm_parquet": WsdmParquetReader, "pairwise_jsonl": PairwiseJsonlReader}
+    from arena_dist.data.rated import ConversationsReader, RatedCompletionsReader, ScoredPairsReader
+
+    readers = {"lmsys_csv": LmsysCsvReader, "wsdm_parquet": WsdmParquetReader, "pairwise_jsonl": PairwiseJsonlReader,
+               "rated_completions": RatedCompletionsReader, "scored_pairs": ScoredPairsReader,
+               "conversations": ConversationsReader}
+    suffix = data_suffix(path)
+    if config.kind in TABLE_KINDS and suffix not in (".parquet", *JSONL_SUFFIXES):
+        what = "a pool" if config.kind == "pool" else f"a {config.kind} source"
+        raise InputError(f"{path}: {what} must be .parquet or .jsonl (or .jsonl.gz) (source {config.name!r})")
     if config.kind in readers:
         return readers[config.kind](config)
-    suffix = data_suffix(path)
-    if suffix == ".parquet":
-        return PoolParquetReader(config)
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return PoolJsonlReader(config)
-    raise InputError(f"{path}: a pool must be .parquet or .jsonl (or .jsonl.gz) (source {config.name!r})")
+    return PoolParquetReader(config) if suffix == ".parquet" else PoolJsonlReader(config)
+
 
 
 def data_suffix(path: str | Path) -> str:

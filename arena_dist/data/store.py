@@ -4,7 +4,7 @@ Layout of a dataset directory::
 
     manifest.json                          schema version, config hash, shards (rows, sha256), counts, folds
     resolved_config.yaml                   the prepare config that built it
-    <split>/shard-00000-of-00008.parquet   split is "train" (labelled) or "pool" (unlabelled)
+    <split>/shard-00000-of-00008.parquet   split: "train" / "eval" (labelled), "pool" (unlabelled), "prompts"
     quarantine/<source>.jsonl              rows that could not be used, with row number and reason
 
 The shard of a record is a stable hash of its id, rows keep source order inside a shard, and nothing carries a
@@ -37,7 +37,7 @@ QUARANTINE_DIR = "quarantine"
 PARQUET_COMPRESSION = "zstd"
 # Min/max statistics only for the small columns (filters on fold, label, source ...). For the long text columns they
 # are useless and the writer keeps them for every row group until the file closes: memory that grows with the rows.
-STATISTICS_COLUMNS = ["id", "source", "model_a", "model_b", "language", "label", "fold"]
+STATISTICS_COLUMNS = ["id", "source", "model_a", "model_b", "language", "label", "fold", "source_label"]
 
 
 # ----------------------------------------------------------------------------------------------------------- naming
@@ -170,6 +170,7 @@ class ShardedSplitWriter:
         self._rows = [0] * num_shards
         self.fold_sizes = [0] * num_folds
         self.label_counts: Counter[str] = Counter()
+        self.language_counts: Counter[str] = Counter()
 
     def relative_path(self, index: int) -> str:
         return f"{self.split}/{shard_name(index, self.num_shards)}"
@@ -181,6 +182,7 @@ class ShardedSplitWriter:
         self.fold_sizes[record["fold"]] += 1
         label = record["label"]
         self.label_counts["none" if label is None else LABEL_NAMES[label]] += 1
+        self.language_counts[record["language"]] += 1
         if len(self._buffers[index]) >= self.batch_rows:
             self._flush(index)
 
@@ -208,7 +210,8 @@ class ShardedSplitWriter:
             path = self.relative_path(index)
             shards.append({"path": path, "rows": self._rows[index], "sha256": sha256_file(self.root / path)})
         return {"rows": sum(self._rows), "shards": shards, "fold_sizes": list(self.fold_sizes),
-                "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")}}
+                "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")},
+                "language_counts": dict(sorted(self.language_counts.items()))}
 
     def abort(self) -> None:
         for writer in self._writers:
@@ -218,12 +221,17 @@ class ShardedSplitWriter:
 
 # ----------------------------------------------------------------------------------------------------------- pipeline
 def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) -> dict:
-    """Run one source: every row is kept (via `accept`), a content duplicate, or quarantined (written to JSONL)."""
+    """Run one source: every row is quarantined (written to JSONL) or gives records (a rated set gives several); every
+    record is filtered (counted per filter), kept (via `accept`) or a content duplicate."""
+    from arena_dist.data.filters import assign_language, filter_reason
     from arena_dist.data.sources import DUPLICATE_ID, raw_as_strings
     from arena_dist.data.normalize import SeenHashes
 
-    counts = {"read": 0, "kept": 0, "duplicates": 0, "quarantined": 0}
+    counts = {"read": 0, "kept": 0, "duplicates": 0, "quarantined": 0, "filtered": 0, "records": 0}
     reasons: Counter[str] = Counter()
+    filters: Counter[str] = Counter()
+    languages: Counter[str] = Counter()  # of the kept records
+    filter_config = reader.config.filters
     seen_ids = SeenHashes()
     # Silent for sources read within 10 s; a row count every 10 s for the long ones (updated every 4096 rows).
     progress = progress_bar(f"  {reader.config.name}: read", reader.total_rows, every_s=10.0, delay_s=10.0)
@@ -242,20 +250,40 @@ def _source_counts(reader, quarantine_path: Path, quarantine_name: str, accept) 
                 progress.update(4096)
             if outcome.record is None:
                 reject(outcome, outcome.reason, outcome.detail)
-            elif not seen_ids.add(hash64(outcome.record["id"], salt="id")):
+                continue
+            new_ids = [seen_ids.add(hash64(record["id"], salt="id")) for record in outcome.records]
+            if not all(new_ids):
                 reject(outcome, DUPLICATE_ID, f"id {outcome.record['id']!r} seen before in this source")
-            elif accept(outcome.record):
-                counts["kept"] += 1
-            else:
-                counts["duplicates"] += 1
+                continue
+            for record in outcome.records:
+                counts["records"] += 1
+                assign_language(record, filter_config)
+                reason = filter_reason(record, filter_config)
+                if reason is not None:
+                    counts["filtered"] += 1
+                    filters[reason] += 1
+                elif accept(record):
+                    counts["kept"] += 1
+                    languages[record["language"]] += 1
+                else:
+                    counts["duplicates"] += 1
     progress.update(counts["read"] - progress.n)
     progress.close()
-    if counts["read"] != counts["kept"] + counts["duplicates"] + counts["quarantined"]:  # never silently lose a row
-        raise AssertionError(f"{reader.config.name}: counts do not add up: {counts}")
-    result = {**counts, "reasons": dict(sorted(reasons.items())), "repaired_surrogates": reader.repaired_surrogates,
+    check_conservation(reader.config.name, counts)
+    result = {**counts, "reasons": dict(sorted(reasons.items())), "filters": dict(sorted(filters.items())),
+              "languages": dict(sorted(languages.items())), "repaired_surrogates": reader.repaired_surrogates,
               "quarantine_file": quarantine_name}
     check_source_counts(reader.config, result)
     return result
+
+
+def check_conservation(name: str, counts: dict) -> None:
+    """Never silently lose a row: rows read = rows quarantined + rows giving records (one each, except rated sets),
+    and records = kept + duplicates + filtered."""
+    if counts["records"] != counts["kept"] + counts["duplicates"] + counts["filtered"] or (
+        counts["records"] < counts["read"] - counts["quarantined"]
+    ):
+        raise AssertionError(f"{name}: counts do not add up: {counts}")
 
 
 def check_source_counts(config, counts: dict) -> None:
@@ -282,10 +310,15 @@ def _top_reasons(reasons: dict, top: int = 3) -> str:
 
 
 def _count_line(counts: dict) -> str:
-    return (
-        f"read={counts['read']:,} = kept {counts['kept']:,} + duplicates {counts['duplicates']:,}"
-        f" + quarantined {counts['quarantined']:,}"
-    )
+    filtered = counts.get("filtered", 0)
+    records = counts.get("records", counts["read"] - counts["quarantined"])
+    kept = f"kept {counts['kept']:,} + duplicates {counts['duplicates']:,}"
+    if filtered:
+        kept += f" + filtered {filtered:,}"
+    if records == counts["read"] - counts["quarantined"]:  # one record per row
+        return f"read={counts['read']:,} = {kept} + quarantined {counts['quarantined']:,}"
+    return (f"read={counts['read']:,} rows = {counts['read'] - counts['quarantined']:,} giving {records:,} records "
+            f"({kept}) + quarantined {counts['quarantined']:,}")
 
 
 def build_dataset(sources: list, output_dir: str | os.PathLike, num_shards: int = 8, num_folds: int = 5, seed: int = 0,
@@ -296,7 +329,8 @@ def build_dataset(sources: list, output_dir: str | os.PathLike, num_shards: int 
     directory beside `output_dir` and swapped in at the end (`arena_dist.io.atomic_directory`), so an error leaves
     no partial output, and an existing `output_dir` is replaced only when it is a dataset (or other output) of ours.
     Dedup is global and in source order: the first occurrence of a comparison wins, later ones count as duplicates
-    of the source they come from. Chosen/rejected sources are balanced A/B after dedup, over the kept rows.
+    of the source they come from. Sources that put the winner in A (chosen/rejected, rated and scored sets) are
+    balanced A/B after dedup, over the kept rows. Filters (and language identification) run before dedup.
     """
     from arena_dist.config import config_hash, save_resolved_config
     from arena_dist.data.folds import fold_of_key
@@ -317,9 +351,9 @@ def build_dataset(sources: list, output_dir: str | os.PathLike, num_shards: int 
         try:
             for reader in readers:
                 config = reader.config
-                assigner = BalancedAssigner(seed, config.name) if config.kind == "pairwise_jsonl" else None
+                assigner = BalancedAssigner(seed, config.name) if reader.balance_sides else None
 
-                def accept(record, split=config.split, assigner=assigner) -> bool:
+                def accept(record, split=reader.output_split, assigner=assigner) -> bool:
                     key = prompt_key(record["prompt"])
                     content = comparison_hash(record["prompt"], record["response_a"], record["response_b"], key=key)
                     if not seen_content.add(content):
@@ -335,7 +369,7 @@ def build_dataset(sources: list, output_dir: str | os.PathLike, num_shards: int 
                 quarantine_name = f"{QUARANTINE_DIR}/{config.name}.jsonl"
                 counts = _source_counts(reader, tmp / quarantine_name, quarantine_name, accept)
                 manifest_sources[config.name] = {
-                    "kind": config.kind, "path": str(config.path), "split": config.split,
+                    "kind": config.kind, "path": str(config.path), "split": reader.output_split,
                     **input_fingerprint(config.path), **counts,
                 }
                 print(format_source_counts(config.name, manifest_sources[config.name]), flush=True)
@@ -349,7 +383,8 @@ def build_dataset(sources: list, output_dir: str | os.PathLike, num_shards: int 
             "config_hash": config_hash_value or (config_hash(resolved_config) if resolved_config is not None else None),
             "num_shards": num_shards, "num_folds": num_folds, "seed": seed, "splits": splits,
             "sources": manifest_sources,
-            **{key: {split: entry[key] for split, entry in splits.items()} for key in ("fold_sizes", "label_counts")},
+            **{key: {split: entry[key] for split, entry in splits.items()}
+               for key in ("fold_sizes", "label_counts", "language_counts")},
         }
         if resolved_config is not None:
             save_resolved_config(resolved_config, tmp)
@@ -394,6 +429,8 @@ def format_source_counts(name: str, counts: dict) -> str:
     line = f"{name}: {_count_line(counts)}"
     if reasons:
         line += f" ({reasons})"
+    if counts.get("filters"):
+        line += "; filtered: " + ", ".join(f"{name}={n:,}" for name, n in counts["filters"].items())
     if counts["repaired_surrogates"]:
         line += f"; repaired surrogates in {counts['repaired_surrogates']:,} texts"
     return line

@@ -1,8 +1,8 @@
 """`arena-dist prepare`: merge sources into validated, deduplicated, folded parquet shards with a manifest.
 
-Config keys: output_dir, num_shards, num_folds, seed, batch_rows, force, sources[] (name, kind, path, split, columns,
-language, encoding, max_quarantine_share, allow_empty). The library parts live in arena_dist.data (sniff, sources,
-normalize, folds, store).
+Config keys: output_dir, num_shards, num_folds, seed, batch_rows, force, sources[] (name, kind, path, use_as (or its
+older name split), columns, language, encoding, max_quarantine_share, allow_empty, pairing, filters). The library parts
+live in arena_dist.data (sniff, sources, rated, pairing, filters, normalize, folds, store).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def run(config: Config) -> dict:
     rows = {split: entry["rows"] for split, entry in manifest["splits"].items()}
     print(f"prepared {', '.join(f'{split}={n:,}' for split, n in rows.items()) or 'no rows'}; manifest: {manifest_path}")
     counts = {key: sum(source.get(key, 0) for source in manifest["sources"].values())
-              for key in ("read", "kept", "duplicates", "quarantined")}
+              for key in ("read", "kept", "duplicates", "quarantined", "filtered")}
     write_artefact(config.output_dir, "prepare", config, started=started,
                    inputs={source.name: source.path for source in config.sources},
                    outputs={"dataset": config.output_dir, "manifest": manifest_path}, rows=rows,

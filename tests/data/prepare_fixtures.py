@@ -81,3 +81,27 @@ def pairwise_row(style: str, history: list[tuple[str, str]], chosen: str, reject
     else:
         raise ValueError(f"unknown pairwise style {style!r}")
     return {**extra, **row}
+
+
+def ultrafeedback_row(instruction: str, completions: list[tuple[str, str, float | None]], **extra) -> dict:
+    """One row of openbmb/UltraFeedback: `instruction` and `completions` [{model, response, overall_score, ...}]
+    (with the annotation fields the real file carries, which the reader ignores)."""
+    return {
+        "source": "evol_instruct", "instruction": instruction, "models": [model for model, _, _ in completions],
+        "completions": [
+            {"annotations": {"helpfulness": {"Rating": "4", "Rationale": "ok"}}, "critique": "fine",
+             "custom_system_prompt": "You are a helpful assistant.", "fine-grained_score": 4.0, "model": model,
+             "overall_score": score, "principle": "helpfulness", "response": response}
+            for model, response, score in completions
+        ],
+        "correct_answers": ["None"], "incorrect_answers": ["None"], **extra,
+    }
+
+
+def binarized_row(prompt: str, chosen: str, rejected: str, score_chosen, score_rejected, prompt_id: str) -> dict:
+    """One row of HuggingFaceH4/ultrafeedback_binarized: chosen/rejected as message lists with the prompt turn."""
+    user = {"content": prompt, "role": "user"}
+    chosen_messages = [user, {"content": chosen, "role": "assistant"}]
+    return {"prompt": prompt, "prompt_id": prompt_id, "chosen": chosen_messages,
+            "rejected": [user, {"content": rejected, "role": "assistant"}], "messages": chosen_messages,
+            "score_chosen": score_chosen, "score_rejected": score_rejected}

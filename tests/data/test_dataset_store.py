@@ -61,7 +61,8 @@ def test_layout_manifest_and_count_conservation(dataset):
     assert lm == {
         "kind": "lmsys_csv", "path": lm["path"], "split": "train", "read": 61, "kept": 60,
         "duplicates": 0, "quarantined": 1, "reasons": {"bad_json": 1}, "repaired_surrogates": 0,
-        "quarantine_file": "quarantine/lm.jsonl",
+        "quarantine_file": "quarantine/lm.jsonl", "records": 60, "filtered": 0, "filters": {},
+        "languages": {"unknown": 60},
     }
     train = manifest["splits"]["train"]
     assert train["rows"] == 85 == sum(s["rows"] for s in train["shards"]) == sum(train["fold_sizes"])

@@ -210,7 +210,7 @@ def test_pairwise_styles_give_identical_records_with_same_speaker_turns_merged(t
         "id": None, "source": "src", "prompt": ["first question", "second question\n\none detail"],
         "response_a": ["first answer\n\nand more", "good answer"],
         "response_b": ["first answer\n\nand more", "bad answer"],
-        "model_a": None, "model_b": None, "language": "en", "label": LABEL_A, "fold": 0,
+        "model_a": None, "model_b": None, "language": "en", "label": LABEL_A, "fold": 0, "source_label": None,
     }
     assert all(json.dumps(r, sort_keys=True) == json.dumps(records[0], sort_keys=True) for r in records)
 

@@ -20,13 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from prepare_fixtures import LMSYS_HEADER, lmsys_row, pairwise_row
+from prepare_fixtures import LMSYS_HEADER, binarized_row, lmsys_row, pairwise_row, ultrafeedback_row
 
 from arena_dist.cli import main
 from arena_dist.data.store import load_manifest
 
 SEED = 20261121
-CASES = 120  # per kind: 840 prepare runs in all, about 8 s on an idle 2-core machine
+CASES = 120  # per kind: 1,200 prepare runs in all, about 12 s on an idle 2-core machine
 ROWS = 10
 
 TEXTS = ["café au lait", "naïve question", "Größe?", "emoji 😀 ok", "plain ascii", "日本語のテキスト",
@@ -82,6 +82,21 @@ def pairwise_rows(style: str) -> list[dict]:
     return rows
 
 
+
+def rated_rows() -> list[dict]:
+    return [ultrafeedback_row(_text(i, "instruction"), [("m1", _text(i, "good"), 8.0), ("m2", _text(i, "bad"), 3.5)])
+            for i in range(ROWS)]
+
+
+def scored_rows() -> list[dict]:
+    return [binarized_row(_text(i, "prompt"), _text(i, "chosen"), _text(i, "rejected"), 7.0, 2.0, f"s{i}")
+            for i in range(ROWS)]
+
+
+def conversation_rows() -> list[dict]:
+    return [{"id": f"c{i}", "messages": [{"role": "user", "content": _text(i, "ask")},
+                                         {"role": "assistant", "content": _text(i, "reply")}]} for i in range(ROWS)]
+
 # kind name -> (source kind, file name, valid bytes, is parquet)
 KINDS = {
     "lmsys_csv": ("lmsys_csv", "train.csv", lmsys_bytes, False),
@@ -92,6 +107,9 @@ KINDS = {
                           lambda: jsonl_bytes(pairwise_rows("messages_with_prompt")), False),
     "pool_parquet": ("pool", "pool.parquet", lambda: parquet_bytes(pool_rows()), True),
     "pool_jsonl": ("pool", "pool.jsonl", lambda: jsonl_bytes(pool_rows()), False),
+    "rated_jsonl": ("rated_completions", "uf.jsonl", lambda: jsonl_bytes(rated_rows()), False),
+    "scored_parquet": ("scored_pairs", "prefs.parquet", lambda: parquet_bytes(scored_rows()), True),
+    "conversations_jsonl": ("conversations", "chat.jsonl", lambda: jsonl_bytes(conversation_rows()), False),
 }
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from prepare_fixtures import good_lmsys_rows, lmsys_row, pool_rows, write_csv, write_parquet  # noqa: E402
+from prepare_fixtures import (  # noqa: E402
+    binarized_row, good_lmsys_rows, lmsys_row, pool_rows, ultrafeedback_row, write_csv, write_jsonl, write_parquet,
+)
 
 from arena_dist.cli import main  # noqa: E402
 from arena_dist.config import config_hash, load_config  # noqa: E402
@@ -101,3 +103,33 @@ def test_rerun_with_same_config_and_inputs_is_up_to_date(tmp_path, capsys):
     summary = prepare.run(config)
     assert summary["rebuilt"] is True and summary["rows"]["train"] == 31
     assert prepare.run(config.model_copy(update={"num_folds": 4}))["rebuilt"] is True  # another config: rebuild
+
+
+def test_cli_prepare_rated_scored_and_conversation_sources_with_routing_and_filters(tmp_path, capsys):
+    rated = write_jsonl(tmp_path / "uf.jsonl", [
+        ultrafeedback_row(f"instruction {i}", [("m1", f"best answer {i}", 9.0), ("m2", f"middle answer {i}", 6.0),
+                                                ("m3", f"bad {i}", 2.0)]) for i in range(4)])
+    scored = write_parquet(tmp_path / "bin.parquet", [
+        binarized_row(f"binarized {i}", f"chosen answer {i}", f"rejected answer {i}", 8.0, 3.0, f"id{i}")
+        for i in range(4)])
+    conversations = write_jsonl(tmp_path / "chat.jsonl", [
+        {"conversation_id": f"c{i}", "conversation": [{"role": "user", "content": f"chat prompt {i}"}]}
+        for i in range(3)])
+    config_path = write_config(tmp_path, sources=[
+        {"name": "uf", "kind": "rated_completions", "path": str(rated), "filters": {"min_response_chars": 8},
+         "pairing": {"rule": "all_pairs_above_gap", "min_gap": 3.0}},
+        {"name": "bin", "kind": "scored_pairs", "path": str(scored), "use_as": "pool"},
+        {"name": "chat", "kind": "conversations", "path": str(conversations),
+         "columns": {"messages": "conversation", "id": "conversation_id"}},
+    ])
+    assert main(["prepare", "--config", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    # 4 rows, 3 pairs each (gaps 3, 7, 4); the pairs with "bad i" (5 characters) are filtered.
+    assert "uf: read=4 rows = 4 giving 12 records (kept 4 + duplicates 0 + filtered 8) + quarantined 0" in out
+    assert verify_dataset(tmp_path / "dataset") == {"pool": 4, "prompts": 3, "train": 4}
+    assert {r["source_label"] for r in read_records(tmp_path / "dataset", "pool")} <= {0, 1}
+    assert sorted(r["prompt"][0] for r in read_records(tmp_path / "dataset", "prompts")) == [
+        f"chat prompt {i}" for i in range(3)]
+    # The resolved config reads back to the same config: a rerun from it is a no-op.
+    resolved = load_config(prepare.Config, tmp_path / "dataset" / "resolved_config.yaml")
+    assert prepare.run(resolved)["rebuilt"] is False
