@@ -74,10 +74,8 @@ class SourceConfig(StrictModel):
     kind: SourceKind
     path: Path
     # Where the rows go: train (labelled), pool (unlabelled; a labelled source keeps its label in source_label) or
-    # eval (labelled, held out). Default: pool for kinds pool and conversations, train otherwise. `split` is the
-    # older name of the same option.
+    # eval (labelled, held out). Default: pool for kinds pool and conversations, train otherwise.
     use_as: Literal["train", "pool", "eval"] | None = None
-    split: Literal["train", "pool", "eval"] | None = None
     columns: dict[str, str] = Field(default_factory=dict)  # canonical column -> its name in the file
     language: str = UNKNOWN_LANGUAGE  # used when the file has no language column (or the cell is empty)
     # Text encoding of a csv / JSONL source (any codec Python knows: cp1252, latin-1, utf-16, ...). Every byte is
@@ -100,14 +98,16 @@ class SourceConfig(StrictModel):
             raise ValueError(f"unknown text encoding {encoding!r} (e.g. utf-8, cp1252, latin-1, utf-16)") from None
         return encoding
 
+    @property
+    def split(self) -> str:
+        """The dataset split the source's rows are routed to (its resolved `use_as`)."""
+        return self.use_as
+
     @model_validator(mode="after")
     def _defaults(self) -> "SourceConfig":
-        if self.use_as is not None and self.split is not None and self.use_as != self.split:
-            raise ValueError(f"use_as {self.use_as!r} and split {self.split!r} disagree (split is the older name)")
-        split = self.use_as or self.split or (SPLIT_POOL if self.kind in ("pool", "conversations") else SPLIT_TRAIN)
-        # Set without validation: an assignment would re-run this validator (validate_assignment) halfway through.
-        object.__setattr__(self, "split", split)
-        object.__setattr__(self, "use_as", split)
+        if self.use_as is None:
+            # Set without validation: an assignment would re-run this validator (validate_assignment) halfway.
+            object.__setattr__(self, "use_as", SPLIT_POOL if self.kind in ("pool", "conversations") else SPLIT_TRAIN)
         if self.kind == "conversations" and self.split != SPLIT_POOL:
             raise ValueError("a conversations source gives prompts without responses: use_as must be pool")
         # Compared with the defaults, not "was it given": a resolved config spells every default out.
@@ -184,7 +184,7 @@ class SourceReader:
         labels = [self.file_column(c) for c in self.label_columns]
         if missing not in labels or any(name in present for name in labels):
             return ""
-        return " (no winner columns: to read the file as unlabelled, e.g. a test.csv, set split: pool for this source)"
+        return " (no winner columns: to read the file as unlabelled, e.g. a test.csv, set use_as: pool for this source)"
 
     def canonical_row(self, row: dict) -> dict:
         """Keep only known columns, under canonical names."""

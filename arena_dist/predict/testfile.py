@@ -46,7 +46,7 @@ def read_test_file(path: str | os.PathLike, competition: str = "auto") -> tuple[
         raise InputError(f"{path}: test file not found")
     competition = detect_competition(path, competition)
     kind = "lmsys_csv" if competition == "lmsys" else "wsdm_parquet"
-    config = SourceConfig(name=SOURCE_NAME, kind=kind, path=path, split="pool")
+    config = SourceConfig(name=SOURCE_NAME, kind=kind, path=path, use_as="pool")
     reader = LmsysCsvReader(config) if competition == "lmsys" else WsdmParquetReader(config)
     ids: list[str] = []
     records: list[Record] = []

@@ -72,10 +72,17 @@ def _find_keys(obj, keys, prefix="") -> dict:
 
 
 def label_stats(records: list[tuple[Path, StageArtefact]]) -> list[dict]:
-    """Throughput / padding numbers from the status files the label stages' records name (`<teacher>/status`)."""
-    return [{"path": Path(path), "stats": _find_keys(json.loads(Path(path).read_text()), LABEL_STAT_KEYS)}
-            for _, record in records if record.stage == "label"
-            for name, path in record.outputs.items() if name.endswith("/status") and Path(path).is_file()]
+    """Throughput / padding numbers from the status files the label stages' records name (`<teacher>/status`), and
+    each teacher's agreement with the pool sources' own labels (`<teacher>/source_agreement` in the record)."""
+    stats = [{"path": Path(path), "stats": _find_keys(json.loads(Path(path).read_text()), LABEL_STAT_KEYS)}
+             for _, record in records if record.stage == "label"
+             for name, path in record.outputs.items() if name.endswith("/status") and Path(path).is_file()]
+    for directory, record in records:
+        agreement = {name: value for name, value in record.metrics.items()
+                     if record.stage == "label" and name.endswith("/source_agreement") and value is not None}
+        if agreement:
+            stats.append({"path": Path(directory), "stats": agreement})
+    return stats
 
 
 def resolved_configs(run_dir: Path) -> list[tuple[Path, str]]:

@@ -110,6 +110,7 @@ def run(config: Config) -> dict:
     from arena_dist.data.store import load_manifest
     from arena_dist.hub import fetch_on_every_node
     from arena_dist.io import atomic_write_json, claim_output_dir
+    from arena_dist.label.agreement import source_agreement
     from arena_dist.label.driver import ActorSettings, label_shards
     from arena_dist.ray_local import ray_session
     from arena_dist.label.ensemble import merge_label_stores
@@ -160,6 +161,13 @@ def run(config: Config) -> dict:
                 summary["teachers"][teacher.id] = {**run_summary, "store": str(store.directory),
                                                    "rows": manifest["rows"],
                                                    "padding_ratio": manifest["padding"]["padding_ratio"]}
+                agreement = source_agreement(shards, store.directory)
+                if agreement is not None:
+                    summary["teachers"][teacher.id]["source_agreement"] = agreement
+                    print(f"[label {teacher.id}] agrees with the sources' own labels on {agreement['agreement']:.1%} "
+                          f"of {agreement['rows']:,} rows: " + ", ".join(
+                              f"{name} {part['agreement']:.1%} of {part['rows']:,}"
+                              for name, part in agreement["by_source"].items()), flush=True)
     members = [output_dir / t.id for t in config.teachers] + [Path(p) for p in config.ensemble.merge_stores]
     if config.ensemble.enabled and len(members) >= 2:
         merged = merge_label_stores(members, output_dir / config.ensemble.id, config.ensemble.method,
@@ -191,7 +199,10 @@ def write_label_artefact(config: Config, output_dir: Path, summary: dict) -> Non
     inputs.update({f"member/{Path(p).name}": p for p in config.ensemble.merge_stores})
     if config.input is not None and config.teachers:
         inputs["dataset"] = config.input.dataset_dir
-    write_artefact(output_dir, "label", config, inputs=inputs, outputs=outputs, rows=rows,
-                   metrics={"rows_scored": scored, "rows_per_s": scored / scoring_s if scoring_s > 0 else None,
-                            "padding_ratio": sum(paddings) / len(paddings) if paddings else None},
+    metrics = {"rows_scored": scored, "rows_per_s": scored / scoring_s if scoring_s > 0 else None,
+               "padding_ratio": sum(paddings) / len(paddings) if paddings else None}
+    for teacher_id, entry in teachers.items():  # the teacher against pool sources that came with labels
+        if "source_agreement" in entry:
+            metrics[f"{teacher_id}/source_agreement"] = entry["source_agreement"]["agreement"]
+    write_artefact(output_dir, "label", config, inputs=inputs, outputs=outputs, rows=rows, metrics=metrics,
                    headline="rows_per_s")

@@ -49,7 +49,7 @@ def prepare_config(config: Config, out: Path) -> dict:
                (config.n_pairwise, "pairs", "pairwise_jsonl", "pairwise/pairs.jsonl", "train"),
                (config.n_pairwise, "hh", "pairwise_jsonl", "pairwise/hh.jsonl", "train"),
                (config.n_pool, "pool", "pool", "pool/pool.parquet", "pool")]
-    sources = [{"name": name, "kind": kind, "path": str(out / path), "split": split}
+    sources = [{"name": name, "kind": kind, "path": str(out / path), "use_as": split}
                for rows, name, kind, path, split in written if rows]
     return {
         "output_dir": config.prepare.output_dir or str(out / "dataset"),

@@ -227,10 +227,11 @@ def test_use_as_routes_rows_and_pool_rows_keep_their_source_label(tmp_path):
     assert manifest["label_counts"]["eval"] == {"model_a": 1, "model_b": 1, "tie": 1, "none": 0}
 
 
-def test_use_as_and_split_must_agree():
-    assert SourceConfig(name="x", kind="lmsys_csv", path="x.csv", split="pool").use_as == "pool"
-    with pytest.raises(ValidationError, match="use_as 'eval' and split 'pool' disagree"):
-        SourceConfig(name="x", kind="lmsys_csv", path="x.csv", split="pool", use_as="eval")
+def test_use_as_defaults_by_kind_and_is_the_only_spelling():
+    assert SourceConfig(name="x", kind="lmsys_csv", path="x.csv").split == "train"
+    assert SourceConfig(name="x", kind="pool", path="x.parquet").split == "pool"
+    with pytest.raises(ValidationError, match="split"):  # one spelling per setting: the old name is refused
+        SourceConfig(name="x", kind="lmsys_csv", path="x.csv", split="pool")
 
 
 # ----------------------------------------------------------------------------------------------------------- filters

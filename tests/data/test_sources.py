@@ -99,10 +99,10 @@ def test_lmsys_every_quarantine_reason(tmp_path):
 def test_lmsys_test_csv_without_winners_is_an_unlabelled_pool(tmp_path):
     header = ["id", "prompt", "response_a", "response_b"]
     path = write_csv(tmp_path / "test.csv", [[5, '["q"]', '["a"]', '["b"]']], header=header)
-    reader, rows = outcomes("lmsys_csv", path, split="pool")
+    reader, rows = outcomes("lmsys_csv", path, use_as="pool")
     assert rows[0].record["label"] is None and rows[0].record["model_a"] is None
     with pytest.raises(InputError, match=r"test\.csv: missing required column 'winner_model_a' \(no winner columns: "
-                       r"to read the file as unlabelled, e\.g\. a test\.csv, set split: pool for this source\)$"):
+                       r"to read the file as unlabelled, e\.g\. a test\.csv, set use_as: pool for this source\)$"):
         open_source(SourceConfig(name="t", kind="lmsys_csv", path=path))  # split train needs the label columns
 
 

@@ -41,7 +41,8 @@ def run_dir(tmp_path):
     # The label stage's record, as the stage writes it (the stage itself needs Ray and a teacher export).
     write_artefact(run / "labels", "label", outputs={"t1": run / "labels" / "t1",
                                                      "t1/status": run / "labels" / "t1" / "status.json"},
-                   rows={"t1": 10}, metrics={"rows_per_s": 812.5, "padding_ratio": 1.04}, headline="rows_per_s",
+                   rows={"t1": 10}, headline="rows_per_s",
+                   metrics={"rows_per_s": 812.5, "padding_ratio": 1.04, "t1/source_agreement": 0.6875},
                    started=time.time() - 2.5)
     return run
 
@@ -57,6 +58,7 @@ def test_report_renders_plots_tables_and_configs(run_dir):
         assert (index.parent / src).read_bytes()[:8] == PNG_MAGIC, src
     assert "share of achievable gain" in page and "by language" in page and "<td>en</td>" in page
     assert "padding_ratio" in page and "1.0400" in page
+    assert "t1/source_agreement" in page and "0.6875" in page  # the teacher against a pool source's own labels
     assert page.count("<details>") >= 2  # synth's and evaluate's resolved configs
     # The Bayes optimum on the answers' own probabilities: the perfect predictor captures the whole gain.
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())

@@ -13,11 +13,22 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from tiny_fixtures import make_pool_dataset, make_teacher_export
+    from tiny_fixtures import make_teacher_export
+    from arena_dist.data.sources import SourceConfig
+    from arena_dist.data.store import build_dataset
+    from arena_dist.data.synth import generate_pool
     from arena_dist.ray_local import LocalRayHead
 
     root = tmp_path_factory.mktemp("label-stage")
-    dataset = make_pool_dataset(root / "dataset", n_rows=60, num_shards=2)
+    # 60 pool rows: 50 unlabelled, 10 from a preference file routed to the pool with their own labels kept
+    generate_pool(50, 0, root / "pool.parquet", progress=False)
+    with open(root / "prefs.jsonl", "w") as prefs:
+        for i in range(10):
+            prefs.write(json.dumps({"prompt": f"question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n")
+    dataset = root / "dataset"
+    build_dataset([SourceConfig(name="pool", kind="pool", path=root / "pool.parquet"),
+                   SourceConfig(name="prefs", kind="pairwise_jsonl", path=root / "prefs.jsonl", use_as="pool")],
+                  dataset, num_shards=2, num_folds=2, seed=0)
     exports = {name: make_teacher_export(root / name, seed=seed, max_length=256)
                for name, seed in (("teacher-a", 0), ("teacher-b", 1))}
     head = LocalRayHead(num_cpus=2, dashboard=False).start()
@@ -32,7 +43,7 @@ def write_config(path, data):
     return str(path)
 
 
-def test_label_two_teachers_and_ensemble(setup, monkeypatch):
+def test_label_two_teachers_and_ensemble(setup, monkeypatch, capsys):
     from arena_dist.artefacts import read_artefact
     from arena_dist.label.store import load_store_manifest, read_labels
 
@@ -49,6 +60,11 @@ def test_label_two_teachers_and_ensemble(setup, monkeypatch):
     assert main(["label", "--config", config, "--set", f"ray.address={setup['head'].address}"]) == 0
     summary = json.loads((out / "label_summary.json").read_text())
     assert summary["ensemble"]["members"] == ["teacher-a", "teacher-b"] and summary["ensemble"]["rows"] == 60
+    # each teacher against the preference file's own labels, printed and recorded
+    agreement = summary["teachers"]["teacher-a"]["source_agreement"]
+    assert agreement["rows"] == 10 and list(agreement["by_source"]) == ["prefs"]
+    assert f"[label teacher-a] agrees with the sources' own labels on {agreement['agreement']:.1%} of 10 rows" \
+        in capsys.readouterr().out
     assert (out / "resolved_config.yaml").exists()
     stores = {name: read_labels(out / name).to_pydict() for name in ("teacher-a", "teacher-b", "ensemble")}
     for name in ("teacher-a", "teacher-b"):
@@ -66,6 +82,8 @@ def test_label_two_teachers_and_ensemble(setup, monkeypatch):
     assert record.stage == "label" and record.status == "succeeded" and record.headline == "rows_per_s"
     assert record.rows == {"teacher-a": 60, "teacher-b": 60, "ensemble": 60} and record.headline_value() > 0
     assert record.outputs["teacher-a/status"] == str(out / "teacher-a" / "status.json")
+    assert record.metrics["teacher-b/source_agreement"] == summary["teachers"]["teacher-b"]["source_agreement"][
+        "agreement"]
 
     # A rerun finds everything committed: nothing is scored, no actor is even started.
     assert main(["label", "--config", config, "--set", f"ray.address={setup['head'].address}"]) == 0
