@@ -128,8 +128,9 @@ def _per_row_segments(module, row_lengths):
     import torch
 
     lengths = row_lengths.tolist()
-    rows = torch.repeat_interleave(torch.arange(len(lengths)), row_lengths.cpu())
-    columns = torch.cat([torch.arange(n) for n in lengths])
+    device = row_lengths.device
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=device), row_lengths)
+    columns = torch.cat([torch.arange(n, device=device) for n in lengths])
 
     def unpack(args):
         ids, embeddings = args

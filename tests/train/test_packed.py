@@ -121,6 +121,7 @@ def test_segment_embeddings_are_computed_per_row_under_lora():
     cfg = tiny("llama", segment_embeddings=True, segment_gate_std=1.0,
                lora={"r": 4, "alpha": 8, "dropout": 0.0})
     model = build_model(cfg, 2, 0, segment_markers=markers)
+    check_packable(model)  # through PEFT's wrapper
     examples = [Example([5, 6, 201, 202, 7, 8], 0), Example([9, 10, 203, 11, 204, 12], 1),
                 Example([13, 201, 202, 14, 203], 0)]
     padded = model(**split_targets(collate(examples, 0))[0]).logits
@@ -163,9 +164,9 @@ def samples(tmp_path_factory):
     return [Sample(r) for r in read_records(dataset, "train", 0, 1)][:16]
 
 
-def one_step(samples, micro_batch_tokens):
-    """The first training step of a one-rank Trainer (replicated weights, the teacher's cross-entropy); returns
-    (loss parts, tokens, stats, the gradient the optimizer stepped with)."""
+def one_step(samples, micro_batch_tokens, loss=None):
+    """The first training step of a one-rank Trainer (replicated weights, `loss` or the teacher's cross-entropy);
+    returns (loss parts, tokens, stats, the gradient the optimizer stepped with)."""
     from arena_dist.formatting.templates import FormatConfig
     from arena_dist.formatting.tokenizer import load_tokenizer
     from arena_dist.train.config import TrainingSettings
@@ -182,9 +183,10 @@ def one_step(samples, micro_batch_tokens):
     trainer = Trainer.__new__(Trainer)
     trainer.config = SimpleNamespace(training=training)
     trainer.rank, trainer.world_size, trainer.device = 0, 1, torch.device("cpu")
-    trainer.tokenizer, trainer.train_samples, trainer.loss = tokenizer, samples, CrossEntropy()
+    trainer.tokenizer, trainer.train_samples, trainer.loss = tokenizer, samples, loss or CrossEntropy()
     trainer.order = GlobalOrder(len(samples), training.global_batch, training.seed)
-    trainer.encoder = Encoder(tokenizer, FormatConfig(template="llama3", max_length=96, label_mode="2class"))
+    trainer.encoder = Encoder(tokenizer, FormatConfig(template="llama3", max_length=96, label_mode="2class"),
+                              require_label=loss is None)
     trainer.parallel = ReplicatedParallel(model, training, 4, 1, trainer.device)
     stepped = {}
     trainer.parallel.optimizer.register_step_pre_hook(
@@ -234,3 +236,27 @@ def test_zero3_packed_run_on_two_ranks_follows_the_padded_run(tmp_path):
     assert all(m["micro_batches"] == 2 and 1.0 <= m["rank_imbalance"] < 1.1 for m in losses["packed"])
     for padded, packed in zip(losses["padded"], losses["packed"]):
         assert abs(padded["train_loss"] - packed["train_loss"]) < 1e-5
+
+
+def test_packed_distillation_step_is_the_per_row_mean_whatever_the_packing(samples):
+    """Student rows: some with a soft label only, some with a hard label only, some with both. One pack of the
+    whole step is `distillation_loss` on all its rows; smaller packs (unequal row counts) must give the same step."""
+    from arena_dist.train.data import Sample
+    from arena_dist.train.losses import Distillation, LossWeights
+
+    mixed = []
+    for i, sample in enumerate(samples):
+        record = dict(sample.record)
+        if i % 3 == 0:
+            record["label"] = None
+        soft = None if i % 3 == 1 else [0.2 + 0.05 * (i % 5), 0.8 - 0.05 * (i % 5)]
+        mixed.append(Sample(record, soft))
+    loss = Distillation(LossWeights(w_ce=0.5, w_kl=1.0, w_cos=0.3, temperature=2.0))
+    whole_parts, _, whole_stats, whole_grads = one_step(mixed, 10_000, loss)
+    split_parts, _, split_stats, split_grads = one_step(mixed, 150, loss)
+    assert whole_stats["micro_batches"] == 1 and split_stats["micro_batches"] >= 3
+    for key in ("loss", "ce", "kl", "cos"):
+        assert abs(whole_parts[key] - split_parts[key]) < 1e-6, key
+    assert whole_parts["ce"] > 0 and whole_parts["kl"] > 0
+    for name, grad in whole_grads.items():
+        assert (split_grads[name] - grad).abs().max() < TOL, name
