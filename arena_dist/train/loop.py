@@ -8,7 +8,9 @@ Why an engine driven directly and not transformers' Trainer: exact resume needs 
 (Trainer keeps its own sampler state and skips batches by replaying them), resuming on another world size needs
 DeepSpeed's `load_universal` plus a one-off `ds_to_universal` conversion (Trainer has no hook for it), and we own the
 per-rank checkpoint files and their COMPLETE marker so Ray never copies or loses a shard (ray#33369). The loop itself
-is short: forward, `backward`, `step` per micro-batch.
+is short: forward, `backward`, `step` per micro-batch. A micro-batch is `training.micro_batch` padded rows, or with
+`training.micro_batch_tokens` packed rows without padding (`arena_dist.train.packing`; the step's loss is still the
+mean over its rows, and every rank gets as many micro-batches, tokens balanced).
 
 Data order: `GlobalOrder` (seeded, independent of the world size; a checkpoint's global step is the whole data
 position), so a run resumes exactly on the same or another world size, and N workers see the global batches one
