@@ -52,6 +52,10 @@ class TrainingSettings(StrictModel):
     max_steps: int | None = Field(None, gt=0)  # stop earlier than `epochs` would
     global_batch: int = Field(32, gt=0)  # samples per optimizer step, fixed whatever the world size
     micro_batch: int = Field(1, gt=0)  # samples per forward per rank; accumulation = global / (micro * world)
+    # Padding-free training (arena_dist.train.packing): a step's rows are packed into micro-batches of at most this
+    # many tokens, one row each, attention kept within each example; null: padded micro-batches of `micro_batch` rows
+    # (which then only sets DeepSpeed's nominal accumulation). Llama, Qwen2 and Gemma-2 models.
+    micro_batch_tokens: int | None = Field(None, gt=0)
     eval_micro_batch: int | None = Field(None, gt=0)  # default: micro_batch
     clip: float | None = Field(1.0, gt=0)  # max gradient norm; null: no clipping
     schedule: Literal["linear", "cosine", "constant"] = "linear"

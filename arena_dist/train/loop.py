@@ -8,7 +8,9 @@ Why an engine driven directly and not transformers' Trainer: exact resume needs 
 (Trainer keeps its own sampler state and skips batches by replaying them), resuming on another world size needs
 DeepSpeed's `load_universal` plus a one-off `ds_to_universal` conversion (Trainer has no hook for it), and we own the
 per-rank checkpoint files and their COMPLETE marker so Ray never copies or loses a shard (ray#33369). The loop itself
-is short: forward, `backward`, `step` per micro-batch.
+is short: forward, `backward`, `step` per micro-batch. A micro-batch is `training.micro_batch` padded rows, or with
+`training.micro_batch_tokens` packed rows without padding (`arena_dist.train.packing`; the step's loss is still the
+mean over its rows, and every rank gets as many micro-batches, tokens balanced).
 
 Data order: `GlobalOrder` (seeded, independent of the world size; a checkpoint's global step is the whole data
 position), so a run resumes exactly on the same or another world size, and N workers see the global batches one
@@ -48,6 +50,14 @@ from arena_dist.train.data import (
     micro_batches,
     split_targets,
     total_steps,
+)
+from arena_dist.train.packing import (
+    check_packable,
+    collate_packed,
+    imbalance,
+    packed_logits,
+    plan_step,
+    step_denominators,
 )
 from arena_dist.train.parallel import all_reduce, barrier
 
@@ -242,8 +252,10 @@ class Trainer:
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def train_step(self, step: int) -> tuple[dict, int]:
-        """One optimizer step; returns (the loss parts averaged over the global batch, real tokens)."""
+    def train_step(self, step: int) -> tuple[dict, int, dict]:
+        """One optimizer step; returns (the loss parts averaged over the global batch, real tokens, step stats)."""
+        if self.config.training.micro_batch_tokens:
+            return self.train_step_packed(step)
         import torch
 
         self.seed_step(step)
@@ -264,7 +276,38 @@ class Trainer:
         keys = sorted(sums)
         totals = torch.tensor([len(examples), tokens] + [sums[k] for k in keys], dtype=torch.float64)
         all_reduce(totals, self.device)
-        return {k: float(totals[2 + i] / totals[0]) for i, k in enumerate(keys)}, int(totals[1])
+        return {k: float(totals[2 + i] / totals[0]) for i, k in enumerate(keys)}, int(totals[1]), {}
+
+    def train_step_packed(self, step: int) -> tuple[dict, int, dict]:
+        """One optimizer step on packed micro-batches (`arena_dist.train.packing`). Every rank encodes the whole
+        global batch (the plan needs every row's length, and every rank computes the same plan); each micro-batch's
+        loss is its share of the step's per-row mean, scaled back up by what `backward` divides by (accumulation) and
+        the mean over ranks divides by (world size)."""
+        import torch
+
+        self.seed_step(step)
+        indices, swaps = self.order.batch(step)
+        examples = self.encoder.encode([self.train_samples[i] for i in indices], list(swaps))
+        lengths = [len(e.input_ids) for e in examples]
+        plan = plan_step(lengths, self.world_size, self.config.training.micro_batch_tokens)
+        denominators = step_denominators(examples)
+        scale = self.parallel.accumulation * self.world_size
+        packs = plan[self.rank]
+        sums: dict[str, float] = {}
+        for number, pack in enumerate(packs):
+            self.parallel.set_last_micro_batch(number == len(packs) - 1)
+            inputs, targets = split_targets(self.to_device(collate_packed([examples[i] for i in pack])))
+            logits = packed_logits(self.parallel.runner, self.parallel.module, inputs)
+            loss, parts = self.loss(logits, targets, denominators)
+            self.parallel.backward(loss * scale)
+            self.parallel.step()
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+        keys = sorted(sums)
+        totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        all_reduce(totals, self.device)
+        stats = {"micro_batches": len(packs), "rank_imbalance": imbalance(plan, lengths)}
+        return {k: float(totals[i]) for i, k in enumerate(keys)}, sum(lengths), stats
 
     def evaluate(self) -> dict:
         """Held-out log loss / accuracy on rows with a hard label, KL(teacher || model) on rows with a soft label,
@@ -402,6 +445,8 @@ class Trainer:
         self.setup()
         tag, marker = self.find_resume_point()
         self.parallel = self.recipe.build(self)
+        if self.config.training.micro_batch_tokens:
+            check_packable(self.parallel.module)
         step = self.resume(tag, marker) if tag else 0
         if self.rank == 0:
             self.writer = SummaryWriter(str(self.state_dir / "tensorboard"), purge_step=step or None)
@@ -417,13 +462,13 @@ class Trainer:
                 self.record(0, initial)
             while step < stop_at:
                 step_started = time.perf_counter()
-                parts, tokens = self.train_step(step)
+                parts, tokens, stats = self.train_step(step)
                 step_seconds = time.perf_counter() - step_started
                 step += 1
                 if step == done_at_start + 1:
                     self.write_partition_stats()  # after the first step: optimizer states exist now
                 metrics = {"step": step, **{f"train_{k}": v for k, v in parts.items()}, "lr": self.parallel.lr,
-                           "epoch": step / self.order.steps_per_epoch, "step_time_s": step_seconds}
+                           "epoch": step / self.order.steps_per_epoch, "step_time_s": step_seconds, **stats}
                 elapsed = time.monotonic() - started
                 rate = (step - done_at_start) * training.global_batch / max(elapsed, 1e-9)
                 metrics["samples_per_s"] = rate

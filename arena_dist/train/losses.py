@@ -4,6 +4,10 @@ A loss is called as `loss(logits, targets) -> (scalar tensor, parts)` where `tar
 the model inputs (`labels`, and `soft` / `soft_mask` when any row has a soft label) and `parts` are floats for the
 progress line and the metrics ("loss" always among them).
 
+Packed micro-batches (`arena_dist.train.packing`) hold unequal numbers of rows, so there a loss is called with
+`denominators` (the global step's rows with a hard / soft label): each term is then its sum over the micro-batch's
+rows divided by the step's count, and the micro-batches' losses add up to the step's per-row mean.
+
 Distillation loss: w_ce·CE(hard) + w_kl·T²·KL(teacher ‖ student at temperature T) + w_cos·(1 − cos).
 
 Each term is averaged over the rows that have its target only: a pool row (soft label, no hard label) adds nothing to
@@ -46,11 +50,21 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def step_mean(values: torch.Tensor, mask: torch.Tensor, denominator: int | None) -> torch.Tensor:
+    """`masked_mean`, or with `denominator` (rows of the whole step with this target) this micro-batch's share."""
+    if denominator is None:
+        return masked_mean(values, mask)
+    return (values * mask.to(values.dtype)).sum() / max(denominator, 1)
+
+
 def distillation_loss(logits: torch.Tensor, hard_labels: torch.Tensor | None, soft_targets: torch.Tensor | None,
-                      soft_mask: torch.Tensor | None, weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+                      soft_mask: torch.Tensor | None, weights: LossWeights,
+                      denominators: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Return (loss, parts). `hard_labels`: long [B], IGNORE_LABEL where missing. `soft_targets`: float [B, C] teacher
-    probabilities; `soft_mask`: bool [B], false where the row has no soft label (its soft_targets row is ignored)."""
+    probabilities; `soft_mask`: bool [B], false where the row has no soft label (its soft_targets row is ignored).
+    `denominators` ("hard", "soft"): see the module docstring."""
     logits = logits.float()
+    hard_rows, soft_rows = (denominators or {}).get("hard"), (denominators or {}).get("soft")
     batch = logits.shape[0]
     zero = logits.sum() * 0.0  # keeps the graph connected when a term is absent
     parts: dict[str, float] = {}
@@ -60,7 +74,7 @@ def distillation_loss(logits: torch.Tensor, hard_labels: torch.Tensor | None, so
         hard_mask = hard_labels != IGNORE_LABEL
         if hard_mask.any():
             per_row = F.cross_entropy(logits, hard_labels.clamp_min(0), reduction="none")
-            ce = masked_mean(per_row, hard_mask)
+            ce = step_mean(per_row, hard_mask, hard_rows)
         parts["n_hard"] = float(hard_mask.sum())
     parts["ce"] = float(ce.detach())
 
@@ -76,11 +90,11 @@ def distillation_loss(logits: torch.Tensor, hard_labels: torch.Tensor | None, so
                 teacher_t = temper_probabilities(targets, t)
                 student_log_t = torch.log_softmax(logits / t, dim=-1)
                 per_row = (torch.xlogy(teacher_t, teacher_t) - teacher_t * student_log_t).sum(dim=-1)
-                kl = masked_mean(per_row, soft_mask) * (t * t)
+                kl = step_mean(per_row, soft_mask, soft_rows) * (t * t)
             if weights.w_cos:
                 teacher = targets / targets.sum(dim=-1, keepdim=True)
                 per_row = 1.0 - F.cosine_similarity(torch.softmax(logits, dim=-1), teacher, dim=-1)
-                cos = masked_mean(per_row, soft_mask)
+                cos = step_mean(per_row, soft_mask, soft_rows)
         parts["n_soft"] = float(soft_mask.sum())
     parts["kl"] = float(kl.detach())
     parts["cos"] = float(cos.detach())
@@ -93,8 +107,12 @@ def distillation_loss(logits: torch.Tensor, hard_labels: torch.Tensor | None, so
 class CrossEntropy:
     """Mean cross-entropy on hard labels (every row must have one)."""
 
-    def __call__(self, logits: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = F.cross_entropy(logits.float(), targets["labels"])
+    def __call__(self, logits: torch.Tensor, targets: dict,
+                 denominators: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if denominators is None:
+            loss = F.cross_entropy(logits.float(), targets["labels"])
+        else:
+            loss = F.cross_entropy(logits.float(), targets["labels"], reduction="sum") / max(denominators["hard"], 1)
         return loss, {"loss": float(loss.detach())}
 
 
@@ -104,7 +122,8 @@ class Distillation:
     def __init__(self, weights: LossWeights):
         self.weights = weights
 
-    def __call__(self, logits: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, logits: torch.Tensor, targets: dict,
+                 denominators: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = distillation_loss(logits, targets["labels"], targets.get("soft"), targets.get("soft_mask"),
-                                        self.weights)
+                                        self.weights, denominators)
         return loss, {k: v for k, v in parts.items() if not k.startswith("n_")}

@@ -64,6 +64,11 @@ class _Driven:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    def set_last_micro_batch(self, last: bool) -> None:
+        """Packed micro-batches (`training.micro_batch_tokens`) vary in number per step: the caller says which one
+        ends the step, before its forward, instead of the fixed count of `accumulation`."""
+        self.last_micro_batch = last
+
     def train(self) -> None:
         self.runner.train()
 
@@ -81,6 +86,10 @@ class ZeroParallel(_Driven):
             lr_scheduler=lambda optimizer: lr_schedule(optimizer, training, total_steps))
         self.runner, self.module = self.engine, self.engine.module
         self.zero3 = zero_stage(ds_config) == 3
+        self.accumulation = self.engine.gradient_accumulation_steps()  # backward divides each loss by it
+
+    def set_last_micro_batch(self, last: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(last)
 
     def backward(self, loss) -> None:
         self.engine.backward(loss)
@@ -145,6 +154,7 @@ class ReplicatedParallel(_Driven):
                                            weight_decay=training.weight_decay)
         self.scheduler = lr_schedule(self.optimizer, training, total_steps)
         self.micro_steps = 0
+        self.last_micro_batch: bool | None = None  # None: every `accumulation` micro-batches end a step
 
     def backward(self, loss) -> None:
         (loss / self.accumulation).backward()
@@ -153,7 +163,11 @@ class ReplicatedParallel(_Driven):
         import torch
 
         self.micro_steps += 1
-        if self.micro_steps % self.accumulation:
+        if self.last_micro_batch is None:
+            ends_step = self.micro_steps % self.accumulation == 0
+        else:
+            ends_step = self.last_micro_batch
+        if not ends_step:
             return
         self.all_reduce_gradients()
         if self.training.clip:
