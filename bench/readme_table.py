@@ -70,6 +70,22 @@ def rows_predict(d: dict) -> list[tuple]:
          f"{r['scaling_1_to_2']:.2f}× (replicas got {one['replica_cpu_share']:.2f} → {two['replica_cpu_share']:.2f} "
          f"of a core each; token shares max/mean {two['token_share_max_over_mean']:.3f})",
          f"≥ {r['target_scaling']}×"),
+    ] + rows_predict_budget(d.get("budget"))
+
+
+def rows_predict_budget(b: dict | None) -> list[tuple]:
+    if not b:
+        return []
+    budget, kills = b["budget"], b["kill"]["kills"]
+    return [
+        ("predict", f"time budget: share of the time left after the first submission used by refinement "
+                    f"({budget['runs_with_time_to_refine']} of {len(budget['runs'])} random budgets left time to refine)",
+         f"mean {budget['share_used_mean']:.2f}, min {budget['share_used_min']:.2f}; "
+         f"{budget['runs_meeting_target']} runs ≥ {budget['target_share']}; refinement past the deadline: "
+         f"{'yes' if budget['any_refinement_past_deadline'] else 'never'}", f"≥ {budget['target_share']}"),
+        ("predict", f"SIGKILL during refinement ({len(kills)} random moments): time from kill to a valid submission",
+         f"{max(k['seconds_from_kill_to_valid_submission'] for k in kills) * 1000:.0f} ms at most (the check's own "
+         "time: the file on disk is always valid)", "0"),
     ]
 
 
