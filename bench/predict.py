@@ -122,16 +122,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=500, help="pool rows (each scored in both orders)")
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", choices=["replicas", "budget"],
+                        help="measure one section again; the other sections of --out are kept as they were")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
-    result = {"machine": machine_info()}
+    result = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    result["machine"] = machine_info()  # of this run; the budget section also records its own
     try:
         for name, run in sections(args).items():
-            result[name] = run(work / name)
-            print(json.dumps({name: result[name]}, indent=2), flush=True)
+            if args.only in (None, name):
+                result[name] = run(work / name)
+                print(json.dumps({name: result[name]}, indent=2), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["machine"]["load_average_at_end"] = load_average()
+    result["machine"]["sections"] = [args.only] if args.only else list(sections(args))
     result["not_measured"] = "one replica per GPU: no GPU on this machine"
     from arena_dist.io import atomic_write_json
 
