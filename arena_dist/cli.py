@@ -23,6 +23,7 @@ from arena_dist.io import atomic_write_text, claim_time, claimed_dirs
 STAGES = {
     "synth": "write a synthetic arena benchmark with a known preference model",
     "prepare": "merge sources into validated, deduplicated, folded parquet shards",
+    "generate": "answer prompts with two generator models each into a pool, on Ray actors",
     "teacher": "fine-tune a teacher classifier with DeepSpeed ZeRO-3 on Ray Train",
     "label": "pseudo-label a prompt pool with teacher exports on Ray actors",
     "student": "train a QLoRA student by distillation",

@@ -22,23 +22,24 @@ How it runs:
   the queue; Ray restarts it (`max_restarts`) while the other actors carry on. A shard that fails more than
   `max_shard_attempts` times, or an ordinary Python error inside scoring (bad data: retrying cannot help), stops the
   run loudly. Committed shards stay committed; a rerun skips them.
+
+The scheduling itself is `arena_dist.shards.run_shards` (shared with the generate stage); this module adds the
+teacher actors, the commit into the label store and the progress.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from arena_dist.errors import ArenaDistError
 from arena_dist.label.batching import PaddingStats
 from arena_dist.label.progress import Progress
 from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore
+from arena_dist.shards import ActorSlot, ShardRunError, run_shards
 
 
-class LabelRunError(ArenaDistError):
+class LabelRunError(ShardRunError):
     """The labelling run could not finish (actors all dead, a shard failing repeatedly, a scoring error)."""
 
 
@@ -57,17 +58,6 @@ class ActorSettings:
     @property
     def threads(self) -> int:
         return self.threads_per_actor or max(1, int(self.cpus_per_actor))
-
-
-@dataclass
-class _Slot:
-    index: int
-    handle: object
-    pid: int | None = None
-    ready: bool = False
-    dead: bool = False
-    failures: int = 0
-    inflight: dict = field(default_factory=dict)  # ObjectRef -> InputShard
 
 
 def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bool = False,
@@ -90,107 +80,48 @@ def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bo
 def label_shards(
     teacher_id: str, export_path: str, shards: list[InputShard], store: LabelStore, settings: ActorSettings,
     max_tokens: int, max_rows: int | None = None, swap_tta: bool = True, progress: Progress | None = None,
-    on_dispatch: Callable[[_Slot, InputShard], None] | None = None, trust_remote_code: bool = False,
+    on_dispatch: Callable[[ActorSlot, InputShard], None] | None = None, trust_remote_code: bool = False,
     base_path: str | None = None,
 ) -> dict:
     """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised.
     `trust_remote_code`: the label config's for this teacher (never the export's)."""
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
-
-    started = time.monotonic()
     progress = progress or Progress(store.directory / "status.json", teacher_id, len(shards),
                                     sum(s.rows for s in shards))
-    pending: deque[InputShard] = deque()
-    for shard in shards:
-        done, reason = store.check_committed(shard)
-        if done:
-            progress.skipped(shard.rows)
-        else:
-            pending.append(shard)
-    summary = {"teacher_id": teacher_id, "shards_total": len(shards), "shards_skipped": len(shards) - len(pending),
-               "shards_scored": 0, "rows_scored": 0, "retries": 0, "actor_failures": 0}
-    padding = PaddingStats()
-    if not pending:
-        progress.update("done", force=True)
-        return {**summary, "padding": padding.as_dict(), "seconds": round(time.monotonic() - started, 3)}
+    totals = {"shards_scored": 0, "rows_scored": 0, "padding": PaddingStats()}
 
-    slots = [_Slot(i, start_actor(settings, export_path, trust_remote_code, base_path))
-             for i in range(min(settings.num_actors, len(pending)))]
-    ready_refs = {slot.handle.info.remote(): slot for slot in slots}
-    attempts: dict[int, int] = {}
-    last_error = ""
-    first_ready: float | None = None  # scoring throughput is measured from here (model loading excluded)
-    progress.update("loading teacher", force=True)
-    try:
-        while pending or any(slot.inflight for slot in slots):
-            for slot in slots:  # keep every live actor's queue full
-                while slot.ready and not slot.dead and pending and len(slot.inflight) < settings.inflight_per_actor:
-                    shard = pending.popleft()
-                    ref = slot.handle.score_shard.remote(str(shard.path), max_tokens, max_rows, swap_tta)
-                    slot.inflight[ref] = shard
-                    if on_dispatch is not None:
-                        on_dispatch(slot, shard)
-            if all(slot.dead for slot in slots):
-                raise LabelRunError(f"teacher {teacher_id}: every actor died; last error: {last_error}")
-            waiting = list(ready_refs) + [ref for slot in slots for ref in slot.inflight]
-            done_refs, _ = ray.wait(waiting, num_returns=1, timeout=2.0)
-            for ref in done_refs:
-                if ref in ready_refs:
-                    slot = ready_refs.pop(ref)
-                    try:
-                        info = ray.get(ref)
-                    except RayActorError as exc:
-                        last_error = _one_line(exc)
-                        _actor_failed(slot, settings, ready_refs, summary)
-                        continue
-                    slot.pid, slot.ready = info["pid"], True
-                    first_ready = first_ready or time.monotonic()
-                    continue
-                slot = next(s for s in slots if ref in s.inflight)
-                shard = slot.inflight.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except RayActorError as exc:
-                    last_error = _one_line(exc)
-                    # Every shard queued at the dead actor is lost with it: back to the front of the queue.
-                    lost = [shard, *slot.inflight.values()]
-                    slot.inflight.clear()
-                    for lost_shard in reversed(lost):
-                        attempts[lost_shard.index] = attempts.get(lost_shard.index, 0) + 1
-                        if attempts[lost_shard.index] >= settings.max_shard_attempts:
-                            raise LabelRunError(
-                                f"teacher {teacher_id}: shard {lost_shard.name} lost its actor "
-                                f"{attempts[lost_shard.index]} times; last error: {last_error}"
-                            ) from None
-                        pending.appendleft(lost_shard)
-                        summary["retries"] += 1
-                        progress.retried()
-                    _actor_failed(slot, settings, ready_refs, summary)
-                    progress.update()
-                    continue
-                except RayTaskError as exc:
-                    raise LabelRunError(
-                        f"teacher {teacher_id}: scoring {shard.path} failed: {_one_line(exc)}"
-                    ) from None
-                record = _commit(store, shard, result)
-                stats = PaddingStats(**{k: result["stats"][k] for k in ("rows", "batches", "real_tokens",
-                                                                          "padded_tokens", "fp32_rows")})
-                padding = padding + stats
-                summary["shards_scored"] += 1
-                summary["rows_scored"] += record["rows"]
-                progress.committed(record["rows"], stats)
-                progress.update("scoring")
-    finally:
-        for slot in slots:
-            with contextlib.suppress(Exception):  # already gone
-                ray.kill(slot.handle, no_restart=True)
+    def commit(shard: InputShard, result: dict) -> None:
+        record = _commit(store, shard, result)
+        stats = PaddingStats(**{k: result["stats"][k] for k in ("rows", "batches", "real_tokens",
+                                                                  "padded_tokens", "fp32_rows")})
+        totals["padding"] = totals["padding"] + stats
+        totals["shards_scored"] += 1
+        totals["rows_scored"] += record["rows"]
+        progress.committed(record["rows"], stats)
+        progress.update("scoring")
+
+    def retried(shard: InputShard) -> None:
+        progress.retried()
+        progress.update()
+
+    run = run_shards(
+        f"teacher {teacher_id}", shards, settings,
+        is_committed=lambda shard: store.check_committed(shard)[0],
+        start_actor=lambda: start_actor(settings, export_path, trust_remote_code, base_path),
+        submit=lambda actor, shard: actor.score_shard.remote(str(shard.path), max_tokens, max_rows, swap_tta),
+        commit=commit, on_skipped=lambda shard: progress.skipped(shard.rows), on_retry=retried,
+        on_dispatch=on_dispatch, on_loading=lambda: progress.update("loading teacher", force=True),
+        error=LabelRunError,
+    )
     progress.update("done", force=True)
+    padding = totals["padding"]
+    summary = {"teacher_id": teacher_id, **run.counts(), "shards_scored": totals["shards_scored"],
+               "rows_scored": totals["rows_scored"], "padding": padding.as_dict()}
     finished = time.monotonic()
-    scoring = finished - (first_ready or started)
-    return {**summary, "padding": padding.as_dict(), "seconds": round(finished - started, 3),
-            "scoring_seconds": round(scoring, 3),
-            "rows_per_s": round(summary["rows_scored"] / scoring, 2) if scoring > 0 else None,
+    if run.shards_skipped == len(shards):
+        return {**summary, "seconds": round(finished - run.started, 3)}
+    scoring = finished - (run.first_ready or run.started)
+    return {**summary, "seconds": round(finished - run.started, 3), "scoring_seconds": round(scoring, 3),
+            "rows_per_s": round(totals["rows_scored"] / scoring, 2) if scoring > 0 else None,
             "real_tokens_per_s": round(padding.real_tokens / scoring, 1) if scoring > 0 else None}
 
 
@@ -203,18 +134,3 @@ def _commit(store: LabelStore, shard: InputShard, result: dict) -> dict:
     return store.commit(shard, result["ids"], result["p_ab"], result["p_ba_mapped"], result["p_mean"],
                         extra={"padding": result["stats"], "seconds": round(result["seconds"], 3),
                                "cpu_seconds": round(result["cpu_seconds"], 3), "actor_pid": result["pid"]})
-
-
-def _actor_failed(slot: _Slot, settings: ActorSettings, ready_refs: dict, summary: dict) -> None:
-    """Wait for Ray's restart (a call on a restarting actor waits for it) unless the restarts are used up."""
-    slot.ready = False
-    slot.failures += 1
-    summary["actor_failures"] += 1
-    slot.dead = slot.failures > settings.max_restarts  # failures only grow: a dead slot stays dead
-    if not slot.dead:
-        ready_refs[slot.handle.info.remote()] = slot
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return " ".join(line.strip() for line in text[:3])[:500] if text else type(exc).__name__
