@@ -49,6 +49,9 @@ STAGES = {
     "predict": ("predict_tiny.yaml", "output_dir"),
     "evaluate": ("evaluate_lmsys_synth.yaml", "output_dir"),
     "plan": ("plan_llama70b_a100.yaml", "out_dir"),
+    "generate": ("generate_tiny.yaml", "output_dir"),
+    "merge": ("merge_gemma2_9b_5folds.yaml", "output_dir"),
+    "bundle": ("bundle_lmsys_kaggle.yaml", "output_dir"),
 }
 
 
