@@ -68,7 +68,7 @@ def generate_shards(
         progress.update("generating")
 
     def retried(shard: InputShard) -> None:
-        progress.retries += 1
+        progress.retried()
         progress.update()
 
     run = run_shards(

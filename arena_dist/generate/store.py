@@ -15,7 +15,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from arena_dist.io import atomic_path, atomic_write_json, sha256_file
+from arena_dist.io import atomic_path, sha256_file
 from arena_dist.label.store import InputShard, LabelIntegrityError, LabelStore, load_store_manifest, read_store_shard
 
 POOL_SCHEMA = pa.schema([
@@ -42,15 +42,7 @@ class PoolStore(LabelStore):
             if len(columns[name]) != rows:
                 raise LabelIntegrityError(f"{shard.path}: column {name} has {len(columns[name])} values for {rows} rows")
         table = pa.Table.from_pydict({name: columns[name] for name in POOL_COLUMNS}, schema=POOL_SCHEMA)
-        # A stale record must not vouch for the new parquet even for an instant.
-        self.done_path(shard.index).unlink(missing_ok=True)
-        parquet_path = self.parquet_path(shard.index)
-        with atomic_path(parquet_path) as tmp:
-            pq.write_table(table, tmp)
-        record = {**self.commit_identity(shard), "output": parquet_path.name,
-                  "output_sha256": sha256_file(parquet_path), **(extra or {})}
-        atomic_write_json(self.done_path(shard.index), record)
-        return record
+        return self.commit_table(shard, table, extra)
 
 
 def write_pool(store_dir: str | os.PathLike, output: str | os.PathLike) -> dict:

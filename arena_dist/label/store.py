@@ -160,6 +160,10 @@ class LabelStore:
             _list_column(p_mean, rows), pa.array([self.teacher_id] * rows, type=pa.string()),
             pa.array([self.config_hash] * rows, type=pa.string()),
         ], schema=LABEL_SCHEMA)
+        return self.commit_table(shard, table, extra)
+
+    def commit_table(self, shard: InputShard, table: pa.Table, extra: dict | None = None) -> dict:
+        """Write a shard's output table atomically, then its commit record; returns the record."""
         # A stale record must not vouch for the new parquet even for an instant.
         self.done_path(shard.index).unlink(missing_ok=True)
         parquet_path = self.parquet_path(shard.index)

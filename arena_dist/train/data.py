@@ -153,7 +153,7 @@ class Encoder:
 
 
 def collate(examples: Sequence[Example], pad_token_id: int) -> dict:
-    """Right-padded batch tensors (the classifiers read the last non-pad token) and the targets: `labels`
+    """Right-padded batch tensors (the classifiers read the last non-pad token) and the targets (`targets`): `labels`
     (IGNORE_LABEL where a row has none), plus `soft` and `soft_mask` when any row has a soft label."""
     import torch
 
@@ -163,8 +163,16 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> dict:
     for row, example in enumerate(examples):
         ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids, dtype=torch.long)
         mask[row, : len(example.input_ids)] = 1
-    labels = torch.tensor([IGNORE_LABEL if e.label is None else e.label for e in examples], dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids, "attention_mask": mask, **targets(examples)}
+
+
+def targets(examples: Sequence[Example]) -> dict:
+    """Per-row targets of a micro-batch (padded or packed): hard `labels` (IGNORE_LABEL where a row has none) and,
+    when any row has one, `soft` probabilities with their `soft_mask`."""
+    import torch
+
+    batch = {"labels": torch.tensor([IGNORE_LABEL if e.label is None else e.label for e in examples],
+                                    dtype=torch.long)}
     softs = [e.soft for e in examples]
     if any(s is not None for s in softs):
         width = len(next(s for s in softs if s is not None))

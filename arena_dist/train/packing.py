@@ -27,7 +27,7 @@ import contextlib
 from typing import Sequence
 
 from arena_dist.errors import ConfigError
-from arena_dist.train.data import IGNORE_LABEL, Example
+from arena_dist.train.data import Example, targets
 
 # Models whose masks come from transformers' masking utilities, which detect packed position_ids.
 PACKABLE_MODEL_TYPES = ("llama", "qwen2", "gemma2")
@@ -94,16 +94,8 @@ def collate_packed(examples: Sequence[Example]) -> dict:
 
     ids = torch.tensor([t for e in examples for t in e.input_ids], dtype=torch.long)[None]
     positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])[None]
-    batch = {"input_ids": ids, "position_ids": positions,
-             "row_lengths": torch.tensor([len(e.input_ids) for e in examples], dtype=torch.long),
-             "labels": torch.tensor([IGNORE_LABEL if e.label is None else e.label for e in examples],
-                                    dtype=torch.long)}
-    softs = [e.soft for e in examples]
-    if any(s is not None for s in softs):
-        width = len(next(s for s in softs if s is not None))
-        batch["soft"] = torch.tensor([s if s is not None else [0.0] * width for s in softs], dtype=torch.float32)
-        batch["soft_mask"] = torch.tensor([s is not None for s in softs], dtype=torch.bool)
-    return batch
+    return {"input_ids": ids, "position_ids": positions,
+            "row_lengths": torch.tensor([len(e.input_ids) for e in examples], dtype=torch.long), **targets(examples)}
 
 
 def _named(model, name: str):
