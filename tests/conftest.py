@@ -96,3 +96,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
     items.sort(key=lambda item: -slow[item.path])  # stable: the order inside a file is kept
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private Ray head (2 CPUs, no dashboard) for one test module, this process connected to it."""
+    import ray
+
+    from arena_dist.ray_local import LocalRayHead, connect_ray
+
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    head = LocalRayHead(num_cpus=2, dashboard=False).start()
+    try:
+        connect_ray(head.address, head.client_env(), log_to_driver=False)
+        yield head
+    finally:
+        ray.shutdown()
+        head.stop()
+        for key, value in saved.items():  # the next module's head has its own token
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+

@@ -23,24 +23,6 @@ NUM_SHARDS = 8
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from arena_dist.ray_local import LocalRayHead, connect_ray
-
-    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    head = LocalRayHead(num_cpus=2, dashboard=False).start()
-    try:
-        connect_ray(head.address, head.client_env(), log_to_driver=False)
-        yield head
-    finally:
-        ray.shutdown()
-        head.stop()
-        for key, value in saved.items():  # the next module's head has its own token
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-
-
-@pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from hub_checkpoints import build_checkpoint
 

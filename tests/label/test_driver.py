@@ -16,25 +16,6 @@ SETTINGS = dict(num_actors=2, cpus_per_actor=0.5, threads_per_actor=1, max_resta
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from arena_dist.ray_local import connect_ray
-    from arena_dist.ray_local import LocalRayHead
-
-    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    head = LocalRayHead(num_cpus=2, dashboard=False).start()
-    try:
-        connect_ray(head.address, head.client_env(), log_to_driver=False)
-        yield head
-    finally:
-        ray.shutdown()
-        head.stop()
-        for key, value in saved.items():  # the next module's head has its own token
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-
-
-@pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     from tiny_fixtures import make_pool_dataset, make_teacher_export
 
@@ -84,7 +65,9 @@ def test_two_actors_equal_single_process_reference(ray_cluster, pool):
     # the orders really differ (the teacher is position-sensitive), so the mapping back was exercised
     assert np.abs(np.array(table["p_ab"]) - np.array(table["p_ba_mapped"])).max() > 1e-3
     pids = {json.loads(store.done_path(s.index).read_text())["actor_pid"] for s in pool["shards"]}
-    assert len(pids) == 2  # both actors took shards
+    # Which actors took shards depends on load timing: on a busy machine one actor can score every shard before the
+    # other has loaded its model (seen once). Work moving to the other actor is checked by the kill test below.
+    assert 1 <= len(pids) <= 2
 
 
 def test_killed_actor_shard_retried_then_rerun_does_nothing(ray_cluster, pool):
