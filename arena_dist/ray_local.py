@@ -136,9 +136,9 @@ class LocalRayHead:
 
     def start(self, timeout: float = 90.0, attempts: int = 3) -> "LocalRayHead":
         """Start the head. A head that exits during start-up is started again with fresh ports, up to `attempts`
-        times: the usual cause is a lost port race (another process, e.g. a second head started by a parallel test
-        worker, bound one of the chosen free ports before Ray did), which Ray reports in several ways depending on
-        the component that lost it."""
+        times. The causes seen: a lost port race (another process, e.g. a second head started by a parallel test
+        worker, bound one of the chosen free ports before Ray did), and on a busy machine Ray's raylet aborting when
+        its dashboard agent takes longer than a fixed 15 s to start (ray-project/ray#65983)."""
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.extra_env, **self.client_env()}
         # Jobs run `python ...` from the head's PATH: make that this interpreter's environment (the project venv).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
