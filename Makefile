@@ -46,10 +46,10 @@ demo: setup
 # workers overlap on two cores (a file's tests stay on one worker). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -rs --durations=25 -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadfile tests
 
 test-fast: setup
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(PY) -m pytest -q -rfEs -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 bench: setup
 	$(PY) -m bench.run_all
