@@ -161,7 +161,7 @@ class LocalRayHead:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise HeadExitedEarly(f"ray head exited early; see {self.temp_dir / 'head.log'}:\n{self.log_tail()}")
-            if self._gcs_up() and (not self.dashboard or self._dashboard_up()):
+            if self._gcs_up() and raylet_started(self.temp_dir) and (not self.dashboard or self._dashboard_up()):
                 return
             time.sleep(0.5)
         self.stop()
@@ -375,6 +375,19 @@ def _private_auth_token() -> None:
 
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def raylet_started(temp_dir: str | Path) -> bool:
+    """Whether the raylet of the Ray node whose `--temp-dir` is `temp_dir` got past its start-up: it logs "Raylet
+    of id ... started" only after its dashboard agent reported in. Until then the node can still abort (the agent's
+    fixed 15 s start-up wait, ray-project/ray#65983), so the GCS port alone does not make a usable node."""
+    log = Path(temp_dir) / "session_latest" / "logs" / "raylet.out"
+    try:
+        with open(log, "rb") as handle:
+            return any(line.startswith(b"[") and b"Raylet of id" in line and b" started" in line
+                       for line in handle)
+    except OSError:
+        return False
 
 
 def connect_ray(address: str, env: dict[str, str] | None = None, **init_kwargs) -> None:

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from arena_dist.ray_local import LocalRayHead, processes_mentioning, submit_job
+from arena_dist.ray_local import LocalRayHead, processes_mentioning, raylet_started, submit_job
 
 
 @pytest.mark.slow
@@ -12,6 +12,7 @@ def test_local_head_runs_a_job_and_stops_only_its_processes():
     head.start()
     try:
         assert processes_mentioning(str(head.temp_dir)), "head processes should be running"
+        assert raylet_started(head.temp_dir)  # what start() waited for, beside the GCS port
         script = "import ray; ray.init(); print('CPUS', ray.cluster_resources()['CPU'])"
         done = submit_job(head, ["python", "-c", script], timeout=180)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -22,6 +23,21 @@ def test_local_head_runs_a_job_and_stops_only_its_processes():
         marker = str(head.temp_dir)
         head.stop()
     assert processes_mentioning(marker) == []
+
+
+def test_raylet_counts_as_started_only_once_it_says_so(tmp_path):
+    """A node whose GCS port is open can still abort while its raylet waits for the dashboard agent
+    (ray-project/ray#65983): it is ready only after the raylet's own "started" line."""
+    logs = tmp_path / "session_latest" / "logs"
+    assert not raylet_started(tmp_path)  # no session yet
+    logs.mkdir(parents=True)
+    (logs / "raylet.out").write_text("[2026-12-02 17:54:03,746 I 1 1] (raylet) agent_manager.cc:81: Monitor agent "
+                                     "process with name dashboard_agent\n")
+    assert not raylet_started(tmp_path)
+    with open(logs / "raylet.out", "a") as log:
+        log.write("[2026-12-02 17:54:04,856 I 1 1] (raylet) node_manager.cc:355: Raylet of id, f3de started. "
+                  "Raylet consists of node_manager and object_manager.\n")
+    assert raylet_started(tmp_path)
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def test_secret_env_never_shows_its_values(monkeypatch):
     assert os.environ["HF_TOKEN"] == token
 
 
-def test_label_actor_gets_the_drivers_hub_token_and_home(tmp_path, monkeypatch, files_containing):
+def test_label_actor_gets_the_drivers_hub_token_and_home(ray_cluster, tmp_path, monkeypatch, files_containing):
     import ray
 
     from arena_dist.label.driver import ActorSettings, start_actor
@@ -52,23 +52,16 @@ def test_label_actor_gets_the_drivers_hub_token_and_home(tmp_path, monkeypatch, 
     export = make_teacher_export(tmp_path / "teacher", max_length=64)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_HOME", raising=False)
-    # A private local Ray with the session's auth settings (tests/conftest.py): Ray reads them once per process.
-    temp_dir = tempfile.mkdtemp(prefix="ad-ray-", dir="/tmp")  # short: Ray's unix sockets live here
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    try:
-        # Set after Ray started: the raylet (and so any worker it starts) never inherited them.
-        token, home = new_token(), str(tmp_path / "hf_home")
-        monkeypatch.setenv("HF_TOKEN", token)
-        monkeypatch.setenv("HF_HOME", home)
-        actor = start_actor(ActorSettings(num_actors=1, cpus_per_actor=0.5, threads_per_actor=1), str(export))
-        seen = ray.get(actor.__ray_call__.remote(lambda self: (os.environ.get("HF_TOKEN"),
-                                                               os.environ.get("HF_HOME"))), timeout=300)
-        assert seen == (token, home)
-        ray.kill(actor)
-        assert files_containing(temp_dir, token) == []  # not in a runtime env: Ray's agent logs those
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    # Set after Ray started: the raylet (and so any worker it starts) never inherited them.
+    token, home = new_token(), str(tmp_path / "hf_home")
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("HF_HOME", home)
+    actor = start_actor(ActorSettings(num_actors=1, cpus_per_actor=0.5, threads_per_actor=1), str(export))
+    seen = ray.get(actor.__ray_call__.remote(lambda self: (os.environ.get("HF_TOKEN"),
+                                                           os.environ.get("HF_HOME"))), timeout=300)
+    assert seen == (token, home)
+    ray.kill(actor)
+    assert files_containing(ray_cluster.temp_dir, token) == []  # not in a runtime env: Ray's agent logs those
 
 
 def teacher_config(tmp_path, **ray_settings):

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arena_dist.ray_local import processes_mentioning, ray_executable
+from arena_dist.ray_local import processes_mentioning, ray_executable, raylet_started
 
 SUBNET_PREFIX = "10.200.0."
 IFNAME = "eth0"  # the interface name inside every host: GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME point at it
@@ -205,6 +205,10 @@ def _kill_pids(pids: list[int], sig: int) -> None:
             pass
 
 
+class NodeExited(RuntimeError):
+    """A Ray node's `ray start` process ended while the cluster was starting."""
+
+
 class RayOnHosts:
     """A Ray head in host 1 and a worker in every other host. `address` is the GCS (10.200.0.1:6379)."""
 
@@ -225,10 +229,8 @@ class RayOnHosts:
             **(env or {}),
         }
         self.head_env = {**FAST_HEALTH_CHECK, **(head_env or {})}  # the head only
-        # Short private temp dirs (Unix socket paths must stay < 108 bytes), one per node: the filesystem is shared.
-        self.root = Path(tempfile.mkdtemp(prefix=f"adr{hosts.token}-", dir="/tmp"))
-        self.temp_dirs = [self.root / f"h{host.index}" for host in hosts.hosts]
-        self.processes: list[subprocess.Popen | None] = [None] * len(hosts)
+        self.root, self.temp_dirs, self.processes = Path(), [], []
+        self._new_temp_dirs()
 
     @property
     def head_ip(self) -> str:
@@ -259,17 +261,33 @@ class RayOnHosts:
             cmd += [f"--address={self.address}"]
         return cmd
 
-    def start(self, timeout: float = 120.0) -> "RayOnHosts":
-        try:
-            for index in range(len(self.hosts)):
-                self.start_node(index)
-                if index == 0:
-                    self._wait_gcs(timeout)
-            self.wait_alive(len(self.hosts), timeout)
-        except BaseException:
-            self.stop()
-            raise
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> "RayOnHosts":
+        """Start every node and wait until all are alive. A node that exits during start-up starts the whole cluster
+        again in fresh temp dirs, up to `attempts` times: on a busy machine Ray's raylet aborts when its dashboard
+        agent takes more than a fixed 15 s to start (ray-project/ray#65983)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                for index in range(len(self.hosts)):
+                    self.start_node(index)
+                    if index == 0:
+                        self._wait_gcs(timeout)
+                self.wait_alive(len(self.hosts), timeout)
+                return self
+            except NodeExited:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                self._new_temp_dirs()
+            except BaseException:
+                self.stop()
+                raise
         return self
+
+    def _new_temp_dirs(self) -> None:
+        # Short private temp dirs (Unix socket paths must stay < 108 bytes), one per node: the filesystem is shared.
+        self.root = Path(tempfile.mkdtemp(prefix=f"adr{self.hosts.token}-", dir="/tmp"))
+        self.temp_dirs = [self.root / f"h{host.index}" for host in self.hosts.hosts]
+        self.processes = [None] * len(self.hosts)
 
     def start_node(self, index: int) -> None:
         self.temp_dirs[index].mkdir(parents=True, exist_ok=True)
@@ -284,7 +302,7 @@ class RayOnHosts:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.processes[0].poll() is not None:
-                raise RuntimeError(f"ray head exited early:\n{self.log_tail(0)}")
+                raise NodeExited(f"ray head exited early:\n{self.log_tail(0)}")
             if self.hosts.run(0, [sys.executable, "-c", probe, self.head_ip, str(self.GCS_PORT)]).returncode == 0:
                 return
             time.sleep(0.5)
@@ -309,9 +327,11 @@ class RayOnHosts:
         while time.monotonic() < deadline:
             for index, process in enumerate(self.processes):
                 if process is not None and process.poll() is not None:
-                    raise RuntimeError(f"ray node in h{index + 1} exited:\n{self.log_tail(index)}")
+                    raise NodeExited(f"ray node in h{index + 1} exited:\n{self.log_tail(index)}")
             alive = self.alive_nodes()
-            if len(alive) == count:
+            started = all(raylet_started(self.temp_dirs[index])
+                          for index, process in enumerate(self.processes) if process is not None)
+            if len(alive) == count and started:
                 return alive
             time.sleep(1.0)
         raise TimeoutError(f"{len(alive)}/{count} Ray nodes alive after {timeout:.0f}s: {alive}")

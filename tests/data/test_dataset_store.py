@@ -191,21 +191,14 @@ def test_shards_read_with_hugging_face_datasets(dataset):
 
 
 @pytest.mark.slow
-def test_shards_read_with_ray_data(dataset, tmp_path_factory):
-    import tempfile
-
+def test_shards_read_with_ray_data(dataset, ray_cluster):
     import ray
 
-    temp_dir = tempfile.mkdtemp(prefix="rayh1_", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    try:
-        ds = ray.data.read_parquet([str(p) for p in shard_paths(dataset, "pool")])
-        rows = ds.take_all()
-        assert len(rows) == 90
-        assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in iter_records(dataset, "pool"))
-        assert list(rows[0]["prompt"]) and rows[0]["label"] is None
-    finally:
-        ray.shutdown()
+    ds = ray.data.read_parquet([str(p) for p in shard_paths(dataset, "pool")])
+    rows = ds.take_all()
+    assert len(rows) == 90
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in iter_records(dataset, "pool"))
+    assert list(rows[0]["prompt"]) and rows[0]["label"] is None
 
 
 def test_seen_hashes_matches_a_python_set():
