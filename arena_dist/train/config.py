@@ -8,7 +8,7 @@ is a word (`none`, `random`, `both`), warm-up is counted in steps.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,6 +26,11 @@ class DataSettings(StrictModel):
     # "random": each epoch shows every sample once, A/B exchanged with probability 1/2; "both": twice, once in each
     # order (an epoch is twice as long; a random-init model learns the comparison much sooner).
     swap_augment: SwapMode = "none"
+    # Training sample order by language (records' `language` field), e.g. {en: 4.0, zh: 2.0}: every epoch still shows
+    # every sample, in a seeded weighted random order, so heavier languages come earlier (nothing is dropped). Other
+    # languages weigh `default_language_weight`. null: the plain seeded shuffle. Resuming needs the same weights.
+    language_weights: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    default_language_weight: float = Field(1.0, gt=0)
     max_train_records: int | None = Field(None, gt=0)  # first N of the training records (smoke runs)
     max_eval_records: int | None = Field(None, gt=0)  # first N of the held-out records
 

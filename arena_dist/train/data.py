@@ -3,14 +3,16 @@
 The global sample order does not depend on the world size: epoch `e` is a seeded permutation of all training
 records, global step `s` consumes the next `global_batch` of it, and rank `r` of `W` takes its contiguous share of
 that global batch. A checkpoint therefore only needs the global step (plus the checks below) to resume exactly, on
-the same or on a different world size.
+the same or on a different world size. Language weights (`data.language_weights`) change the order within each epoch,
+never which samples an epoch holds.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -25,22 +27,59 @@ IGNORE_LABEL = -100  # a row without a hard label (arena_dist.train.losses uses 
 class GlobalOrder:
     """Seeded per-epoch permutation of the training samples, cut into global batches (the last partial batch is
     dropped). `swap_augment`: "none"; "random" (each sample once per epoch, A/B exchanged with probability 1/2); or
-    "both" (each sample twice per epoch, once in each order, so an epoch is 2x as many steps)."""
+    "both" (each sample twice per epoch, once in each order, so an epoch is 2x as many steps).
 
-    def __init__(self, num_samples: int, global_batch: int, seed: int, swap_augment: SwapMode = "none"):
+    `language_weights` (with `languages`, one per sample): each epoch is still a permutation of every sample, but a
+    weighted random one, so the samples of heavier languages tend to come earlier in the epoch and none is dropped
+    (a run cut short by `max_steps` or a time limit has then mostly seen the prioritised languages). It is drawn as
+    Efraimidis-Spirakis sampling without replacement of the whole epoch: key_i = u_i ** (1 / w_i), sorted descending,
+    here in its equivalent log form (exponential clocks E_i / w_i sorted ascending, which does not underflow for
+    small weights). Languages without a weight get `default_language_weight`. numpy offers no weighted shuffle, hence
+    the few lines here. The order stays a pure function of (seed, epoch, weights, languages); without weights it is
+    the plain seeded permutation, unchanged."""
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int, swap_augment: SwapMode = "none",
+                 languages: Sequence[str] | None = None, language_weights: Mapping[str, float] | None = None,
+                 default_language_weight: float = 1.0):
         if num_samples < global_batch:
             raise InputError(f"{num_samples} training records are fewer than one global batch of {global_batch}")
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
         self.swap_augment = swap_augment
         self.epoch_length = num_samples * (2 if self.swap_augment == "both" else 1)
         self.steps_per_epoch = self.epoch_length // global_batch
+        self.language_weights = ({language: float(weight) for language, weight in sorted(language_weights.items())}
+                                 if language_weights else None)
+        self.default_language_weight = float(default_language_weight) if self.language_weights else None
+        self.sample_weights = None if self.language_weights is None else self._sample_weights(languages)
+        self.language_counts = None if self.language_weights is None else dict(
+            sorted(Counter(languages).items(), key=lambda item: (-item[1], item[0])))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _sample_weights(self, languages: Sequence[str] | None) -> np.ndarray:
+        """Every weight > 0, one language per sample -> each sample's weight."""
+        for language, weight in (*self.language_weights.items(), ("default", self.default_language_weight)):
+            if not weight > 0:  # also refuses NaN
+                key = "default_language_weight" if language == "default" else f"language_weights.{language}"
+                raise ConfigError(f"data.{key} is {weight!r}: a language weight must be > 0")
+        if languages is None or len(languages) != self.num_samples:
+            raise ValueError(f"language_weights need one language per sample ({self.num_samples}), got "
+                             f"{None if languages is None else len(languages)}")
+        return np.array([self.language_weights.get(language, self.default_language_weight) for language in languages],
+                        dtype=np.float64)
+
+    def _permutation(self, rng: np.random.Generator) -> np.ndarray:
+        """Positions 0 .. epoch_length-1 in epoch order (position p is sample p % num_samples, swapped when
+        p >= num_samples): uniform without weights (the order runs had before weights existed), else weighted."""
+        if self.sample_weights is None:
+            return rng.permutation(self.epoch_length)
+        weights = np.tile(self.sample_weights, self.epoch_length // self.num_samples)
+        return np.argsort(rng.standard_exponential(self.epoch_length) / weights, kind="stable")
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(sample index, swapped?) for every position of the epoch."""
         if epoch not in self._cache:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(self.epoch_length)
+            order = self._permutation(rng)
             if self.swap_augment == "both":
                 # Both orders of every sample in the same epoch: whatever the model learns from position alone
                 # cancels over an epoch, so the gradient goes to the A-vs-B content (a random-init teacher leaves
@@ -53,6 +92,17 @@ class GlobalOrder:
             self._cache = {epoch: (samples, swaps)}  # one epoch at a time is all a run needs
         return self._cache[epoch]
 
+    def language_summary(self) -> str:
+        """Samples per weighted language and for all the others, with their weights (one short log line)."""
+        counts = self.language_counts or {}
+        parts = [f"{language}={counts.get(language, 0):,} (weight {weight:g})"
+                 for language, weight in (self.language_weights or {}).items()]
+        others = {language: n for language, n in counts.items() if language not in (self.language_weights or {})}
+        if others:
+            parts.append(f"{len(others)} other language{'s' if len(others) > 1 else ''}={sum(others.values()):,} "
+                         f"(weight {self.default_language_weight:g})")
+        return ", ".join(parts)
+
     def position(self, step: int) -> dict:
         """The data position after `step` completed optimizer steps (saved in checkpoints)."""
         return {
@@ -64,6 +114,8 @@ class GlobalOrder:
             "global_batch": self.global_batch,
             "seed": self.seed,
             "swap_augment": self.swap_augment,
+            "language_weights": self.language_weights,
+            "default_language_weight": self.default_language_weight,
         }
 
     def check_position(self, position: dict) -> None:
@@ -74,6 +126,11 @@ class GlobalOrder:
                 raise ConfigError(f"checkpoint data position has {key}={position[key]!r} but this run has "
                                   f"{mine[key]!r}: resume with the same data and training.global_batch / seed / "
                                   "data.swap_augment")
+        for key in ("language_weights", "default_language_weight"):  # absent: a checkpoint from before weights
+            if position.get(key) != mine[key]:
+                raise ConfigError(f"checkpoint data position has {key}={position.get(key)!r} but this run has "
+                                  f"{mine[key]!r}: the sample order would differ; resume with the same "
+                                  "data.language_weights and data.default_language_weight")
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, swap flags) of global step `step` (0-based)."""

@@ -226,8 +226,12 @@ class Trainer:
         self.num_labels = num_labels(config.format.label_mode)
         self.train_samples, self.eval_samples = self.recipe.samples()
         training = config.training
+        weights = config.data.language_weights
+        languages = [sample.record["language"] for sample in self.train_samples] if weights else None
         self.order = GlobalOrder(len(self.train_samples), training.global_batch, training.seed,
-                                 config.data.swap_augment)
+                                 config.data.swap_augment, languages, weights, config.data.default_language_weight)
+        if self.order.language_counts is not None:
+            self.log(f"sample order weighted by language: {self.order.language_summary()}")
         self.total_steps = total_steps(self.order, training.epochs, training.max_steps)
         self.encoder = self.recipe.encoder(self.tokenizer)
         self.loss = self.recipe.loss()
