@@ -43,6 +43,7 @@ def run(config: Config) -> dict:
     import time
 
     from arena_dist.artefacts import write_artefact
+    from arena_dist.data.filters import filter_tokenizer
     from arena_dist.data.store import MANIFEST, build_dataset, current_manifest, format_source_counts
 
     started = time.time()
@@ -54,6 +55,8 @@ def run(config: Config) -> dict:
             print(format_source_counts(name, counts))
         print(f"up to date (same config and input bytes; set force=true to rebuild): {manifest_path}")
     else:
+        for name in sorted({source.filters.tokenizer for source in config.sources} - {None}):
+            filter_tokenizer(name)  # refused or loaded before any source is read
         manifest = build_dataset(config.sources, config.output_dir, num_shards=config.num_shards,
                                  num_folds=config.num_folds, seed=config.seed, batch_rows=config.batch_rows,
                                  resolved_config=config, config_hash_value=dataset_hash(config))
