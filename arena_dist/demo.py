@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from arena_dist.artefacts import StageArtefact, metric_text, read_artefact
 from arena_dist.config import StrictModel, load_config, save_resolved_config
+from arena_dist.data.synth_generators import GENERATORS
 from arena_dist.errors import ArenaDistError
 from arena_dist.io import claim_output_dir
 from arena_dist.ray_local import LocalRayHead, submit_job
@@ -61,12 +62,13 @@ class Step:
     overrides: Callable[[Path], list[str]]
     output: str
     config_name: str | None = None
+    config_output: str | None = None  # the config is this output of the synth stage (it knows the paths it wrote)
     record: StageArtefact | None = None
     seconds: float = 0.0
 
     def config_path(self, config: DemoConfig, run: Path) -> Path | None:
-        if self.name == "prepare":
-            return Path(output_of(run, "synth", "prepare_config"))  # written by synth, with the paths it wrote
+        if self.config_output:
+            return Path(output_of(run, "synth", self.config_output))
         path = REPO / config.configs_dir / f"{self.config_name or self.name}.yaml"
         return path if path.exists() else None
 
@@ -99,12 +101,23 @@ def evaluate_step(name: str, predictions: str, output: str) -> Step:
 
 
 def pipeline() -> list[Step]:
-    """The demo's stages in order. The teacher and the student are both scored on the synthetic test set, and the
-    student with and without swap-TTA, so the summary shows each against the Bayes optimum. Each stage finds what
-    an earlier one wrote through that stage's record (`output_of`)."""
+    """The demo's stages in order. synth writes the labelled sets and the pool's prompts; the synthetic world's chat
+    models answer those prompts (`generate`), and that pool is what the teacher labels and the student learns from.
+    The teacher and the student are both scored on the synthetic test set, and the student with and without
+    swap-TTA, so the summary shows each against the Bayes optimum. Each stage finds what an earlier one wrote
+    through that stage's record (`output_of`)."""
     return [
-        Step("synth", "launch/synth.py", lambda run: [f"output_dir={run / 'synth'}"], "synth"),
-        Step("prepare", "launch/prepare.py", lambda run: [f"output_dir={run / 'dataset'}"], "dataset"),
+        Step("synth", "launch/synth.py", lambda run: [
+            f"output_dir={run / 'synth'}", f"generated_pool={run / 'generated' / 'pool.parquet'}"], "synth"),
+        Step("prepare-prompts", "launch/prepare.py", lambda run: [f"output_dir={run / 'prompts'}"], "prompts",
+             config_output="prompts_prepare_config"),
+        Step("generate", "launch/generate.py", lambda run: [
+            f"input.dataset_dir={output_of(run, 'prompts', 'dataset')}", f"output_dir={run / 'generated'}",
+            *(f"generators.{i}.name_or_path={output_of(run, 'synth', f'generators/{spec.name}')}"
+              for i, spec in enumerate(GENERATORS)),
+        ], "generated"),
+        Step("prepare", "launch/prepare.py", lambda run: [f"output_dir={run / 'dataset'}"], "dataset",
+             config_output="prepare_config"),
         Step("teacher", "launch/teacher.py", lambda run: [
             f"data.dataset_dir={output_of(run, 'dataset', 'dataset')}", f"output.run_dir={run / 'teacher'}",
             f"ray.storage_path={run / 'teacher' / 'ray'}",

@@ -9,7 +9,7 @@
     python -m bench.generate                  # ~2-4 minutes
     python -m bench.generate --prompts 128 --new-tokens 16   # quicker look
 
-Prints JSON; writes a results file only with --out.
+Prints JSON and writes it to bench/results/generate.json (`--out` to change).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ if not os.environ.get("RAY_AUTH_MODE") and not os.environ.get("RAY_AUTH_TOKEN"):
 
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
 
+RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
 FAMILIES = ("llama", "qwen2", "gemma2")
 # Wider than the test checkpoints so the forward passes, not Python, dominate a generation step.
 BENCH_DIMS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=2048)
     parser.add_argument("--naive-batch", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=None, help="also write the result here (JSON)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="write the result here (JSON)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     try:
@@ -167,11 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2), flush=True)
-    if args.out is not None:
-        from arena_dist.io import atomic_write_json
+    from arena_dist.io import atomic_write_json
 
-        atomic_write_json(args.out, result)
-        print(f"wrote {args.out}")
+    atomic_write_json(args.out, result)
+    print(f"wrote {args.out}")
     return result
 
 

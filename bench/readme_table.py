@@ -62,6 +62,20 @@ def rows_label(d: dict) -> list[tuple]:
     ]
 
 
+def rows_generate(d: dict) -> list[tuple]:
+    s, p = d["scaling"], d["padding"]
+    return [
+        ("generate", f"1 → 2 actors, generated tokens/s ({d['prompts']} prompts × 2 replies of "
+                     f"{d['new_tokens_per_reply']} tokens, tiny Llama / Qwen2 / Gemma-2 chat models)",
+         f"{s['scaling_1_to_2']:.2f}× ({s['1_actor']['new_tokens_per_s']:,.0f} → {s['2_actor']['new_tokens_per_s']:,.0f}"
+         f" tokens/s; actors got {s['1_actor']['actor_cpu_share']:.2f} → {s['2_actor']['actor_cpu_share']:.2f} of a "
+         "core each)", f"≥ {s['target_scaling']}×"),
+        ("generate", "padded / real prompt tokens, length-sorted token-budget batches vs fixed batches of "
+                     f"{p['naive_fixed_size']['batch_size']} in dataset order",
+         f"{p['token_budget_sorted']:.3f} vs {p['naive_fixed_size']['padding_ratio']:.3f}", "—"),
+    ]
+
+
 def rows_predict(d: dict) -> list[tuple]:
     r = d["replicas"]
     one, two = r["1_replica"], r["2_replicas"]
@@ -114,7 +128,7 @@ def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     rows: list[tuple] = []
     machines: set[str] = set()
     for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("label", rows_label),
-                         ("student", rows_student), ("predict", rows_predict)):
+                         ("generate", rows_generate), ("student", rows_student), ("predict", rows_predict)):
         data = load(name)
         if data is not None and name not in failed:
             machines.add(describe_machine(data.get("machine") or {}))

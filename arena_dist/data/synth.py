@@ -590,6 +590,24 @@ def generate_pool(
             "two_class": meter2.summary(labelled=False)}
 
 
+def write_prompts(n: int, seed: int, out_path: str | Path, spec: SynthSpec | None = None,
+                  progress: bool = True) -> dict:
+    """The prompts of the pool `generate_pool(n, seed)` would write (same ids, same first user turn, same
+    language), as a conversations file (JSON lines: id, messages, language) for `arena-dist generate` to answer.
+    Only the first user turn of each prompt is kept: that is what a `conversations` source reads."""
+    from arena_dist.io import atomic_path
+
+    spec = spec or SynthSpec()
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for offset, batch, _ in iter_batches(n, seed, "pool", spec, progress="[synth] prompts" if progress else None):
+            for i in range(len(batch)):
+                out.write(json.dumps({"id": f"pool-{offset + i:08d}", "language": str(batch.language[i]),
+                                      "messages": [{"role": "user", "content": batch.prompt[i][0]}]},
+                                     ensure_ascii=False) + "\n")
+    return {"path": str(out_path), "rows": n}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # LMSYS csv (train with quirks, test, answers)
 # --------------------------------------------------------------------------------------------------------------------

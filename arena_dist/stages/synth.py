@@ -4,6 +4,11 @@ Outputs under `output_dir`: lmsys/{train,test,test_answers}.csv, wsdm/{train,tes
 pool/{pool,pool_answers}.parquet, pairwise/{pairs,hh}.jsonl, bayes.json (the optimum per file), prepare.yaml (a
 ready config for `arena-dist prepare` over these files) and resolved_config.yaml. The generator itself lives in
 arena_dist.data.synth.
+
+With `generated_pool` set, the pool is left to `arena-dist generate`: synth writes the pool's prompts instead
+(prompts/prompts.jsonl, a `conversations` source, and prompts_prepare.yaml to prepare them), the synthetic world's
+chat models to answer them (generators/<name>/, arena_dist.data.synth_generators), and prepare.yaml reads the pool
+from `generated_pool`. The test files, and so every quality bar against the Bayes optimum, do not change.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class Config(synth.SynthSpec):
     n_pairwise: int = Field(400, ge=0)
     quirks: synth.QuirkParams = Field(default_factory=synth.QuirkParams)
     prepare: PrepareHints = Field(default_factory=PrepareHints)
+    # Where `arena-dist generate` will write the pool (its pool.parquet; absolute, or relative to output_dir).
+    # None: synth writes the pool itself.
+    generated_pool: str | None = None
     progress: bool = True
 
 
@@ -48,7 +56,7 @@ def prepare_config(config: Config, out: Path) -> dict:
                (config.n_wsdm_train, "wsdm", "wsdm_parquet", "wsdm/train.parquet", "train"),
                (config.n_pairwise, "pairs", "pairwise_jsonl", "pairwise/pairs.jsonl", "train"),
                (config.n_pairwise, "hh", "pairwise_jsonl", "pairwise/hh.jsonl", "train"),
-               (config.n_pool, "pool", "pool", "pool/pool.parquet", "pool")]
+               (config.n_pool, "pool", "pool", config.generated_pool or "pool/pool.parquet", "pool")]
     sources = [{"name": name, "kind": kind, "path": str(out / path), "use_as": split}
                for rows, name, kind, path, split in written if rows]
     return {
@@ -58,6 +66,13 @@ def prepare_config(config: Config, out: Path) -> dict:
         "seed": config.seed,
         "sources": sources,
     }
+
+
+def prompts_prepare_config(config: Config, out: Path) -> dict:
+    """The `arena-dist prepare` config that turns prompts/prompts.jsonl into the dataset `generate` reads."""
+    return {"output_dir": str(out / "prompts_dataset"), "num_shards": config.prepare.num_shards,
+            "num_folds": config.prepare.num_folds, "seed": config.seed,
+            "sources": [{"name": "pool", "kind": "conversations", "path": str(out / "prompts" / "prompts.jsonl")}]}
 
 
 def rows_by_format(files: dict) -> dict[str, int]:
@@ -78,10 +93,22 @@ def run(config: Config) -> dict:
     lmsys = synth.write_lmsys(out, config.n_train, config.n_test, config.seed, spec, config.quirks,
                               progress=config.progress)
     wsdm = synth.write_wsdm(out, config.n_wsdm_train, config.n_wsdm_test, config.seed, spec)
-    pool = synth.generate_pool(config.n_pool, config.seed, out / "pool" / "pool.parquet", spec,
-                               progress=config.progress)
-    files = {**lmsys["files"], **wsdm["files"],
-             "pool/pool.parquet": pool["three_class"], "pool/pool.parquet (2-class)": pool["two_class"]}
+    files = {**lmsys["files"], **wsdm["files"]}
+    generated: dict[str, Path] = {}
+    if config.generated_pool is None:
+        pool = synth.generate_pool(config.n_pool, config.seed, out / "pool" / "pool.parquet", spec,
+                                   progress=config.progress)
+        files.update({"pool/pool.parquet": pool["three_class"], "pool/pool.parquet (2-class)": pool["two_class"]})
+    else:
+        from arena_dist.data.synth_generators import write_generators
+
+        synth.write_prompts(config.n_pool, config.seed, out / "prompts" / "prompts.jsonl", spec,
+                            progress=config.progress)
+        atomic_write_text(out / "prompts_prepare.yaml",
+                          yaml.safe_dump(prompts_prepare_config(config, out), sort_keys=False))
+        generated = {"prompts_prepare_config": out / "prompts_prepare.yaml",
+                     **{f"generators/{name}": path for name, path in
+                        write_generators(out / "generators", config.seed).items()}}
     if config.n_pairwise:
         files.update(synth.write_pairwise(out, config.n_pairwise, config.seed, spec)["files"])
     else:  # never leave pairwise files of an earlier run that no longer match this config
@@ -132,8 +159,9 @@ def run(config: Config) -> dict:
         outputs={"bayes": out / "bayes.json", "prepare_config": out / "prepare.yaml",
                  # `lmsys/train.csv` as `lmsys/train`: the record names the files written without their suffix
                  **{name.rsplit(".", 1)[0]: out / name for name in files if " " not in name},
-                 **({"lmsys/test_answers": out / "lmsys" / "test_answers.csv"} if config.n_test else {})},
-        rows=rows_by_format(files),
+                 **({"lmsys/test_answers": out / "lmsys" / "test_answers.csv"} if config.n_test else {}),
+                 **generated},
+        rows={**rows_by_format(files), **({"prompts": config.n_pool} if config.generated_pool else {})},
         metrics={key: bayes[key] for key in ("bayes_log_loss", "bayes_accuracy", "achievable_gain", "tie_rate")},
         headline="bayes_log_loss",
     )
