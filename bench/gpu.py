@@ -21,7 +21,8 @@ No downloads: the weights are random, from a config with Llama-3.2-1B's shape.
     python -m bench.gpu              # one CUDA GPU: writes bench/results/gpu.json (under 8 minutes on an H200)
     python -m bench.gpu --dry-run    # every case on a tiny model, fp32, CPU: checks the script in seconds
 
-The results file is rewritten after every case, so a run cut short still leaves what it measured.
+The results file is rewritten after every case, so a run cut short still leaves what it measured. A case still
+running 30 s past the budget is stopped and recorded as such.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import gc
 import json
 import os
 import platform
+import signal
 import statistics
 import time
 import traceback
+from importlib import metadata, util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,17 +76,25 @@ class Plan:
 
 FULL = Plan(model=MODEL_1B, dtype="bfloat16", median_length=400, max_length=2048, global_batch=64, micro_batch=8,
             micro_batch_tokens=8192, label_rows=1024, label_max_tokens=16384, warmup_steps=2, max_steps=20,
-            case_cap_s=40.0, budget_s=450.0)
+            case_cap_s=35.0, budget_s=450.0)
 DRY = Plan(model=MODEL_DRY, dtype="float32", median_length=40, max_length=128, global_batch=8, micro_batch=2,
            micro_batch_tokens=256, label_rows=32, label_max_tokens=512, warmup_steps=1, max_steps=2,
            case_cap_s=10.0, budget_s=300.0)
 # Seconds a case needs besides its timed part (building and initialising a 1B model, warm-up), for the budget check.
 SETUP_S = {"teacher_zero3_packed": 40, "teacher_zero3_padded": 40, "label_prefill": 25, "student_bf16_lora": 30,
-           "student_4bit_lora": 60}
+           "student_4bit_lora": 90}  # 4-bit: the random weights are saved and loaded again to be quantised
+# A case still running this long after the budget's end is stopped (SIGALRM), so the whole run ends in time.
+OVERRUN_S = 30
+LENGTH_SIGMA = 0.9  # spread of log(length)
 CASES = tuple(SETUP_S)
 
 
-def lmsys_like_lengths(count: int, seed: int, median: int = 400, cap: int = 2048, sigma: float = 0.9) -> list[int]:
+class BudgetExceeded(Exception):
+    pass
+
+
+def lmsys_like_lengths(count: int, seed: int, median: int = 400, cap: int = 2048,
+                       sigma: float = LENGTH_SIGMA) -> list[int]:
     """Token lengths of a prompt + two responses as in LMSYS arena data: log-normal, median `median`, long tail cut
     at `cap` (the template's max_length), at least 8."""
     import numpy as np
@@ -343,11 +354,11 @@ def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
             "transformers": transformers.__version__}
-    for module in ("deepspeed", "peft", "bitsandbytes"):
+    for package in ("deepspeed", "peft", "bitsandbytes"):
         try:
-            info[module] = __import__(module).__version__
-        except ImportError as missing:
-            info[module] = f"not installed ({missing})"
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = "not installed"
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
@@ -369,11 +380,7 @@ def comparisons(cases: dict) -> dict:
 
 def four_bit_unavailable() -> str | None:
     """Why the 4-bit case cannot run here, or None (bitsandbytes' CPU backend trains NF4 layers too)."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as missing:
-        return f"bitsandbytes is not installed ({missing})"
-    return None
+    return None if util.find_spec("bitsandbytes") else "bitsandbytes is not installed"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -402,6 +409,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     silence_known_warnings()
     started = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, stop_case)
+    try:
+        result = run_cases(args, plan, started, out)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous_handler)
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps({"comparisons": result["comparisons"], "wall_s": result["wall_s"]}, indent=2))
+    if out is not None:
+        write(out, result)
+        print(f"wrote {out}")
+    return result
+
+
+def stop_case(signum, frame):
+    raise BudgetExceeded("stopped at the wall-clock budget")
+
+
+def run_cases(args, plan: Plan, started: float, out: Path | None) -> dict:
+    import torch
+
     peak = None if args.dry_run else H200_BF16_DENSE_PEAK
     result = {
         "dry_run": args.dry_run, "machine": machine_info(), "model": plan.model, "plan": dataclasses.asdict(plan),
@@ -409,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_note": "H200 SXM dense bf16 tensor-core peak (989 TFLOP/s); MFU = 6N (training) or 2N (prefill) "
                      "x real tokens/s / peak, N = parameters besides the embedding table, attention scores excluded"
                      if peak else "dry run: no MFU (CPU, fp32)",
-        "lengths": {"distribution": "log-normal", "median": plan.median_length, "sigma": 0.9,
+        "lengths": {"distribution": "log-normal", "median": plan.median_length, "sigma": LENGTH_SIGMA,
                     "cap": plan.max_length},
         "cases": {},
     }
@@ -428,12 +456,18 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         print(f"[bench.gpu] {name} ({time.monotonic() - started:.0f} s into the run) ...", flush=True)
         case_started = time.monotonic()
+        signal.alarm(max(1, int(left + OVERRUN_S)))
         try:
             measured = {"status": "ok", **run_case(name, plan, peak)}
+        except BudgetExceeded as problem:
+            measured = {"status": "stopped", "reason": f"{problem} ({plan.budget_s:.0f} s + {OVERRUN_S} s)"}
+            release()
         except Exception as problem:  # one failed case (out of memory, a kernel missing) must not stop the others
             traceback.print_exc()
             measured = {"status": "error", "error": f"{type(problem).__name__}: {str(problem)[:500]}"}
             release()
+        finally:
+            signal.alarm(0)
         measured["wall_s"] = round(time.monotonic() - case_started, 1)
         result["cases"][name] = measured
         print(f"[bench.gpu] {name}: " + json.dumps({k: v for k, v in measured.items()
@@ -445,11 +479,6 @@ def main(argv: list[str] | None = None) -> dict:
             write(out, result)
     result["comparisons"] = comparisons(result["cases"])
     result["wall_s"] = round(time.monotonic() - started, 1)
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps({"comparisons": result["comparisons"], "wall_s": result["wall_s"]}, indent=2))
-    if out is not None:
-        write(out, result)
-        print(f"wrote {out}")
     return result
 
 

@@ -149,7 +149,8 @@ def repeated_when_loaded(measure, attempts: int) -> dict:
         if load[0] <= cores:
             break
         if attempt < attempts:
-            print(f"[bench.prepare] 1-minute load {load[0]:.1f} > {cores} cores at the start: running again", flush=True)
+            print(f"[bench.prepare] 1-minute load {load[0]:.1f} > {cores} cores at the start: running again",
+                  flush=True)
     best = min(runs, key=lambda run: run["load_average_before"][0])
     listed = [{"attempt": run["attempt"], "load_average_before": run["load_average_before"],
                "load_average_after": run["load_average_after"], "vs_datasets_map": run["result"]["vs_datasets_map"]}
