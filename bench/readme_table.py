@@ -21,14 +21,21 @@ def load(name: str) -> dict | None:
 
 def rows_prepare(d: dict) -> list[tuple]:
     t, m = d["throughput"], d["memory"]
+    ours, base = t["tokenise_encode_records"], t["baseline_datasets_map_tokenise"]
+    both_cpu = t["prepare"]["cpu_s"] + ours["cpu_s"]
+
+    def per_row_and_token(cpu: float) -> str:
+        """Rates per CPU-s over `datasets.map`'s (tokens counted with the same tokenizer on both sides)."""
+        return (f"rows/CPU-s {base['cpu_s'] / cpu:.2f}×, tokens/CPU-s "
+                f"{(ours['tokens'] / cpu) / (base['tokens'] / base['cpu_s']):.2f}×")
+
+    load = t.get("load_average_before", d["machine"].get("load_average_at_start"))
     return [
-        ("prepare", f"synth → prepare → tokenise, {t['rows']:,} rows: CPU time vs plain `datasets.map` tokenisation",
-         f"{t['ratio_prepare_plus_tokenise_vs_datasets_map_cpu']:.2f}× the CPU time "
-         f"({t['pipeline_synth_prepare_tokenise']['rows_per_cpu_s']:,.0f} vs "
-         f"{t['baseline_datasets_map_tokenise']['rows_per_cpu_s']:,.0f} rows/CPU-s; it also packs turns and templates)",
-         "—"),
-        ("prepare", "tokenise only (`encode_records`) vs `datasets.map`, CPU time",
-         f"{t['ratio_tokenise_vs_datasets_map_cpu']:.2f}×", "—"),
+        ("prepare", f"prepare → tokenise, {t['rows']:,} rows, vs plain `datasets.map` tokenisation of the raw text "
+                    f"(the template adds tokens: {ours['tokens'] / t['rows']:.0f} vs {base['tokens'] / t['rows']:.0f} "
+                    f"a row; 1-min load {load[0]:.1f} on {d['machine']['cpus']} cores)",
+         per_row_and_token(both_cpu), "—"),
+        ("prepare", "tokenise only (`encode_records`) vs `datasets.map`", per_row_and_token(ours["cpu_s"]), "—"),
         ("prepare", "peak RSS of prepare, 1M vs 100k pool rows (streaming)",
          f"{m['peak_rss_ratio_large_vs_small']:.2f}× ({m['prepare_1000000_rows']['peak_rss_mib']:.0f} vs "
          f"{m['prepare_100000_rows']['peak_rss_mib']:.0f} MiB; 10× the rows)", "≈ 1"),
@@ -115,6 +122,25 @@ def rows_student(d: dict) -> list[tuple]:
     ]
 
 
+def rows_gpu(d: dict) -> list[tuple]:
+    """`python -m bench.gpu` on one GPU (not part of `make bench`): MFU of the ~1B teacher step and label prefill."""
+    cases, done = d["cases"], lambda name: d["cases"].get(name, {}).get("status") == "ok"
+    rows = []
+    if done("teacher_zero3_packed") and done("teacher_zero3_padded"):
+        packed, padded = cases["teacher_zero3_packed"], cases["teacher_zero3_padded"]
+        rows.append(("gpu", f"~1B Llama teacher step, ZeRO-3 bf16 on one {d['machine'].get('gpu', 'GPU')}: "
+                            "packed vs padded micro-batches, MFU (6N × real tokens/s over the bf16 dense peak)",
+                     f"{packed['mfu']:.1%} vs {padded['mfu']:.1%}", "—"))
+    if done("label_prefill"):
+        rows.append(("gpu", "label prefill (token-budget batches, bf16), MFU (2N × real tokens/s)",
+                     f"{cases['label_prefill']['mfu']:.1%} ({cases['label_prefill']['real_tokens_per_s']:,.0f} "
+                     "tokens/s)", "—"))
+    if "student_4bit_over_bf16_step_time" in d.get("comparisons", {}):
+        rows.append(("gpu", "student LoRA step time, 4-bit NF4 base vs bf16 base",
+                     f"{d['comparisons']['student_4bit_over_bf16_step_time']:.2f}×", "—"))
+    return rows
+
+
 def describe_machine(machine: dict) -> str:
     """From a results file's `machine` block, e.g. "2 CPU cores, CPU-only torch"."""
     text = f"{machine.get('cpus', '?')} CPU cores"
@@ -128,8 +154,11 @@ def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     rows: list[tuple] = []
     machines: set[str] = set()
     for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("label", rows_label),
-                         ("generate", rows_generate), ("student", rows_student), ("predict", rows_predict)):
+                         ("generate", rows_generate), ("student", rows_student), ("predict", rows_predict),
+                         ("gpu", rows_gpu)):
         data = load(name)
+        if name == "gpu" and (data is None or data.get("dry_run")):
+            continue  # needs a GPU, so not part of `make bench`: shown once measured
         if data is not None and name not in failed:
             machines.add(describe_machine(data.get("machine") or {}))
         if name in failed:
@@ -147,8 +176,10 @@ def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     lines.append("")
     machines = {m for m in machines if not any(o != m and o.startswith(m) for o in machines)}  # most specific
     lines.append(f"Measured by `make bench` (`bench/*.py`) on: {'; '.join(sorted(machines)) or 'no results yet'}. "
-                 "Results in `bench/results/*.json` with the machine's load. The GPU figures (MFU on an H200) need a "
-                 "GPU and were not measured.")
+                 "Results in `bench/results/*.json` with the machine's load. "
+                 + ("The GPU rows: `python -m bench.gpu` on one GPU." if (load("gpu") or {}).get("cases") and
+                    not load("gpu").get("dry_run") else
+                    "The GPU figures (MFU on an H200) need a GPU: `python -m bench.gpu` measures them, not run yet."))
     return "\n".join(lines)
 
 
