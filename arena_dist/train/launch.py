@@ -129,6 +129,8 @@ def train_stage(config: TrainJobConfig, recipe: str, extra_exports: tuple[str, .
     if done is not None:
         # A resubmitted finished job (e.g. a requeue after the last step) must not train again.
         print(f"{recipe}: already finished with this config ({done['steps']} steps); export {done['export_dir']}")
+        if not recorded(config.run_dir):  # ended after its export, before its record (killed, timed out)
+            record_stage(config, recipe, done)
         return done
     claim_outputs(config, extra_exports)
     summary = run_training(config, recipe, placement)
@@ -139,6 +141,13 @@ def train_stage(config: TrainJobConfig, recipe: str, extra_exports: tuple[str, .
           f"export {summary['export_dir']}", flush=True)
     record_stage(config, recipe, summary)
     return summary
+
+
+def recorded(run_dir: Path) -> bool:
+    from arena_dist.artefacts import read_artefact
+
+    record = read_artefact(run_dir)
+    return record is not None and record.status == "succeeded"
 
 
 def record_stage(config: TrainJobConfig, recipe: str, summary: dict) -> None:

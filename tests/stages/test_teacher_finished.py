@@ -2,6 +2,7 @@
 
 import json
 
+from arena_dist.artefacts import read_artefact
 from arena_dist.config import config_hash, load_config
 from arena_dist.stages import teacher
 from arena_dist.train.launch import absolute_paths, finished_run
@@ -24,6 +25,13 @@ def test_finished_run_is_recognised_only_for_the_same_config(tmp_path):
     finished_layout(tmp_path, config)
     assert finished_run(config)["steps"] == 8
     assert teacher.run(config)["steps"] == 8  # returns at once: no Ray, no training
+    # A job that ended after its export but before its stage record (killed, timed out): the rerun writes the
+    # record, so the next stage finds the export; a record already there is kept as it is.
+    record = read_artefact(config.run_dir)
+    assert record.status == "succeeded" and record.outputs["export"] == str(config.export_dir)
+    before = (config.run_dir / "stage.json").read_bytes()
+    teacher.run(config)
+    assert (config.run_dir / "stage.json").read_bytes() == before
 
     changed = load_config(teacher.Config, "launch/configs/teacher_tiny.yaml", sets + ["training.lr=0.5"])
     absolute_paths(changed)
