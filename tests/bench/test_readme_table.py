@@ -27,5 +27,5 @@ def test_readme_is_rewritten_between_the_markers_only(tmp_path):
 
 def test_every_committed_result_renders():
     """Each bench/results/*.json the table knows is read by its row renderer (a renamed key would show up here)."""
-    rendered = table()
-    assert "unreadable" not in rendered and "not run yet" not in rendered, rendered
+    rows = [line for line in table().splitlines() if line.startswith("| ")]
+    assert not [row for row in rows if "unreadable" in row or "not run yet" in row], rows
