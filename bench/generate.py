@@ -7,7 +7,8 @@
    used, beside naive fixed-size batches in dataset order over the same prompts (what most scripts do).
 
     python -m bench.generate                  # ~2-4 minutes
-    python -m bench.generate --prompts 128 --new-tokens 16   # quicker look
+    python -m bench.generate --prompts 128 --new-tokens 16 --out /tmp/generate.json   # a quicker look, not
+                                              # written over the committed results
 
 Prints JSON and writes it to bench/results/generate.json (`--out` to change).
 """
