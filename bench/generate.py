@@ -3,7 +3,9 @@
 1. Scaling 1 -> 2 actors (1 thread each) through the real driver on a private 2-CPU Ray head: generated tokens per
    second from the moment the first actor has loaded its generators to the last commit. Every reply is exactly
    `--new-tokens` long (greedy, min = max new tokens), so both runs do the same work.
-2. Padding of the generation batches: padded / real prompt tokens of the length-sorted token-budget batches the run
+2. The machine's own ceiling for that figure: the same generation work in 1 plain process, then split over 2
+   concurrent processes (1 thread each, no Ray). What 2 processes reach here bounds what 2 Ray actors can.
+3. Padding of the generation batches: padded / real prompt tokens of the length-sorted token-budget batches the run
    used, beside naive fixed-size batches in dataset order over the same prompts (what most scripts do).
 
     python -m bench.generate                  # ~2-4 minutes
@@ -147,6 +149,50 @@ def bench_scaling(work: Path, dataset: Path, generators: dict, new_tokens: int, 
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
+def _generate_share(generator: str, conversations: list, sampling, start, results) -> None:
+    """One process's share of the ceiling run: load, wait for the others, generate; puts (new tokens, seconds)."""
+    import time
+
+    import torch
+
+    from arena_dist.generate.backend import TransformersGenerator
+
+    torch.set_num_threads(1)
+    model = TransformersGenerator(generator)
+    model.generate_detailed(conversations[:4], sampling)  # warm-up outside the timed part, as an actor's first shard
+    start.wait()
+    started = time.perf_counter()
+    new_tokens = sum(item.new_tokens for item in model.generate_detailed(conversations, sampling))
+    results.put((new_tokens, time.perf_counter() - started))
+
+
+def bench_machine_ceiling(dataset: Path, generator: Path, new_tokens: int, max_tokens: int) -> dict:
+    """Tokens/s of the same prompts in 1 process and split over 2 concurrent processes (the Ray-free bound)."""
+    import multiprocessing
+
+    from arena_dist.data.store import iter_records
+    from arena_dist.generate.backend import SamplingSettings
+
+    sampling = SamplingSettings(temperature=0.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                max_tokens=max_tokens)
+    conversations = [[{"role": "user", "content": r["prompt"][0]}] for r in iter_records(dataset, "prompts")]
+    context = multiprocessing.get_context("spawn")
+    rates = {}
+    for count in (1, 2):
+        start, results = context.Barrier(count), context.Queue()
+        processes = [context.Process(target=_generate_share,
+                                     args=(str(generator), conversations[i::count], sampling, start, results))
+                     for i in range(count)]
+        for process in processes:
+            process.start()
+        done = [results.get() for _ in processes]
+        for process in processes:
+            process.join()
+        rates[count] = sum(tokens for tokens, _ in done) / max(seconds for _, seconds in done)
+    return {"prompts": len(conversations), "1_process_new_tokens_per_s": round(rates[1], 1),
+            "2_process_new_tokens_per_s": round(rates[2], 1), "scaling_1_to_2": round(rates[2] / rates[1], 3)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=512)
@@ -163,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
         generators = {family: build_generator(work, family) for family in FAMILIES}
         dataset = build_prompts(work, args.prompts, args.shards)
         result["scaling"] = bench_scaling(work, dataset, generators, args.new_tokens, args.max_tokens)
+        result["machine_ceiling"] = bench_machine_ceiling(dataset, generators["llama"], args.new_tokens,
+                                                          args.max_tokens)
         result["padding"] = {"token_budget_sorted": result["scaling"]["2_actor"]["prompt_padding_ratio"],
                              "naive_fixed_size": naive_padding(dataset, generators["llama"], args.naive_batch)}
         result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

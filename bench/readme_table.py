@@ -77,6 +77,9 @@ def rows_generate(d: dict) -> list[tuple]:
          f"{s['scaling_1_to_2']:.2f}× ({s['1_actor']['new_tokens_per_s']:,.0f} → {s['2_actor']['new_tokens_per_s']:,.0f}"
          f" tokens/s; actors got {s['1_actor']['actor_cpu_share']:.2f} → {s['2_actor']['actor_cpu_share']:.2f} of a "
          "core each)", f"≥ {s['target_scaling']}×"),
+        *([("generate", "the machine's own ceiling: the same generation in 2 concurrent plain processes vs 1 "
+                        f"(no Ray; {d['machine_ceiling']['prompts']} prompts, the Llama model)",
+            f"{d['machine_ceiling']['scaling_1_to_2']:.2f}×", "—")] if "machine_ceiling" in d else []),
         ("generate", "padded / real prompt tokens, length-sorted token-budget batches vs fixed batches of "
                      f"{p['naive_fixed_size']['batch_size']} in dataset order",
          f"{p['token_budget_sorted']:.3f} vs {p['naive_fixed_size']['padding_ratio']:.3f}", "—"),

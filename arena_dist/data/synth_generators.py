@@ -1,77 +1,135 @@
 """Chat "generator" models of the synthetic arena world, for building a pool with `arena-dist generate`.
 
-A pool built by `generate` is only worth distilling on if the synthetic preference model can still judge it: its
-labels come from the quality words a response contains (arena_dist.data.synth). A random-init causal LM over a real
-tokenizer writes sub-word gibberish that holds almost no quality word, so every generated pair would be a tie of
-lengths. Each model written here therefore speaks only the synthetic world's words: a word-level tokenizer whose
-vocabulary is a set of quality words plus English filler, with the Llama-3 chat template and special tokens. The
-model itself is an ordinary random-init `LlamaForCausalLM` saved in the hub's layout (safetensors, config,
-generation config, tokenizer), so `generate` loads it by path exactly as it loads a hub chat model.
+A pool built by `generate` is only worth distilling on if it looks like the data the student is scored on: the
+synthetic preference model labels a response by the quality words it holds (arena_dist.data.synth), and synth's own
+responses open each turn with one or two quality words picked by the answering model's skill, followed by filler in
+one language. A random-init causal LM writes none of that: over a real tokenizer it writes sub-word gibberish with
+no quality word, and even over the world's words it scatters quality words everywhere, so that each reply's mean
+quality regresses to its model's average and the labels come out nearly uniform (a first demo pool built that way
+had a mean label entropy of 0.996 nats against 0.79 for synth's own pool, and the student distilled on it reached
+only 0.85x its teacher).
 
-The models differ in "skill" the way synth's generating models do: the strong one's vocabulary holds every positive
-quality word and few negative ones, the weak one the reverse, the even one all of them; so the strong model wins
-most of its comparisons, and the label still depends on the text only (`synth.true_probabilities` reads it).
+Each model written here is therefore a *bigram* model in Llama's clothes: an ordinary `LlamaForCausalLM` whose
+attention and MLP outputs are zero, so that the last hidden state is the last token's embedding; embeddings are
+one-hot, and `lm_head` holds log P(next | last) (scaled by the final RMSNorm's sqrt(hidden)). The table speaks like
+synth's generating models: after the assistant header a quality word drawn from the model's skill distribution
+(`World.pick_cdf`), another one with probability QUALITY_CONTINUE, then filler of one language (drawn with synth's
+language mix) until end of turn. `generate` samples from it with the model's own chat template (Llama-3's template
+and special tokens over a word-level tokenizer of the world's words) and loads it by path exactly as it loads a hub
+chat model (safetensors, config, generation config, tokenizer).
+
+What a bigram cannot do: see the prompt. A reply's language is drawn per reply rather than following the prompt's,
+and replies hold no topic words. The labels still depend on the text only (`synth.true_probabilities` reads it).
 
 transformers / tokenizers / torch are imported inside the writer: `synth` itself stays numpy + pyarrow.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from arena_dist.data.synth import FILLER, QUALITY_NEGATIVE, QUALITY_POSITIVE
+import numpy as np
+
+from arena_dist.data.synth import FILLER, LANGUAGE_CODES, MODEL_NAMES, QUALITY_WORDS, SynthSpec, build_world
 from arena_dist.io import atomic_directory
 
 # The Llama-3 family's own special tokens and chat layout.
 BOS, EOS, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
 HEADER_START, HEADER_END, UNK = "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_0|>"
+SPECIAL_TOKENS = (BOS, EOS, PAD, HEADER_START, HEADER_END, UNK)
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
     "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
-FILLER_WORDS = 40  # English filler words in every generator's vocabulary
+# synth's turns hold 1 + Binomial(words - 1, 0.05) quality words (about 1.45 for its demo's 6-16 words); a geometric
+# count with this continuation probability has mean 1 / (1 - 0.3) = 1.43.
+QUALITY_CONTINUE = 0.3
+# End of turn after each filler word once min_new_tokens is reached: 6 + (1 - p) / p = 10 words on average, as
+# synth's demo turns (log-uniform over 6..16 words).
+END_RATE = 0.2
+NEVER = -1e4  # a logit that softmax turns into exactly 0 in float32
 
 
 @dataclass(frozen=True)
 class GeneratorSpec:
     name: str
-    positive: int  # how many of the positive quality words its vocabulary holds
-    negative: int  # ... and of the negative ones
+    skill: str  # "max", "median" or "min": which of synth's models (by skill) this one answers like
 
 
-GENERATORS = (GeneratorSpec("synth-strong", positive=20, negative=8),
-              GeneratorSpec("synth-even", positive=20, negative=20),
-              GeneratorSpec("synth-weak", positive=8, negative=20))
+GENERATORS = (GeneratorSpec("synth-strong", skill="max"),
+              GeneratorSpec("synth-even", skill="median"),
+              GeneratorSpec("synth-weak", skill="min"))
 
 
-def vocabulary(spec: GeneratorSpec) -> list[str]:
-    return [*QUALITY_POSITIVE[:spec.positive], *QUALITY_NEGATIVE[:spec.negative], *FILLER["en"][:FILLER_WORDS]]
+def vocabulary() -> list[str]:
+    """The words every generator can write: the quality words, then each language's filler (each word once)."""
+    return list(dict.fromkeys([*QUALITY_WORDS, *(word for code in LANGUAGE_CODES for word in FILLER[code])]))
 
 
-def write_generator(out_dir: Path, spec: GeneratorSpec, seed: int) -> Path:
-    """Write one generator (random weights from `seed`) to `out_dir` in the hub's layout; returns the folder."""
+def synth_model(spec: GeneratorSpec, synth_spec: SynthSpec) -> int:
+    """Index into MODEL_NAMES of the synth model `spec` answers like."""
+    skills = build_world(synth_spec.preference).skills
+    order = np.argsort(skills)
+    return int({"min": order[0], "median": order[len(order) // 2], "max": order[-1]}[spec.skill])
+
+
+def transition_table(spec: GeneratorSpec, synth_spec: SynthSpec) -> tuple[list[str], np.ndarray]:
+    """(tokens, P) with P[i, j] = P(next token j | last token i); rows sum to 1."""
+    world = build_world(synth_spec.preference)
+    pick = np.diff(world.pick_cdf[synth_model(spec, synth_spec)], prepend=0.0)  # skill distribution over quality words
+    tokens = [*SPECIAL_TOKENS, *vocabulary()]
+    index = {token: i for i, token in enumerate(tokens)}
+    quality = np.array([index[w] for w in QUALITY_WORDS])
+    filler = {code: np.array([index[w] for w in dict.fromkeys(FILLER[code])]) for code in LANGUAGE_CODES}
+    mix = np.array([synth_spec.languages.get(code, 0.0) for code in LANGUAGE_CODES])
+    mix /= mix.sum()
+
+    table = np.zeros((len(tokens), len(tokens)))
+    table[:, quality] = pick  # a turn opens with a quality word (the header ends every prompt)
+    table[quality] = 0.0
+    table[np.ix_(quality, quality)] = QUALITY_CONTINUE * pick
+    for share, code in zip(mix, LANGUAGE_CODES):
+        table[np.ix_(quality, filler[code])] = (1 - QUALITY_CONTINUE) * share / len(filler[code])
+        table[filler[code]] = 0.0
+        table[np.ix_(filler[code], filler[code])] = (1 - END_RATE) / len(filler[code])
+        table[filler[code], index[EOS]] = END_RATE
+    return tokens, table
+
+
+def write_generator(out_dir: Path, spec: GeneratorSpec, synth_spec: SynthSpec) -> Path:
+    """Write one generator to `out_dir` in the hub's layout; returns the folder."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    special = [BOS, EOS, PAD, HEADER_START, HEADER_END, UNK]
-    vocab = {token: index for index, token in enumerate([*special, *vocabulary(spec)])}
+    tokens, table = transition_table(spec, synth_spec)
+    vocab = {token: i for i, token in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                         unk_token=UNK, additional_special_tokens=[HEADER_START, HEADER_END],
                                         chat_template=CHAT_TEMPLATE, padding_side="left")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD],
-                         tie_word_embeddings=False, initializer_range=0.3)
-    torch.manual_seed(seed)
+    hidden = 8 * math.ceil(len(tokens) / 8)  # one dimension per token; heads of an even size (RoPE)
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=4, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
+                         rms_norm_eps=1e-12, bos_token_id=vocab[BOS], eos_token_id=vocab[EOS],
+                         pad_token_id=vocab[PAD], tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
-    with torch.no_grad():  # a generator must never write a special token as a word of its reply
-        model.lm_head.weight[[vocab[t] for t in special if t != EOS]] = 0.0
-        model.lm_head.weight[vocab[EOS]] *= 0.5  # most replies run to max_new_tokens, as synth's do
+    with torch.no_grad():
+        for parameter in model.model.layers.parameters():  # attention and MLP add nothing to the residual
+            parameter.zero_()
+        for norm in (model.model.layers[0].input_layernorm, model.model.layers[0].post_attention_layernorm,
+                     model.model.norm):
+            norm.weight.fill_(1.0)
+        model.model.embed_tokens.weight.copy_(torch.eye(len(tokens), hidden))
+        # RMSNorm turns the one-hot embedding e_i into sqrt(hidden) * e_i, so logits_j = lm_head[j, i] * sqrt(hidden).
+        logits = np.where(table > 0, np.log(np.where(table > 0, table, 1.0)), NEVER) / math.sqrt(hidden)
+        weight = torch.zeros(len(tokens), hidden)
+        weight[:, :len(tokens)] = torch.from_numpy(logits.T.astype(np.float32))
+        model.lm_head.weight.copy_(weight)
     model.generation_config = GenerationConfig(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS],
                                                pad_token_id=vocab[PAD])
     with atomic_directory(out_dir) as tmp:
@@ -80,7 +138,6 @@ def write_generator(out_dir: Path, spec: GeneratorSpec, seed: int) -> Path:
     return out_dir
 
 
-def write_generators(out_dir: Path, seed: int) -> dict[str, Path]:
-    """Every generator of GENERATORS under `out_dir/<name>`, seeded from `seed`."""
-    return {spec.name: write_generator(out_dir / spec.name, spec, seed * 101 + index)
-            for index, spec in enumerate(GENERATORS)}
+def write_generators(out_dir: Path, synth_spec: SynthSpec) -> dict[str, Path]:
+    """Every generator of GENERATORS under `out_dir/<name>`, speaking the world of `synth_spec`."""
+    return {spec.name: write_generator(out_dir / spec.name, spec, synth_spec) for spec in GENERATORS}

@@ -108,7 +108,7 @@ def run(config: Config) -> dict:
                           yaml.safe_dump(prompts_prepare_config(config, out), sort_keys=False))
         generated = {"prompts_prepare_config": out / "prompts_prepare.yaml",
                      **{f"generators/{name}": path for name, path in
-                        write_generators(out / "generators", config.seed).items()}}
+                        write_generators(out / "generators", spec).items()}}
     if config.n_pairwise:
         files.update(synth.write_pairwise(out, config.n_pairwise, config.seed, spec)["files"])
     else:  # never leave pairwise files of an earlier run that no longer match this config

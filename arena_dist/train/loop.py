@@ -225,6 +225,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(config.tokenizer_name, trust_remote_code=config.model.trust_remote_code)
         self.num_labels = num_labels(config.format.label_mode)
         self.train_samples, self.eval_samples = self.recipe.samples()
+        self.eval_lengths: list[int] | None = None  # token lengths of the eval rows, once packed eval needs them
         training = config.training
         weights = config.data.language_weights
         languages = [sample.record["language"] for sample in self.train_samples] if weights else None
@@ -321,15 +322,17 @@ class Trainer:
 
         if not self.eval_samples:
             return {}
-        micro = self.config.training.eval_micro_batch or self.config.training.micro_batch
-        plan = eval_plan(len(self.eval_samples), self.rank, self.world_size, micro)
         sums = torch.zeros(6, dtype=torch.float64)  # log loss, correct, hard rows, KL, soft rows, rows
         self.parallel.eval()
         with torch.no_grad():
-            for indices, real in plan:
+            for indices, real in self.eval_micro_batches():
                 examples = self.encoder.encode([self.eval_samples[i] for i in indices], [False] * len(indices))
-                inputs, targets = split_targets(self.to_device(collate(examples, self.tokenizer.pad_token_id)))
-                logits = self.parallel.forward(**inputs).logits.float()
+                if self.config.training.micro_batch_tokens:
+                    inputs, targets = split_targets(self.to_device(collate_packed(examples)))
+                    logits = packed_logits(self.parallel.runner, self.parallel.module, inputs).float()
+                else:
+                    inputs, targets = split_targets(self.to_device(collate(examples, self.tokenizer.pad_token_id)))
+                    logits = self.parallel.forward(**inputs).logits.float()
                 if not real:
                     continue
                 labels = targets["labels"]
@@ -351,6 +354,22 @@ class Trainer:
         if n_soft:
             metrics.update(eval_kl_to_teacher=kl / n_soft, eval_rows_hard=int(n_hard), eval_rows_soft=int(n_soft))
         return metrics
+
+    def eval_micro_batches(self) -> list[tuple[list[int], bool]]:
+        """This rank's evaluation micro-batches as (eval record indices, real?), as many on every rank.
+
+        Padded: `eval_micro_batch` rows each (`eval_plan`). Packed (`training.micro_batch_tokens`): the whole eval set
+        planned as one step (`plan_step`: equal pack counts per rank, tokens balanced); the rows' lengths are
+        encoded once per run and kept. Fewer eval rows than ranks cannot give every rank a pack, so that case stays
+        padded."""
+        budget = self.config.training.micro_batch_tokens
+        if budget and len(self.eval_samples) >= self.world_size:
+            if self.eval_lengths is None:
+                self.eval_lengths = [len(e.input_ids) for e in self.encoder.encode(
+                    self.eval_samples, [False] * len(self.eval_samples))]
+            return [(pack, True) for pack in plan_step(self.eval_lengths, self.world_size, budget)[self.rank]]
+        micro = self.config.training.eval_micro_batch or self.config.training.micro_batch
+        return eval_plan(len(self.eval_samples), self.rank, self.world_size, micro)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, metrics: dict) -> Path:

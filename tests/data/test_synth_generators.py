@@ -43,7 +43,7 @@ def test_generators_answer_in_the_worlds_words_and_the_strong_one_wins(tmp_path)
     from arena_dist.data.synth_generators import write_generators
     from arena_dist.generate.backend import SamplingSettings, TransformersGenerator
 
-    paths = write_generators(tmp_path, seed=0)
+    paths = write_generators(tmp_path, synth.SynthSpec())
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=16, min_new_tokens=6)
     conversation = [{"role": "user", "content": "how do I cook pasta with garlic?"}]
     replies = {}
@@ -55,8 +55,13 @@ def test_generators_answer_in_the_worlds_words_and_the_strong_one_wins(tmp_path)
         assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
         replies[spec.name] = generator.generate([conversation] * 48, settings)
         words = {word for reply in replies[spec.name] for word in reply.split()}
-        assert words <= set(vocabulary(spec)), words - set(vocabulary(spec))  # no special token, no unknown word
+        assert words <= set(vocabulary()), words - set(vocabulary())  # no special token, no unknown word
         assert all(6 <= len(reply.split()) <= 16 for reply in replies[spec.name])
+        # As synth's own turns: quality words open the reply, then filler of one language.
+        assert all(reply.split()[0] in synth.QUALITY_WORDS for reply in replies[spec.name])
+        for reply in replies[spec.name]:
+            filler = [w for w in reply.split() if w not in synth.QUALITY_WORDS]
+            assert any(set(filler) <= set(synth.FILLER[code]) for code in synth.LANGUAGE_CODES), reply
     # The synthetic preference model judges the generated text: the strong model's words score higher, and it
     # wins more of its comparisons with the weak one than it loses.
     quality = {name: np.mean([q / n if n else 0.0 for q, n, _ in map(lambda r: synth.response_stats([r]), texts)])
@@ -64,3 +69,28 @@ def test_generators_answer_in_the_worlds_words_and_the_strong_one_wins(tmp_path)
     assert quality["synth-strong"] > quality["synth-weak"] + 0.1, quality
     probabilities = [synth.true_probabilities([a], [b]) for a, b in zip(replies["synth-strong"], replies["synth-weak"])]
     assert np.mean([p["p_a"] - p["p_b"] for p in probabilities]) > 0.1
+
+
+def test_each_generator_is_exactly_its_bigram_table(tmp_path):
+    """The checkpoint loaded by path predicts P(next | last token) as the table says, whatever came before."""
+    import torch
+
+    from arena_dist.data.synth_generators import HEADER_END, transition_table, write_generator
+    from arena_dist.generate.backend import TransformersGenerator
+
+    spec = synth.SynthSpec()
+    strong, weak = GENERATORS[0], GENERATORS[-1]
+    tokens, table = transition_table(strong, spec)
+    assert np.allclose(table.sum(axis=1), 1.0)
+    model = TransformersGenerator(str(write_generator(tmp_path / "strong", strong, spec))).model
+    header = tokens.index(HEADER_END)
+    context = torch.randint(0, len(tokens), (len(tokens), 5))
+    inputs = torch.cat([context, torch.arange(len(tokens))[:, None]], dim=1)  # every token last, after noise
+    with torch.no_grad():
+        probabilities = torch.softmax(model(inputs).logits[:, -1].double(), dim=-1).numpy()
+    assert np.abs(probabilities - table).max() < 1e-6
+    # The strong model opens with better quality words than the weak one (skills from synth's world).
+    scores = synth.build_world(spec.preference).scores
+    quality = [tokens.index(w) for w in synth.QUALITY_WORDS]
+    opening = {g.name: transition_table(g, spec)[1][header, quality] for g in (strong, weak)}
+    assert opening[strong.name] @ scores > opening[weak.name] @ scores + 0.5

@@ -164,9 +164,8 @@ def samples(tmp_path_factory):
     return [Sample(r) for r in read_records(dataset, "train", 0, 1)][:16]
 
 
-def one_step(samples, micro_batch_tokens, loss=None):
-    """The first training step of a one-rank Trainer (replicated weights, `loss` or the teacher's cross-entropy);
-    returns (loss parts, tokens, stats, the gradient the optimizer stepped with)."""
+def one_rank_trainer(samples, micro_batch_tokens, loss=None, eval_samples=()):
+    """A one-rank Trainer (replicated weights, `loss` or the teacher's cross-entropy) on `samples`."""
     from arena_dist.formatting.templates import FormatConfig
     from arena_dist.formatting.tokenizer import load_tokenizer
     from arena_dist.train.config import TrainingSettings
@@ -176,7 +175,7 @@ def one_step(samples, micro_batch_tokens, loss=None):
     from arena_dist.train.parallel import ReplicatedParallel
 
     training = TrainingSettings(global_batch=8, micro_batch=2, micro_batch_tokens=micro_batch_tokens, clip=None,
-                                seed=1, schedule="constant", lr=1e-3)
+                                seed=1, schedule="constant", lr=1e-3, eval_micro_batch=3)
     tokenizer = load_tokenizer("local")
     torch.manual_seed(0)
     model = build_model(tiny("llama", vocab_size=None), 2, int(tokenizer.pad_token_id))
@@ -188,6 +187,15 @@ def one_step(samples, micro_batch_tokens, loss=None):
     trainer.encoder = Encoder(tokenizer, FormatConfig(template="llama3", max_length=96, label_mode="2class"),
                               require_label=loss is None)
     trainer.parallel = ReplicatedParallel(model, training, 4, 1, trainer.device)
+    trainer.eval_samples, trainer.eval_lengths = list(eval_samples), None
+    return trainer
+
+
+def one_step(samples, micro_batch_tokens, loss=None):
+    """The first training step of a one-rank Trainer; returns (loss parts, tokens, stats, the gradient the optimizer
+    stepped with)."""
+    trainer = one_rank_trainer(samples, micro_batch_tokens, loss)
+    model = trainer.parallel.module
     stepped = {}
     trainer.parallel.optimizer.register_step_pre_hook(
         lambda *_: stepped.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
@@ -260,3 +268,20 @@ def test_packed_distillation_step_is_the_per_row_mean_whatever_the_packing(sampl
     assert whole_parts["ce"] > 0 and whole_parts["kl"] > 0
     for name, grad in whole_grads.items():
         assert (split_grads[name] - grad).abs().max() < TOL, name
+
+
+def test_packed_evaluation_gives_the_padded_metrics(samples):
+    """Held-out log loss, accuracy and KL to the teacher over packs of unequal row counts = over padded batches."""
+    from arena_dist.train.data import Sample
+
+    held_out = [Sample(s.record, [0.1 + 0.05 * i, 0.9 - 0.05 * i] if i % 2 else None) for i, s in
+                enumerate(samples[:11])]
+    padded = one_rank_trainer(samples, None, eval_samples=held_out)
+    packed = one_rank_trainer(samples, 150, eval_samples=held_out)
+    assert len(packed.eval_micro_batches()) >= 3 and all(real for _, real in packed.eval_micro_batches())
+    assert sorted(i for pack, _ in packed.eval_micro_batches() for i in pack) == list(range(11))
+    expected, got = padded.evaluate(), packed.evaluate()
+    assert expected.keys() == got.keys() and expected["eval_records"] == got["eval_records"] == 11
+    assert expected["eval_kl_to_teacher"] > 0
+    for key, value in expected.items():
+        assert abs(got[key] - value) < 1e-5, key
