@@ -26,6 +26,7 @@ Conversation = list[dict]  # [{"role": "user" | "assistant", "content": str}, ..
 class SamplingSettings:
     temperature: float = 0.7  # 0: greedy decoding
     top_p: float = 0.95
+    top_k: int = 0  # 0: off. Passed explicitly: transformers otherwise applies its own default of 50
     max_new_tokens: int = 512
     min_new_tokens: int = 1  # an empty reply is no use in a pool (prepare quarantines it)
     seed: int = 0  # torch's generator is seeded from it (plus the batch's key) before each call
@@ -140,7 +141,8 @@ class TransformersGenerator:
         ids, mask = pad_left(prompts, self.pad_id)
         input_ids = torch.tensor(ids, device=self.device)
         attention_mask = torch.tensor(mask, device=self.device)
-        sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} \
+        sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p,
+                    "top_k": settings.top_k} \
             if settings.temperature > 0 else {"do_sample": False}
         output = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,

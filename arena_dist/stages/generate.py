@@ -39,6 +39,9 @@ class GeneratorEntry(StrictModel):
 class SamplingSection(StrictModel):
     temperature: float = Field(0.7, ge=0)  # 0: greedy
     top_p: float = Field(0.95, gt=0, le=1)
+    # 0: off. Always passed: otherwise transformers keeps the model's generation config's top_k, or its own 50,
+    # which silently cuts every token past the 50 likeliest.
+    top_k: int = Field(0, ge=0)
     max_new_tokens: int = Field(512, gt=0)
     min_new_tokens: int = Field(1, ge=0)  # empty replies are quarantined by prepare
 
@@ -84,7 +87,7 @@ def sampling_settings(config: Config):
     from arena_dist.generate.backend import SamplingSettings
 
     return SamplingSettings(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-                            max_new_tokens=config.sampling.max_new_tokens,
+                            top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
                             min_new_tokens=config.sampling.min_new_tokens, seed=config.seed,
                             max_tokens=config.batching.max_tokens, max_rows=config.batching.max_rows)
 

@@ -59,9 +59,14 @@ def test_generators_answer_in_the_worlds_words_and_the_strong_one_wins(tmp_path)
         assert all(6 <= len(reply.split()) <= 16 for reply in replies[spec.name])
         # As synth's own turns: quality words open the reply, then filler of one language.
         assert all(reply.split()[0] in synth.QUALITY_WORDS for reply in replies[spec.name])
+        languages = set()
         for reply in replies[spec.name]:
             filler = [w for w in reply.split() if w not in synth.QUALITY_WORDS]
+            languages |= {code for code in synth.LANGUAGE_CODES if set(filler) <= set(synth.FILLER[code])}
             assert any(set(filler) <= set(synth.FILLER[code]) for code in synth.LANGUAGE_CODES), reply
+        # Every language's filler is written, though each is one of ~550 tokens: nothing cuts the sampled
+        # distribution to its likeliest tokens (transformers' own top_k of 50 would leave English only).
+        assert languages == set(synth.LANGUAGE_CODES), languages
     # The synthetic preference model judges the generated text: the strong model's words score higher, and it
     # wins more of its comparisons with the weak one than it loses.
     quality = {name: np.mean([q / n if n else 0.0 for q, n, _ in map(lambda r: synth.response_stats([r]), texts)])
