@@ -9,17 +9,20 @@ quality regresses to its model's average and the labels come out nearly uniform 
 had a mean label entropy of 0.996 nats against 0.79 for synth's own pool, and the student distilled on it reached
 only 0.85x its teacher).
 
-Each model written here is therefore a *bigram* model in Llama's clothes: an ordinary `LlamaForCausalLM` whose
-attention and MLP outputs are zero, so that the last hidden state is the last token's embedding; embeddings are
-one-hot, and `lm_head` holds log P(next | last) (scaled by the final RMSNorm's sqrt(hidden)). The table speaks like
-synth's generating models: after the assistant header a quality word drawn from the model's skill distribution
-(`World.pick_cdf`), another one with probability QUALITY_CONTINUE, then filler of one language (drawn with synth's
-language mix) until end of turn. `generate` samples from it with the model's own chat template (Llama-3's template
-and special tokens over a word-level tokenizer of the world's words) and loads it by path exactly as it loads a hub
-chat model (safetensors, config, generation config, tokenizer).
+Each model written here is therefore a *bigram* model in Llama's clothes that follows the prompt's language: an
+ordinary one-layer `LlamaForCausalLM` with one-hot token embeddings and no MLP output, whose attention has zero
+queries and keys, so that it averages over the whole conversation so far a small value that marks each filler word's
+language. The last hidden state is then the last token's one-hot embedding plus the conversation's language shares,
+and `lm_head` holds log P(next | last) (scaled by the final RMSNorm's sqrt(hidden)) plus a large bonus for the
+languages present. The bigram table speaks like synth's generating models: after the assistant header a quality word
+drawn from the model's skill distribution (`World.pick_cdf`), another one with probability QUALITY_CONTINUE, then
+filler of the prompt's language until the end of the turn. `generate` samples from it with the model's own chat
+template (Llama-3's template and special tokens over a word-level tokenizer of the world's words) and loads it by path
+exactly as it loads a hub chat model (safetensors, config, generation config, tokenizer).
 
-What a bigram cannot do: see the prompt. A reply's language is drawn per reply rather than following the prompt's,
-and replies hold no topic words. The labels still depend on the text only (`synth.true_probabilities` reads it).
+What it cannot do: replies hold no topic words and no punctuation; a prompt with no filler word of any language
+(nothing to follow) gets replies whose language is drawn uniformly. The labels still depend on the text only
+(`synth.true_probabilities` reads it).
 
 transformers / tokenizers / torch are imported inside the writer: `synth` itself stays numpy + pyarrow.
 """
@@ -51,6 +54,12 @@ QUALITY_CONTINUE = 0.3
 # synth's demo turns (log-uniform over 6..16 words).
 END_RATE = 0.2
 NEVER = -1e4  # a logit that softmax turns into exactly 0 in float32
+# The language value each filler word adds to the attention average: small, so the final RMSNorm's scale stays within
+# 0.1% of the pure bigram's (its hidden state's norm is sqrt(1 + marks^2)).
+LANGUAGE_MARK = 0.05
+# Logit bonus per unit share of a language in the conversation. A synth prompt's filler is about a fifth or more of
+# the conversation's tokens, a bonus of 8 and up: other languages' filler then keeps under 0.1% of the mass.
+LANGUAGE_BONUS = 40.0
 
 
 @dataclass(frozen=True)
@@ -76,26 +85,34 @@ def synth_model(spec: GeneratorSpec, synth_spec: SynthSpec) -> int:
     return int({"min": order[0], "median": order[len(order) // 2], "max": order[-1]}[spec.skill])
 
 
-def transition_table(spec: GeneratorSpec, synth_spec: SynthSpec) -> tuple[list[str], np.ndarray]:
-    """(tokens, P) with P[i, j] = P(next token j | last token i); rows sum to 1."""
+def transition_table(spec: GeneratorSpec, synth_spec: SynthSpec, language: str) -> tuple[list[str], np.ndarray]:
+    """(tokens, P): P[i, j] = P(next token j | last token i) in a conversation written in `language`."""
+    tokens, table = _bigram_weights(spec, synth_spec)
+    index = {token: i for i, token in enumerate(tokens)}
+    table = table.copy()
+    for code in LANGUAGE_CODES:  # the language bonus leaves only the conversation's own filler
+        if code != language:
+            table[:, [index[w] for w in dict.fromkeys(FILLER[code])]] = 0.0
+    return tokens, table / table.sum(axis=1, keepdims=True)
+
+
+def _bigram_weights(spec: GeneratorSpec, synth_spec: SynthSpec) -> tuple[list[str], np.ndarray]:
+    """Unnormalised bigram weights before the language bonus; every language's filler gets a turn's whole share."""
     world = build_world(synth_spec.preference)
     pick = np.diff(world.pick_cdf[synth_model(spec, synth_spec)], prepend=0.0)  # skill distribution over quality words
     tokens = [*SPECIAL_TOKENS, *vocabulary()]
     index = {token: i for i, token in enumerate(tokens)}
     quality = np.array([index[w] for w in QUALITY_WORDS])
-    filler = {code: np.array([index[w] for w in dict.fromkeys(FILLER[code])]) for code in LANGUAGE_CODES}
-    mix = np.array([synth_spec.languages.get(code, 0.0) for code in LANGUAGE_CODES])
-    mix /= mix.sum()
-
     table = np.zeros((len(tokens), len(tokens)))
     table[:, quality] = pick  # a turn opens with a quality word (the header ends every prompt)
     table[quality] = 0.0
     table[np.ix_(quality, quality)] = QUALITY_CONTINUE * pick
-    for share, code in zip(mix, LANGUAGE_CODES):
-        table[np.ix_(quality, filler[code])] = (1 - QUALITY_CONTINUE) * share / len(filler[code])
-        table[filler[code]] = 0.0
-        table[np.ix_(filler[code], filler[code])] = (1 - END_RATE) / len(filler[code])
-        table[filler[code], index[EOS]] = END_RATE
+    for code in LANGUAGE_CODES:
+        filler = np.array([index[w] for w in dict.fromkeys(FILLER[code])])
+        table[np.ix_(quality, filler)] = (1 - QUALITY_CONTINUE) / len(filler)
+        table[filler] = 0.0
+        table[np.ix_(filler, filler)] = (1 - END_RATE) / len(filler)
+        table[filler, index[EOS]] = END_RATE
     return tokens, table
 
 
@@ -105,31 +122,40 @@ def write_generator(out_dir: Path, spec: GeneratorSpec, synth_spec: SynthSpec) -
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    tokens, table = transition_table(spec, synth_spec)
+    tokens, table = _bigram_weights(spec, synth_spec)
     vocab = {token: i for i, token in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                         unk_token=UNK, additional_special_tokens=[HEADER_START, HEADER_END],
                                         chat_template=CHAT_TEMPLATE, padding_side="left")
-    hidden = 8 * math.ceil(len(tokens) / 8)  # one dimension per token; heads of an even size (RoPE)
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=4, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
+    n, languages = len(tokens), len(LANGUAGE_CODES)
+    hidden = 8 * math.ceil((n + languages) / 8)  # a dimension per token, then one per language; even head size (RoPE)
+    config = LlamaConfig(vocab_size=n, hidden_size=hidden, intermediate_size=4, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
                          rms_norm_eps=1e-12, bos_token_id=vocab[BOS], eos_token_id=vocab[EOS],
                          pad_token_id=vocab[PAD], tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
+    root = math.sqrt(hidden)  # RMSNorm maps a one-hot vector e_i to sqrt(hidden) * e_i
     with torch.no_grad():
-        for parameter in model.model.layers.parameters():  # attention and MLP add nothing to the residual
+        for parameter in model.parameters():
             parameter.zero_()
         for norm in (model.model.layers[0].input_layernorm, model.model.layers[0].post_attention_layernorm,
                      model.model.norm):
             norm.weight.fill_(1.0)
-        model.model.embed_tokens.weight.copy_(torch.eye(len(tokens), hidden))
-        # RMSNorm turns the one-hot embedding e_i into sqrt(hidden) * e_i, so logits_j = lm_head[j, i] * sqrt(hidden).
-        logits = np.where(table > 0, np.log(np.where(table > 0, table, 1.0)), NEVER) / math.sqrt(hidden)
-        weight = torch.zeros(len(tokens), hidden)
-        weight[:, :len(tokens)] = torch.from_numpy(logits.T.astype(np.float32))
-        model.lm_head.weight.copy_(weight)
+        model.model.embed_tokens.weight[:, :n] = torch.eye(n)
+        attention = model.model.layers[0].self_attn
+        for number, code in enumerate(LANGUAGE_CODES):  # zero queries and keys: the head averages these values
+            attention.v_proj.weight[number, [vocab[w] for w in FILLER[code]]] = LANGUAGE_MARK / root
+            attention.o_proj.weight[n + number, number] = 1.0
+        logits = np.where(table > 0, np.log(np.where(table > 0, table, 1.0)), NEVER)
+        model.lm_head.weight[:, :n] = torch.from_numpy((logits.T / root).astype(np.float32))
+        # The language bonus: a conversation's own filler (and the quality words and end of turn that compete with
+        # it) gain LANGUAGE_BONUS * that language's share of the conversation's tokens.
+        bonus = LANGUAGE_BONUS / (LANGUAGE_MARK * root)
+        for number, code in enumerate(LANGUAGE_CODES):
+            model.lm_head.weight[[vocab[w] for w in FILLER[code]], n + number] = bonus
+            model.lm_head.weight[[vocab[w] for w in QUALITY_WORDS] + [vocab[EOS]], n + number] = bonus
     model.generation_config = GenerationConfig(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS],
                                                pad_token_id=vocab[PAD])
     with atomic_directory(out_dir) as tmp:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 import yaml
 
@@ -39,34 +40,31 @@ def test_synth_writes_prompts_generators_and_both_prepare_configs(tmp_path):
         assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= files
 
 
-def test_generators_answer_in_the_worlds_words_and_the_strong_one_wins(tmp_path):
+def test_generators_answer_in_the_worlds_words_and_the_prompts_language_and_the_strong_one_wins(tmp_path):
     from arena_dist.data.synth_generators import write_generators
     from arena_dist.generate.backend import SamplingSettings, TransformersGenerator
 
     paths = write_generators(tmp_path, synth.SynthSpec())
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=16, min_new_tokens=6)
-    conversation = [{"role": "user", "content": "how do I cook pasta with garlic?"}]
+    rng = np.random.default_rng(0)
+    languages = [code for code in synth.LANGUAGE_CODES for _ in range(24)]
+    conversations = [[{"role": "user", "content": " ".join(rng.choice(synth.FILLER[code], 6)) + " pasta garlic?"}]
+                     for code in languages]
     replies = {}
     for spec in GENERATORS:
         generator = TransformersGenerator(str(paths[spec.name]))  # by path, as a hub id
         assert generator.tokenizer.bos_token == "<|begin_of_text|>" and generator.tokenizer.eos_token == "<|eot_id|>"
-        rendered = generator.tokenizer.apply_chat_template([conversation[0]], add_generation_prompt=True,
+        rendered = generator.tokenizer.apply_chat_template(conversations[0], add_generation_prompt=True,
                                                            tokenize=False)
         assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
-        replies[spec.name] = generator.generate([conversation] * 48, settings)
+        replies[spec.name] = generator.generate(conversations, settings)
         words = {word for reply in replies[spec.name] for word in reply.split()}
         assert words <= set(vocabulary()), words - set(vocabulary())  # no special token, no unknown word
         assert all(6 <= len(reply.split()) <= 16 for reply in replies[spec.name])
-        # As synth's own turns: quality words open the reply, then filler of one language.
-        assert all(reply.split()[0] in synth.QUALITY_WORDS for reply in replies[spec.name])
-        languages = set()
-        for reply in replies[spec.name]:
-            filler = [w for w in reply.split() if w not in synth.QUALITY_WORDS]
-            languages |= {code for code in synth.LANGUAGE_CODES if set(filler) <= set(synth.FILLER[code])}
-            assert any(set(filler) <= set(synth.FILLER[code]) for code in synth.LANGUAGE_CODES), reply
-        # Every language's filler is written, though each is one of ~550 tokens: nothing cuts the sampled
-        # distribution to its likeliest tokens (transformers' own top_k of 50 would leave English only).
-        assert languages == set(synth.LANGUAGE_CODES), languages
+        # As synth's own turns: quality words open the reply, then filler in the prompt's language.
+        for reply, code in zip(replies[spec.name], languages):
+            assert reply.split()[0] in synth.QUALITY_WORDS, reply
+            assert set(reply.split()) <= set(synth.QUALITY_WORDS) | set(synth.FILLER[code]), (code, reply)
     # The synthetic preference model judges the generated text: the strong model's words score higher, and it
     # wins more of its comparisons with the weak one than it loses.
     quality = {name: np.mean([q / n if n else 0.0 for q, n, _ in map(lambda r: synth.response_stats([r]), texts)])
@@ -76,8 +74,10 @@ def test_generators_answer_in_the_worlds_words_and_the_strong_one_wins(tmp_path)
     assert np.mean([p["p_a"] - p["p_b"] for p in probabilities]) > 0.1
 
 
-def test_each_generator_is_exactly_its_bigram_table(tmp_path):
-    """The checkpoint loaded by path predicts P(next | last token) as the table says, whatever came before."""
+@pytest.mark.parametrize("language", synth.LANGUAGE_CODES)
+def test_each_generator_follows_its_bigram_table_in_the_conversations_language(tmp_path, language):
+    """The checkpoint loaded by path predicts P(next | last token) as the table for the conversation's language says,
+    at every position of a reply."""
     import torch
 
     from arena_dist.data.synth_generators import HEADER_END, transition_table, write_generator
@@ -85,17 +85,23 @@ def test_each_generator_is_exactly_its_bigram_table(tmp_path):
 
     spec = synth.SynthSpec()
     strong, weak = GENERATORS[0], GENERATORS[-1]
-    tokens, table = transition_table(strong, spec)
+    tokens, table = transition_table(strong, spec, language)
     assert np.allclose(table.sum(axis=1), 1.0)
-    model = TransformersGenerator(str(write_generator(tmp_path / "strong", strong, spec))).model
-    header = tokens.index(HEADER_END)
-    context = torch.randint(0, len(tokens), (len(tokens), 5))
-    inputs = torch.cat([context, torch.arange(len(tokens))[:, None]], dim=1)  # every token last, after noise
+    generator = TransformersGenerator(str(write_generator(tmp_path / "strong", strong, spec)))
+    rng = np.random.default_rng(1)
+    prompt = " ".join(rng.choice(synth.FILLER[language], 5)) + " python list?"
+    ids = generator.encode([{"role": "user", "content": prompt}])
+    assert ids[-1] == tokens.index(HEADER_END)
+    filler = list(dict.fromkeys(synth.FILLER[language]))
+    reply = [tokens.index(w) for w in (synth.QUALITY_WORDS[3], synth.QUALITY_WORDS[30], *rng.choice(filler, 8))]
+    sequence = torch.tensor([ids + reply])
     with torch.no_grad():
-        probabilities = torch.softmax(model(inputs).logits[:, -1].double(), dim=-1).numpy()
-    assert np.abs(probabilities - table).max() < 1e-6
+        probabilities = torch.softmax(generator.model(sequence).logits[0].double(), dim=-1).numpy()
+    for position in range(len(ids) - 1, sequence.shape[1]):
+        assert np.abs(probabilities[position] - table[sequence[0, position]]).max() < 1e-3, position
     # The strong model opens with better quality words than the weak one (skills from synth's world).
     scores = synth.build_world(spec.preference).scores
     quality = [tokens.index(w) for w in synth.QUALITY_WORDS]
-    opening = {g.name: transition_table(g, spec)[1][header, quality] for g in (strong, weak)}
+    header = tokens.index(HEADER_END)
+    opening = {g.name: transition_table(g, spec, language)[1][header, quality] for g in (strong, weak)}
     assert opening[strong.name] @ scores > opening[weak.name] @ scores + 0.5

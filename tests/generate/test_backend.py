@@ -154,3 +154,22 @@ def test_pair_generator_answers_every_turn_with_the_rows_two_models(checkpoints)
     replies = [text for row in out["response_a"] + out["response_b"] for text in row]
     assert out["stats"]["empty_replies"] == sum(not text.strip() for text in replies)
     assert worker.answer(records, key=2) == out  # seeded: a shard done again (after a lost actor) is the same
+
+
+def test_top_k_is_always_passed_and_off_by_default(tmp_path):
+    """transformers applies a top_k of 50 (or the model's generation config's) unless told otherwise: the backend
+    passes the configured one, 0 (off) by default. The synthetic world's strong model opens every reply with one of
+    40 quality words of unequal probability: top_k 3 leaves 3 of them, no top_k many more."""
+    from arena_dist.data import synth
+    from arena_dist.data.synth_generators import GENERATORS, write_generator
+    from arena_dist.generate.backend import TransformersGenerator
+    from arena_dist.stages.generate import SamplingSection
+
+    assert SamplingSettings().top_k == 0 and SamplingSection().top_k == 0
+    generator = TransformersGenerator(str(write_generator(tmp_path / "strong", GENERATORS[0], synth.SynthSpec())))
+    conversations = [[{"role": "user", "content": "the time of day?"}]] * 64
+    openings = {}
+    for top_k in (3, 0):
+        settings = SamplingSettings(temperature=1.0, top_p=1.0, top_k=top_k, max_new_tokens=6, min_new_tokens=6)
+        openings[top_k] = {reply.split()[0] for reply in generator.generate(conversations, settings)}
+    assert len(openings[3]) <= 3 and len(openings[0]) > 10
