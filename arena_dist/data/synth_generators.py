@@ -6,8 +6,7 @@ responses open each turn with one or two quality words picked by the answering m
 one language. A random-init causal LM writes none of that: over a real tokenizer it writes sub-word gibberish with
 no quality word, and even over the world's words it scatters quality words everywhere, so that each reply's mean
 quality regresses to its model's average and the labels come out nearly uniform (a first demo pool built that way
-had a mean label entropy of 0.996 nats against 0.79 for synth's own pool, and the student distilled on it reached
-only 0.85x its teacher).
+had a mean label entropy of 0.996 nats against 0.79 for synth's own pool).
 
 Each model written here is therefore a *bigram* model in Llama's clothes that follows the prompt's language: an
 ordinary one-layer `LlamaForCausalLM` with one-hot token embeddings and no MLP output, whose attention has zero
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arena_dist.data.synth import FILLER, LANGUAGE_CODES, MODEL_NAMES, QUALITY_WORDS, SynthSpec, build_world
+from arena_dist.data.synth import FILLER, LANGUAGE_CODES, QUALITY_WORDS, SynthSpec, build_world
 from arena_dist.io import atomic_directory
 
 # The Llama-3 family's own special tokens and chat layout.

@@ -2,11 +2,10 @@
 models are, answer in the world's words, so the synthetic preference model can still judge a generated pool."""
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from arena_dist.data import synth
