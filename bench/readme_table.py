@@ -69,6 +69,42 @@ def rows_ray_overhead(ray: dict) -> list[tuple]:
     return rows
 
 
+def rows_packing(d: dict) -> list[tuple]:
+    """bench/packing.py: packed micro-batches (one run per token budget) vs padded ones on the same log-normal rows."""
+    lengths, target, budgets = d["lengths"], d["targets"], d["budgets_tokens"]
+    load = d["machine"]["load_average_at_start"][0]
+    rows = []
+    for stage in ("teacher", "student"):
+        if stage not in d["stages"]:
+            continue
+        r = d["stages"][stage]
+        padded = r["padded"]
+        setup = "2-rank ZeRO-3" if stage == "teacher" else "4-bit NF4 + LoRA, 1 rank"
+        speedups = "; ".join(f"{b}-token packs {r['speedup_tokens_per_s'][str(b)]:.2f}× "
+                             f"({r[f'packed_{b}']['real_tokens_per_s']:,.0f} tokens/s)" for b in budgets)
+        anchor = (f"rows log-normal, median {lengths['median']}, σ {lengths['sigma']}, cap {lengths['cap']}; 1-min load "
+                  f"{load:.1f} on {d['machine']['cpus']} cores"
+                  + (f"; best of {d['repeats']} runs each" if d.get("repeats", 1) > 1 else "")) if not rows else \
+            "the same rows"
+        rows.append(("packing", f"{stage} ({setup}, hidden {d['model']['hidden_size']}): real training tokens/s, "
+                                f"packed vs {d['micro_batch']}-row padded micro-batches "
+                                f"({padded['real_tokens_per_s']:,.0f} tokens/s); {anchor}",
+                     speedups, f"≥ {target['speedup']}×"))
+        rows.append(("packing", f"{stage}: padded / real tokens, packed ({', '.join(map(str, budgets))} tokens) vs "
+                                "padded",
+                     f"{' / '.join(format(r[f'packed_{b}']['padded_over_real'], '.3f') for b in budgets)} vs "
+                     f"{padded['padded_over_real']:.3f}", f"≤ {target['padded_over_real']}"))
+        if padded["world_size"] > 1:
+            def spread(run: dict) -> str:
+                return f"{run['rank_imbalance_mean']:.3f} ({run['rank_imbalance_max']:.3f})"
+
+            rows.append(("packing", f"{stage}: rank imbalance (max / mean tokens per rank, mean over steps; worst "
+                                    "step), packed vs padded",
+                         f"{' / '.join(spread(r[f'packed_{b}']) for b in budgets)} vs {spread(padded)}",
+                         f"≤ {target['rank_imbalance']}"))
+    return rows
+
+
 def rows_label(d: dict) -> list[tuple]:
     b, s = d["batching"], d["scaling"]
     return [
@@ -171,9 +207,9 @@ def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     """`failed`: benchmarks whose last run failed; their (older) results are not shown as current."""
     rows: list[tuple] = []
     machines: set[str] = set()
-    for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("label", rows_label),
-                         ("generate", rows_generate), ("student", rows_student), ("predict", rows_predict),
-                         ("gpu", rows_gpu)):
+    for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("packing", rows_packing),
+                         ("label", rows_label), ("generate", rows_generate), ("student", rows_student),
+                         ("predict", rows_predict), ("gpu", rows_gpu)):
         data = load(name)
         if name == "gpu" and (data is None or data.get("dry_run")):
             continue  # needs a GPU, so not part of `make bench`: shown once measured

@@ -8,7 +8,7 @@ import time
 
 from bench.readme_table import REPO, update_readme
 
-BENCHMARKS = ("prepare", "teacher", "label", "generate", "student", "predict")
+BENCHMARKS = ("prepare", "teacher", "packing", "label", "generate", "student", "predict")
 
 
 def main() -> int:
