@@ -140,16 +140,19 @@ def child_label(a: dict) -> dict:
     rng = random.Random(a["seed"])
     kill_at = set(a["kill_at_dispatch"])
     slots, kills = {}, []
-    dispatches = [0]
+    dispatches, due = [0], [0]
 
     def on_dispatch(slot, shard) -> None:
         slots[slot.index] = slot
         dispatches[0] += 1
-        if dispatches[0] not in kill_at:
-            return
+        due[0] += dispatches[0] in kill_at
         # A loaded actor (it answered with its pid and has not been killed since): one kill, one failure expected.
+        # None yet (the only ready one was just killed, the driver does not know yet): at a later dispatch.
         live = sorted((s for s in slots.values() if s.ready and not s.dead and s.pid not in {k["pid"] for k in kills}),
                       key=lambda s: s.index)
+        if not due[0] or not live:
+            return
+        due[0] -= 1
         victim = rng.choice(live)
         os.kill(victim.pid, signal.SIGKILL)
         kills.append({"actor": victim.index, "pid": victim.pid, "at_dispatch": dispatches[0],

@@ -157,14 +157,21 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------- writing
 class ShardedSplitWriter:
-    """Streams records of one split into `num_shards` parquet files, `batch_rows` rows per row group.
+    """Streams records of one split into `num_shards` parquet files, up to `batch_rows` rows per row group.
 
-    Memory is bounded by num_shards * batch_rows rows, whatever the number of records.
+    Memory is bounded by `max_buffered_rows` rows in all (default: 8 shards' worth, `8 * batch_rows`), whatever the
+    number of records or shards: past it, the fullest shard's buffer is written as a (smaller) row group. Bounding
+    each shard alone let memory grow with the shard count, and the shard count grows with the pool (a 1M-row pool
+    for 32 actors wants a few hundred shards: 250 shards buffered half a million rows of Python dicts). Up to 8
+    shards nothing changes: every row group is `batch_rows` rows, as before.
     """
 
-    def __init__(self, root: Path, split: str, num_shards: int, num_folds: int, batch_rows: int = 2048):
+    def __init__(self, root: Path, split: str, num_shards: int, num_folds: int, batch_rows: int = 2048,
+                 max_buffered_rows: int | None = None):
         self.root, self.split, self.num_shards, self.num_folds = root, split, num_shards, num_folds
         self.batch_rows = batch_rows
+        self.max_buffered_rows = max_buffered_rows or 8 * batch_rows
+        self._buffered = 0
         self._buffers: list[list[Record]] = [[] for _ in range(num_shards)]
         self._writers: list[pq.ParquetWriter | None] = [None] * num_shards
         self._rows = [0] * num_shards
@@ -183,8 +190,11 @@ class ShardedSplitWriter:
         label = record["label"]
         self.label_counts["none" if label is None else LABEL_NAMES[label]] += 1
         self.language_counts[record["language"]] += 1
+        self._buffered += 1
         if len(self._buffers[index]) >= self.batch_rows:
             self._flush(index)
+        elif self._buffered > self.max_buffered_rows:
+            self._flush(max(range(self.num_shards), key=lambda i: len(self._buffers[i])))
 
     def _writer(self, index: int) -> pq.ParquetWriter:
         if self._writers[index] is None:
@@ -200,6 +210,7 @@ class ShardedSplitWriter:
         if rows:
             self._writer(index).write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))
             self._buffers[index] = []
+            self._buffered -= len(rows)
 
     def close(self) -> dict:
         """Write what is buffered, close every shard (empty shards too) and return the manifest entry."""
