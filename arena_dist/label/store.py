@@ -220,7 +220,7 @@ class LabelStore:
             })
         hashes = hashes[:filled]
         hashes.sort()
-        repeated = hashes[1:][np.diff(hashes) == 0]
+        repeated = hashes[1:][hashes[1:] == hashes[:-1]]  # a boolean mask: no second array of hashes (np.diff)
         if len(repeated):
             duplicates = self._duplicate_ids(checked, np.unique(repeated))
             if duplicates:
