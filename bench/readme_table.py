@@ -160,11 +160,11 @@ def rows_scale(d: dict) -> list[tuple]:
          f"{len(label['kills'])} SIGKILL", "—"),
         ("scale", f"fan-out: {fan['actors']} no-model actors, {kills} SIGKILLed at random: driver commit rate vs the "
                   f"{need['rows_per_s_needed']:.1f} rows/s a 32-GPU run needs "
-                  f"({d['planned_run']['planned_hours']:.0f} h "
+                  f"({d['planned_run']['rows'] / need['rows_per_s_needed'] / 3600:.0f} h "
                   "for 1M rows × 2 orders, docs/label_estimate.md)",
          f"{fan['rows_per_s']:,.0f} rows/s ({need['headroom']:,.0f}×), {fan['rows_per_driver_cpu_s']:,.0f} rows per "
          f"driver CPU-s ({need['headroom_driver_cpu']:,.0f}×); {fan['actor_failures']} failures for {kills} kills; "
-         f"driver {fan['peak_rss_mib']:.0f} MiB ({r['fan_out_driver']:.2f}× at N/10)", "≥ 1×"),
+         f"driver {fan['peak_rss_mib']:.0f} MiB ({r['fan_out_driver']:.2f}× its peak at N/10)", "≥ 1×"),
     ]
 
 

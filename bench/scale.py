@@ -63,7 +63,7 @@ def planned_rate() -> dict:
     """Rows/s (each row in both orders) a 32-GPU run must sustain to finish in its planned wall time."""
     run = PLANNED_RUN
     seconds = run["flops_per_teacher"] / (run["gpus"] * run["gpu_peak_flops"] * run["mfu"])
-    return {**run, "planned_hours": round(seconds / 3600, 1), "rows_per_s_needed": round(run["rows"] / seconds, 2)}
+    return {**run, "planned_hours": round(seconds / 3600, 2), "rows_per_s_needed": round(run["rows"] / seconds, 2)}
 
 
 def machine_info() -> dict:
