@@ -286,7 +286,7 @@ def test_limit_errors_reach_the_cli_as_one_line(tmp_path, capsys):
 
 def test_many_shards_buffer_a_bounded_number_of_rows_and_write_the_same_rows(tmp_path, monkeypatch):
     """The writer's memory does not grow with the shard count (a big pool has hundreds of shards); the shards hold
-    the same rows in the same order as with unbounded buffers, only in smaller row groups."""
+    the same rows in the same order, in the same row groups, as with unbounded buffers."""
     import arena_dist.data.store as store_module
 
     source = tmp_path / "pool.parquet"
@@ -309,4 +309,8 @@ def test_many_shards_buffer_a_bounded_number_of_rows_and_write_the_same_rows(tmp
     build_dataset(sources_, tmp_path / "unbounded", num_shards=64, num_folds=2, batch_rows=16)
     for path in shard_paths(tmp_path / "bounded", "pool"):
         assert pq.read_table(path).equals(pq.read_table(tmp_path / "unbounded" / "pool" / path.name))
-    assert pq.ParquetFile(shard_paths(tmp_path / "bounded", "pool")[0]).metadata.num_row_groups > 1
+    metadata = pq.ParquetFile(shard_paths(tmp_path / "bounded", "pool")[0]).metadata
+    # Row groups of batch_rows rows (the last one shorter), however the spills were cut; no spill files left.
+    assert metadata.num_row_groups > 1
+    assert all(metadata.row_group(i).num_rows == 16 for i in range(metadata.num_row_groups - 1))
+    assert not [p.name for p in (tmp_path / "bounded").iterdir() if p.name.startswith(".spill")]
