@@ -4,6 +4,7 @@ fan-out simulated on the same rows.
 
     python -m bench.scale                  # 1,000,000 and 100,000 rows: tens of minutes on 2 cores (`make bench-scale`)
     python -m bench.scale --rows 100000    # 100,000 and 10,000 rows: a few minutes
+    python -m bench.scale --prepare-only   # prepare alone again (after a change to it), into the results file
 
 For each size (N and N/10):
 1. a synthetic pool of N rows (a `pool` source) is prepared (`build_dataset`, as `arena-dist prepare` does) into
@@ -260,6 +261,41 @@ def one_size(rows: int, work: Path, export: Path, head, args) -> dict:
     return out
 
 
+def prepare_size(rows: int, work: Path, args) -> dict:
+    from arena_dist.data.synth import generate_pool
+
+    pool = work / f"pool-{rows}" / "pool.parquet"
+    generate_pool(rows, args.seed, pool, progress=False)
+    shards = max(8, math.ceil(rows / args.shard_rows))
+    result = run_child("prepare", {"pool": str(pool), "dataset": str(work / f"dataset-{rows}"), "shards": shards})
+    shutil.rmtree(pool.parent, ignore_errors=True)
+    shutil.rmtree(work / f"dataset-{rows}", ignore_errors=True)
+    return result
+
+
+def remeasure_prepare(args) -> dict:
+    """Only the prepare step at N/10 and N (after a change to prepare): its entries in `--out` are replaced and the
+    rerun is recorded with its own load, everything else is kept."""
+    from arena_dist.io import atomic_write_json
+
+    report = json.loads(args.out.read_text())
+    if report["large"]["rows"] != args.rows:
+        raise SystemExit(f"{args.out} holds a {report['large']['rows']:,}-row run, not {args.rows:,}")
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-prepare-"))
+    load = [round(x, 2) for x in os.getloadavg()]
+    try:
+        small, large = (prepare_size(n, work, args) for n in (args.rows // 10, args.rows))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["small"]["prepare"], report["large"]["prepare"] = small, large
+    report["peak_rss_ratio_large_vs_small"]["prepare"] = round(large["peak_rss_mib"] / small["peak_rss_mib"], 3)
+    report["prepare_remeasured"] = {"load_average_at_start": load,
+                                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    atomic_write_json(args.out, report)
+    print(f"[bench.scale] prepare remeasured: {report['peak_rss_ratio_large_vs_small']['prepare']}x -> {args.out}")
+    return report
+
+
 def ratios(small: dict, large: dict) -> dict:
     """Peak RSS at N over N/10, per step."""
     steps = {"prepare": "prepare", "label_driver": "label", "label_finalize": "label_finalize",
@@ -277,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="measure prepare alone at N and N/10 and replace its figures in --out (kept otherwise)")
     parser.add_argument("--child", nargs=2, metavar=("STEP", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -287,6 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--rows must be at least 100 (N/10 must still fill a few shards)")
 
     from arena_dist.io import atomic_write_json
+
+    if args.prepare_only:
+        return remeasure_prepare(args)
     from arena_dist.ray_local import LocalRayHead
     from tiny_fixtures import make_teacher_export
 
