@@ -146,7 +146,8 @@ def rows_scale(d: dict) -> list[tuple]:
     small, large, r = d["small"], d["large"], d["peak_rss_ratio_large_vs_small"]
     label, fan, need = large["label"], large["fan_out"], d["fan_out_vs_needed"]
     n, kills = large["rows"], len(fan["kills"])
-    load = d["machine"]["load_average_at_start"]
+    label_load = label.get("load_average_before", d["machine"]["load_average_at_start"])[0]
+    small_fan = small["fan_out"]
     return [
         ("scale", f"peak RSS at {n:,} vs {small['rows']:,} pool rows (prepare → label on 2 actors with a tiny model, "
                   "1 SIGKILLed → finalize → ensemble merge; every id labelled exactly once)",
@@ -154,7 +155,7 @@ def rows_scale(d: dict) -> list[tuple]:
          f"{r['prepare']:.2f}× ({large['label']['peak_rss_mib']:.0f}, {large['label_finalize']['peak_rss_mib']:.0f}, "
          f"{large['merge']['peak_rss_mib']:.0f}, {large['prepare']['peak_rss_mib']:.0f} MiB)",
          f"≤ {d['target_rss_ratio']}×"),
-        ("scale", f"label {n:,} rows (both orders), tiny model, 2 actors (1-min load {load[0]:.1f} on "
+        ("scale", f"label {n:,} rows (both orders), tiny model, 2 actors (1-min load {label_load:.1f} on "
                   f"{d['machine']['cpus']} cores)",
          f"{label['rows_per_s']:,.0f} rows/s; {label['actor_failures']} actor failures for "
          f"{len(label['kills'])} SIGKILL", "—"),
@@ -164,7 +165,8 @@ def rows_scale(d: dict) -> list[tuple]:
                   "for 1M rows × 2 orders, docs/label_estimate.md)",
          f"{fan['rows_per_s']:,.0f} rows/s ({need['headroom']:,.0f}×), {fan['rows_per_driver_cpu_s']:,.0f} rows per "
          f"driver CPU-s ({need['headroom_driver_cpu']:,.0f}×); {fan['actor_failures']} failures for {kills} kills; "
-         f"driver {fan['peak_rss_mib']:.0f} MiB ({r['fan_out_driver']:.2f}× its peak at N/10)", "≥ 1×"),
+         f"driver {fan['peak_rss_mib']:.0f} MiB ({r['fan_out_driver']:.2f}× its peak at N/10, which has only "
+         f"{small_fan['shards']} shards for {small_fan['actors']} actors × 2 in flight)", "≥ 1×"),
     ]
 
 
