@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-deps demo test test-fast bench clean
+.PHONY: setup system-deps demo test test-fast bench bench-scale clean
 
 setup: $(STAMP) system-deps
 
@@ -53,6 +53,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m bench.run_all
+
+# The data and label layers at 1M pool rows (and 100k, for the memory ratios) plus the 32-actor fan-out simulation:
+# tens of minutes, so not part of `make bench`. Adds its rows to the README table.
+bench-scale: setup
+	$(PY) -m bench.scale
+	$(PY) -m bench.readme_table > /dev/null
 
 clean:
 	rm -rf $(VENV) runs

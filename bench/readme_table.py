@@ -195,6 +195,35 @@ def rows_gpu(d: dict) -> list[tuple]:
     return rows
 
 
+def rows_scale(d: dict) -> list[tuple]:
+    """`make bench-scale` (not part of `make bench`): prepare + label at N and N/10 rows, and the fan-out simulation."""
+    small, large, r = d["small"], d["large"], d["peak_rss_ratio_large_vs_small"]
+    label, fan, need = large["label"], large["fan_out"], d["fan_out_vs_needed"]
+    n, kills = large["rows"], len(fan["kills"])
+    label_load = label.get("load_average_before", d["machine"]["load_average_at_start"])[0]
+    small_fan = small["fan_out"]
+    return [
+        ("scale", f"peak RSS at {n:,} vs {small['rows']:,} pool rows (prepare → label on 2 actors with a tiny model, "
+                  "1 SIGKILLed → finalize → ensemble merge; every id labelled exactly once)",
+         f"driver {r['label_driver']:.2f}×, finalize {r['label_finalize']:.2f}×, merge {r['merge']:.2f}×, prepare "
+         f"{r['prepare']:.2f}× ({large['label']['peak_rss_mib']:.0f}, {large['label_finalize']['peak_rss_mib']:.0f}, "
+         f"{large['merge']['peak_rss_mib']:.0f}, {large['prepare']['peak_rss_mib']:.0f} MiB)",
+         f"≤ {d['target_rss_ratio']}×"),
+        ("scale", f"label {n:,} rows (both orders), tiny model, 2 actors (1-min load {label_load:.1f} on "
+                  f"{d['machine']['cpus']} cores)",
+         f"{label['rows_per_s']:,.0f} rows/s; {label['actor_failures']} actor failures for "
+         f"{len(label['kills'])} SIGKILL", "—"),
+        ("scale", f"fan-out: {fan['actors']} no-model actors, {kills} SIGKILLed at random: driver commit rate vs the "
+                  f"{need['rows_per_s_needed']:.1f} rows/s a 32-GPU run needs "
+                  f"({d['planned_run']['rows'] / need['rows_per_s_needed'] / 3600:.0f} h "
+                  "for 1M rows × 2 orders, docs/label_estimate.md)",
+         f"{fan['rows_per_s']:,.0f} rows/s ({need['headroom']:,.0f}×), {fan['rows_per_driver_cpu_s']:,.0f} rows per "
+         f"driver CPU-s ({need['headroom_driver_cpu']:,.0f}×); {fan['actor_failures']} failures for {kills} kills; "
+         f"driver {fan['peak_rss_mib']:.0f} MiB ({r['fan_out_driver']:.2f}× its peak at N/10, which has only "
+         f"{small_fan['shards']} shards for {small_fan['actors']} actors × 2 in flight)", "≥ 1×"),
+    ]
+
+
 def describe_machine(machine: dict) -> str:
     """From a results file's `machine` block, e.g. "2 CPU cores, CPU-only torch"."""
     text = f"{machine.get('cpus', '?')} CPU cores"
@@ -209,10 +238,12 @@ def table(failed: tuple[str, ...] | list[str] = ()) -> str:
     machines: set[str] = set()
     for name, render in (("prepare", rows_prepare), ("teacher", rows_teacher), ("packing", rows_packing),
                          ("label", rows_label), ("generate", rows_generate), ("student", rows_student),
-                         ("predict", rows_predict), ("gpu", rows_gpu)):
+                         ("predict", rows_predict), ("gpu", rows_gpu), ("scale", rows_scale)):
         data = load(name)
         if name == "gpu" and (data is None or data.get("dry_run")):
             continue  # needs a GPU, so not part of `make bench`: shown once measured
+        if name == "scale" and data is None:
+            continue  # `make bench-scale` (tens of minutes), not part of `make bench`: shown once measured
         if data is not None and name not in failed:
             machines.add(describe_machine(data.get("machine") or {}))
         if name in failed:

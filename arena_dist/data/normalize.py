@@ -65,21 +65,35 @@ class SeenHashes:
     Recent hashes sit in a small Python set; when it fills up they are merged into a sorted numpy array that is
     searched with `searchsorted`. A plain Python set of 1M ints costs about 60 MB, this about 8 MB, which keeps
     `prepare`'s peak memory nearly flat in the number of rows.
+
+    The sorted array lives at the front of a buffer with spare capacity (grown by doubling, in place where the
+    allocator can: `ndarray.resize`), and a flush merges the new hashes into it in place, moving the old ones right
+    in chunks from the back. No flush allocates anything the size of the whole set: `np.union1d` did (a concatenated
+    copy, a sorted copy, a masked copy), so every flush churned several whole-set temporaries and the peak grew with
+    the rows.
     """
 
+    _MOVE_CHUNK = 65536  # old entries moved per step of a flush (the only temporaries: this many, twice)
+
     def __init__(self, buffer_size: int = 65536):
-        self._sorted = np.empty(0, dtype=np.uint64)
+        self._buffer = np.empty(0, dtype=np.uint64)
+        self._size = 0  # entries in use at the front of `_buffer`, sorted, distinct
         self._recent: set[int] = set()
         self._buffer_size = buffer_size
 
+    @property
+    def _sorted(self) -> np.ndarray:
+        return self._buffer[:self._size]
+
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent)
+        return self._size + len(self._recent)
 
     def __contains__(self, value: int) -> bool:
         if value in self._recent:
             return True
-        index = int(np.searchsorted(self._sorted, np.uint64(value)))
-        return index < len(self._sorted) and int(self._sorted[index]) == value
+        sorted_ = self._sorted
+        index = int(np.searchsorted(sorted_, np.uint64(value)))
+        return index < len(sorted_) and int(sorted_[index]) == value
 
     def add(self, value: int) -> bool:
         """Add `value`; True if it was new."""
@@ -95,6 +109,21 @@ class SeenHashes:
             self.add(value)
 
     def _flush(self) -> None:
-        fresh = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
-        self._sorted = np.union1d(self._sorted, fresh)
+        if not self._recent:
+            return
+        # Distinct, and none already in the array (`add` checks), so the merge never meets equal values.
+        fresh = np.sort(np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent)))
         self._recent.clear()
+        old, total = self._size, self._size + len(fresh)
+        if total > len(self._buffer):
+            self._buffer.resize(max(total, 2 * len(self._buffer), 1024), refcheck=False)
+        buffer = self._buffer
+        # Fresh value j goes to j + (old entries below it); worked out before the old entries move.
+        fresh_slots = np.searchsorted(buffer[:old], fresh) + np.arange(len(fresh))
+        # Old entry i goes to i + (fresh values below it); from the back, so no entry is overwritten before it moved.
+        for high in range(old, 0, -self._MOVE_CHUNK):
+            low = max(0, high - self._MOVE_CHUNK)
+            chunk = buffer[low:high].copy()
+            buffer[np.arange(low, high) + np.searchsorted(fresh, chunk)] = chunk
+        buffer[fresh_slots] = fresh
+        self._size = total

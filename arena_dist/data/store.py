@@ -159,14 +159,26 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> dict:
 class ShardedSplitWriter:
     """Streams records of one split into `num_shards` parquet files, `batch_rows` rows per row group.
 
-    Memory is bounded by num_shards * batch_rows rows, whatever the number of records.
+    Memory is bounded by `max_buffered_rows` rows in all (default: 8 shards' worth, `8 * batch_rows`), whatever the
+    number of records or shards. Up to 8 shards every shard buffers `batch_rows` rows and writes them as a row group,
+    as it always did. With more shards (a 1M-row pool for 32 actors wants a few hundred) that bound per shard let
+    memory grow with the shard count (250 shards buffered half a million rows of Python dicts), and writing smaller
+    row groups instead does not help: an open parquet writer keeps about 9 KB of metadata per row group until it
+    closes (7,750 row groups of ~130 rows at 1M rows in 250 shards: ~70 MB). So past 8 shards the fullest shard's
+    buffer is spilled to an Arrow IPC stream (a stream keeps no per-batch metadata), and `close` turns each spill
+    into its parquet shard, one shard at a time, in row groups of `batch_rows` rows: the same rows in the same order.
     """
 
-    def __init__(self, root: Path, split: str, num_shards: int, num_folds: int, batch_rows: int = 2048):
+    def __init__(self, root: Path, split: str, num_shards: int, num_folds: int, batch_rows: int = 2048,
+                 max_buffered_rows: int | None = None):
         self.root, self.split, self.num_shards, self.num_folds = root, split, num_shards, num_folds
         self.batch_rows = batch_rows
+        self.max_buffered_rows = max_buffered_rows or 8 * batch_rows
+        self._spill = num_shards * batch_rows > self.max_buffered_rows
+        self._buffered = 0
         self._buffers: list[list[Record]] = [[] for _ in range(num_shards)]
         self._writers: list[pq.ParquetWriter | None] = [None] * num_shards
+        self._spills: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * num_shards
         self._rows = [0] * num_shards
         self.fold_sizes = [0] * num_folds
         self.label_counts: Counter[str] = Counter()
@@ -174,6 +186,9 @@ class ShardedSplitWriter:
 
     def relative_path(self, index: int) -> str:
         return f"{self.split}/{shard_name(index, self.num_shards)}"
+
+    def _spill_path(self, index: int) -> Path:
+        return self.root / f".spill-{self.split}" / f"{index:05d}.arrows"
 
     def add(self, record: Record) -> None:
         index = shard_of(record["id"], self.num_shards)
@@ -183,8 +198,11 @@ class ShardedSplitWriter:
         label = record["label"]
         self.label_counts["none" if label is None else LABEL_NAMES[label]] += 1
         self.language_counts[record["language"]] += 1
+        self._buffered += 1
         if len(self._buffers[index]) >= self.batch_rows:
             self._flush(index)
+        elif self._buffered > self.max_buffered_rows:
+            self._flush(max(range(self.num_shards), key=lambda i: len(self._buffers[i])))
 
     def _writer(self, index: int) -> pq.ParquetWriter:
         if self._writers[index] is None:
@@ -197,24 +215,59 @@ class ShardedSplitWriter:
 
     def _flush(self, index: int) -> None:
         rows = self._buffers[index]
-        if rows:
-            self._writer(index).write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))
-            self._buffers[index] = []
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+        if self._spill:
+            if self._spills[index] is None:
+                path = self._spill_path(index)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._spills[index] = pa.ipc.new_stream(str(path), RECORD_SCHEMA)
+            self._spills[index].write_table(table)  # type: ignore[union-attr]
+        else:
+            self._writer(index).write_table(table)
+        self._buffers[index] = []
+        self._buffered -= len(rows)
+
+    def _write_spilled(self, index: int) -> None:
+        """The shard's spill, re-read in order and written as row groups of `batch_rows` rows; then removed."""
+        spill = self._spills[index]
+        if spill is None:
+            return
+        spill.close()
+        self._spills[index] = None
+        path = self._spill_path(index)
+        writer, pending, pending_rows = self._writer(index), [], 0
+        with pa.ipc.open_stream(pa.memory_map(str(path))) as reader:
+            for batch in reader:
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                while pending_rows >= self.batch_rows:
+                    table = pa.Table.from_batches(pending, schema=RECORD_SCHEMA)
+                    writer.write_table(table.slice(0, self.batch_rows))
+                    rest = table.slice(self.batch_rows)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
+        if pending_rows:
+            writer.write_table(pa.Table.from_batches(pending, schema=RECORD_SCHEMA))
+        path.unlink()
 
     def close(self) -> dict:
         """Write what is buffered, close every shard (empty shards too) and return the manifest entry."""
         shards = []
         for index in range(self.num_shards):
             self._flush(index)
+            self._write_spilled(index)
             self._writer(index).close()
             path = self.relative_path(index)
             shards.append({"path": path, "rows": self._rows[index], "sha256": sha256_file(self.root / path)})
+        if self._spill and self._spill_path(0).parent.exists():
+            self._spill_path(0).parent.rmdir()
         return {"rows": sum(self._rows), "shards": shards, "fold_sizes": list(self.fold_sizes),
                 "label_counts": {name: self.label_counts.get(name, 0) for name in (*LABEL_NAMES, "none")},
                 "language_counts": dict(sorted(self.language_counts.items()))}
 
     def abort(self) -> None:
-        for writer in self._writers:
+        for writer in (*self._writers, *self._spills):
             if writer is not None:
                 writer.close()
 

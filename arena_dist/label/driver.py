@@ -25,13 +25,17 @@ How it runs:
 
 The scheduling itself is `arena_dist.shards.run_shards` (shared with the generate stage); this module adds the
 teacher actors, the commit into the label store and the progress.
+
+What an actor runs is a `ScorerSpec`: by default `TeacherScorer` on the teacher export. Another class with the
+`ShardScorer` methods can take its place (`label_shards(..., scorer=...)`), e.g. a scorer that does no model work, to
+measure what the driver alone can commit with many actors (`bench/scale.py`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 from arena_dist.label.batching import PaddingStats
 from arena_dist.label.progress import Progress
@@ -60,31 +64,61 @@ class ActorSettings:
         return self.threads_per_actor or max(1, int(self.cpus_per_actor))
 
 
-def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bool = False,
-                base_path: str | None = None):
-    """One scorer actor for `export_path` (a LoRA export's base at `base_path`, if given); the hub token goes along
+class ShardScorer(Protocol):
+    """What a label actor runs (`TeacherScorer` is the real one)."""
+
+    def info(self) -> dict:
+        """Answered once loaded; at least {"pid": the actor's process id}."""
+
+    def score_shard(self, path: str, max_tokens: int, max_rows: int | None = None, swap_tta: bool = True) -> dict:
+        """One whole input shard: "ids" (input order), "p_ab", "p_ba_mapped" (None without swap-TTA), "p_mean",
+        "input_sha256" (of the file it read), "stats" (`PaddingStats.as_dict()`), "seconds", "cpu_seconds", "pid"."""
+
+
+@dataclass
+class ScorerSpec:
+    """A `ShardScorer` class and its constructor arguments, built once in every actor."""
+
+    cls: type
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+def teacher_scorer(settings: ActorSettings, export_path: str, trust_remote_code: bool = False,
+                   base_path: str | None = None) -> ScorerSpec:
+    """`TeacherScorer` for `export_path` (a LoRA export's base at `base_path`, if given); the hub token goes along
     as an argument (`SecretEnv`): Ray's runtime-env agent logs every runtime env it sets up."""
+    from arena_dist.label.scoring import TeacherScorer
+    from arena_dist.worker_env import SecretEnv
+
+    return ScorerSpec(TeacherScorer, (export_path, settings.dtype, settings.quantization, settings.gpus_per_actor,
+                                      settings.threads, trust_remote_code, SecretEnv.from_environ(), base_path))
+
+
+def start_actor(settings: ActorSettings, export_path: str, trust_remote_code: bool = False,
+                base_path: str | None = None, scorer: ScorerSpec | None = None):
+    """One scorer actor: `scorer`, or by default the teacher export's `TeacherScorer`."""
     import ray
 
-    from arena_dist.label.scoring import TeacherScorer
-    from arena_dist.worker_env import SecretEnv, plain_env
+    from arena_dist.worker_env import plain_env
 
-    return ray.remote(TeacherScorer).options(
+    scorer = scorer or teacher_scorer(settings, export_path, trust_remote_code, base_path)
+    return ray.remote(scorer.cls).options(
         num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor, max_restarts=settings.max_restarts,
         max_task_retries=0,  # the driver requeues shards itself (and knows which shard was lost)
         runtime_env={"env_vars": {**plain_env(), "OMP_NUM_THREADS": str(settings.threads)}},
-    ).remote(export_path, settings.dtype, settings.quantization, settings.gpus_per_actor, settings.threads,
-             trust_remote_code, SecretEnv.from_environ(), base_path)
+    ).remote(*scorer.args, **scorer.kwargs)
 
 
 def label_shards(
     teacher_id: str, export_path: str, shards: list[InputShard], store: LabelStore, settings: ActorSettings,
     max_tokens: int, max_rows: int | None = None, swap_tta: bool = True, progress: Progress | None = None,
     on_dispatch: Callable[[ActorSlot, InputShard], None] | None = None, trust_remote_code: bool = False,
-    base_path: str | None = None,
+    base_path: str | None = None, scorer: ScorerSpec | None = None,
 ) -> dict:
     """Score every uncommitted shard on Ray actors and commit it; returns a summary. Ray must be initialised.
-    `trust_remote_code`: the label config's for this teacher (never the export's)."""
+    `trust_remote_code`: the label config's for this teacher (never the export's). `scorer`: what each actor runs
+    (default: `TeacherScorer` on `export_path`)."""
     progress = progress or Progress(store.directory / "status.json", teacher_id, len(shards),
                                     sum(s.rows for s in shards))
     totals = {"shards_scored": 0, "rows_scored": 0, "padding": PaddingStats()}
@@ -106,7 +140,7 @@ def label_shards(
     run = run_shards(
         f"teacher {teacher_id}", shards, settings,
         is_committed=lambda shard: store.check_committed(shard)[0],
-        start_actor=lambda: start_actor(settings, export_path, trust_remote_code, base_path),
+        start_actor=lambda: start_actor(settings, export_path, trust_remote_code, base_path, scorer),
         submit=lambda actor, shard: actor.score_shard.remote(str(shard.path), max_tokens, max_rows, swap_tta),
         commit=commit, on_skipped=lambda shard: progress.skipped(shard.rows), on_retry=retried,
         on_dispatch=on_dispatch, on_loading=lambda: progress.update("loading teacher", force=True),

@@ -51,14 +51,14 @@ def merge_label_stores(store_dirs: Sequence[str | os.PathLike], out_dir: str | o
     out = LabelStore(out_dir, ensemble_id, members_hash)
     reference = manifests[0]
     shards = []
-    ids_by_shard: dict[int, list[str]] = {}
+    # Streaming: one shard of every member in memory at a time, never a whole store (nor all its ids).
     for entry in reference["shards"]:
         tables = [read_store_shard(d, _entry(m, entry["index"], d)) for d, m in zip(dirs, manifests)]
-        ids = ids_by_shard[entry["index"]] = tables[0].column("id").to_pylist()
+        ids = tables[0].column("id").to_pylist()
         aligned = [tables[0], *(_align(t, ids, d, entry["index"]) for d, t in zip(dirs[1:], tables[1:]))]
 
         def mean(column: str) -> np.ndarray:
-            return combine([np.asarray(t.column(column).to_pylist(), dtype=np.float64) for t in aligned], weights)
+            return combine([_matrix(t.column(column)) for t in aligned], weights)
 
         has_swap = all(t.column("p_ba_mapped").null_count == 0 for t in aligned)
         p_ab, p_ba, p_mean = mean("p_ab"), mean("p_ba_mapped") if has_swap else None, mean("p_mean")
@@ -67,13 +67,31 @@ def merge_label_stores(store_dirs: Sequence[str | os.PathLike], out_dir: str | o
                            rows=entry["rows"])
         out.commit(shard, ids, p_ab, p_ba, p_mean, extra={"members": [m["teacher_id"] for m in members]})
         shards.append(shard)
+        del tables, aligned
     info = {k: reference[k] for k in ("dataset_dir", "split", "label_mode", "num_labels") if k in reference}
-    # The members' manifests already proved their ids equal the input's; the merge must hold exactly those.
+    # The members' manifests already proved their ids equal the input's; the merge must hold exactly those (read
+    # again from the first member, shard by shard, rather than kept from the loop above).
+    entries = {entry["index"]: entry for entry in reference["shards"]}
     manifest = out.finalize(shards, {**info, "ensemble": {"method": method, "members": members}},
-                            expected_ids=lambda shard: ids_by_shard[shard.index])
+                            expected_ids=lambda shard: read_store_shard(dirs[0], entries[shard.index], ["id"],
+                                                                        verify=False).column("id").combine_chunks())
     print(f"[label ensemble] {ensemble_id}: {manifest['rows']} rows from {len(members)} members ({method}) "
           f"-> {out.directory}", flush=True)
     return manifest
+
+
+def _matrix(column) -> np.ndarray:
+    """A list<double> column of equal-length rows as a (rows, classes) array, without Python lists."""
+    import pyarrow.compute as pc
+
+    flat = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    if len(flat) == 0:
+        return np.empty((0, 0), dtype=np.float64)
+    lengths = pc.list_value_length(flat)
+    width = pc.min(lengths).as_py()
+    if width != pc.max(lengths).as_py():
+        raise LabelIntegrityError("a label column holds probability vectors of different lengths")
+    return np.asarray(flat.flatten(), dtype=np.float64).reshape(len(flat), width)
 
 
 def _entry(manifest: dict, index: int, store_dir: Path) -> dict:

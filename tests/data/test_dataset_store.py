@@ -282,3 +282,35 @@ def test_limit_errors_reach_the_cli_as_one_line(tmp_path, capsys):
     assert err == (f"arena-dist prepare: source 'hh' ({path}): 3 of 3 rows quarantined (100%, bad_transcript=3), "
                    "above max_quarantine_share 0.5; fix the file or its columns mapping, or raise "
                    "max_quarantine_share for this source\n")
+
+
+def test_many_shards_buffer_a_bounded_number_of_rows_and_write_the_same_rows(tmp_path, monkeypatch):
+    """The writer's memory does not grow with the shard count (a big pool has hundreds of shards); the shards hold
+    the same rows in the same order, in the same row groups, as with unbounded buffers."""
+    import arena_dist.data.store as store_module
+
+    source = tmp_path / "pool.parquet"
+    write_parquet(source, pool_rows(3000))
+    sources_ = [SourceConfig(name="pool", kind="pool", path=source)]
+    build_dataset(sources_, tmp_path / "bounded", num_shards=64, num_folds=2, batch_rows=16)
+    Writer = store_module.ShardedSplitWriter
+    observed = []
+    original_flush = Writer._flush
+
+    def watching_flush(self, index):
+        observed.append(self._buffered)
+        original_flush(self, index)
+
+    monkeypatch.setattr(Writer, "_flush", watching_flush)
+    build_dataset(sources_, tmp_path / "watched", num_shards=64, num_folds=2, batch_rows=16)
+    assert max(observed) <= 8 * 16 + 1  # the old per-shard bound allowed 64 shards x 16 rows = 1024
+    # The old behaviour: a budget never reached.
+    monkeypatch.setattr(Writer.__init__, "__defaults__", (2048, 10**9))
+    build_dataset(sources_, tmp_path / "unbounded", num_shards=64, num_folds=2, batch_rows=16)
+    for path in shard_paths(tmp_path / "bounded", "pool"):
+        assert pq.read_table(path).equals(pq.read_table(tmp_path / "unbounded" / "pool" / path.name))
+    metadata = pq.ParquetFile(shard_paths(tmp_path / "bounded", "pool")[0]).metadata
+    # Row groups of batch_rows rows (the last one shorter), however the spills were cut; no spill files left.
+    assert metadata.num_row_groups > 1
+    assert all(metadata.row_group(i).num_rows == 16 for i in range(metadata.num_row_groups - 1))
+    assert not [p.name for p in (tmp_path / "bounded").iterdir() if p.name.startswith(".spill")]

@@ -108,3 +108,31 @@ def test_ensemble_means():
     geo = np.sqrt(a * b)
     assert np.allclose(logit_mean([a, b]), geo / geo.sum())
     assert np.allclose(prob_mean([a, b], weights=[3, 1]), 0.75 * a + 0.25 * b)
+
+
+def test_finalize_names_duplicates_within_and_across_shards_and_extra_ids(tmp_path):
+    shards = [write_input(tmp_path, 0, ["a/1", "a/2", "a/3"]), write_input(tmp_path, 1, ["b/1", "b/2"])]
+    store = LabelStore(tmp_path / "t1", "t1", "abc")
+    p = probs(3)
+    store.commit(shards[0], ["a/1", "a/1", "b/2"], p, None, p)  # a/1 twice in a shard; b/2 from the other shard
+    store.commit(shards[1], ["b/1", "b/2"], p[:2], None, p[:2])
+    with pytest.raises(LabelIntegrityError) as err:
+        store.finalize(shards)
+    message = str(err.value)
+    assert "shard-00000: 2 input ids missing, e.g. ['a/2', 'a/3']" in message
+    assert "shard-00000: 1 ids not in the input, e.g. ['b/2']" in message
+    assert "2 ids labelled more than once, e.g. ['a/1', 'b/2']" in message
+
+
+def test_finalize_is_exact_when_every_id_hash_collides(tmp_path, shards, monkeypatch):
+    """The cross-shard check compares 64-bit hashes; equal hashes of different ids are not duplicates."""
+    import arena_dist.label.store as store_module
+
+    store = LabelStore(tmp_path / "t1", "t1", "abc")
+    commit_all(store, shards)
+    monkeypatch.setattr(store_module, "id_hashes", lambda ids: np.zeros(len(ids), dtype=np.int64))
+    assert store.finalize(shards)["rows"] == 5
+    p = probs(2)
+    store.commit(shards[1], ["s/4", "s/4"], p, None, p)  # now a real duplicate (and s/5 missing)
+    with pytest.raises(LabelIntegrityError, match=r"1 ids labelled more than once, e.g. \['s/4'\]"):
+        store.finalize(shards)
