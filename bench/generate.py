@@ -169,6 +169,7 @@ def _generate_share(generator: str, conversations: list, sampling, start, result
 def bench_machine_ceiling(dataset: Path, generator: Path, new_tokens: int, max_tokens: int) -> dict:
     """Tokens/s of the same prompts in 1 process and split over 2 concurrent processes (the Ray-free bound)."""
     import multiprocessing
+    import queue
 
     from arena_dist.data.store import iter_records
     from arena_dist.generate.backend import SamplingSettings
@@ -185,7 +186,14 @@ def bench_machine_ceiling(dataset: Path, generator: Path, new_tokens: int, max_t
                      for i in range(count)]
         for process in processes:
             process.start()
-        done = [results.get() for _ in processes]
+        done = []
+        while len(done) < count:  # a child that died (import error, OOM) must fail the bench, not hang it
+            try:
+                done.append(results.get(timeout=5))
+            except queue.Empty:
+                dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"machine ceiling: a generating process exited with {dead[0]}") from None
         for process in processes:
             process.join()
         rates[count] = sum(tokens for tokens, _ in done) / max(seconds for _, seconds in done)
