@@ -280,7 +280,12 @@ def test_packed_evaluation_gives_the_padded_metrics(samples):
     packed = one_rank_trainer(samples, 150, eval_samples=held_out)
     assert len(packed.eval_micro_batches()) >= 3 and all(real for _, real in packed.eval_micro_batches())
     assert sorted(i for pack, _ in packed.eval_micro_batches() for i in pack) == list(range(11))
+    shapes = []  # what the model was really fed: one packed row per forward, no padding
+    packed.parallel.module.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     expected, got = padded.evaluate(), packed.evaluate()
+    assert len(shapes) == len(packed.eval_micro_batches()) and all(rows == 1 for rows, _ in shapes)
+    assert sum(tokens for _, tokens in shapes) == sum(packed.eval_lengths)
     assert expected.keys() == got.keys() and expected["eval_records"] == got["eval_records"] == 11
     assert expected["eval_kl_to_teacher"] > 0
     for key, value in expected.items():
