@@ -430,7 +430,8 @@ class Trainer:
 
     def probe(self, name: str = "probe.json") -> None:
         """Logits of the model on a few fixed inputs (rank 0 writes them): the trained model's, which an export must
-        reproduce, and at step 0 (`probe_step0.json`) the loaded one's, which a plain build must reproduce."""
+        reproduce, and at step 0 (`probe_step0.json`, with `training.probe_initial`) the loaded one's, which a plain
+        build must reproduce."""
         import torch
 
         samples = (self.eval_samples or self.train_samples)[:4]
@@ -478,7 +479,7 @@ class Trainer:
             self.total_steps
         started, done_at_start, last_eval, initial = time.monotonic(), step, {}, None
         try:
-            if step == 0:
+            if step == 0 and training.probe_initial:
                 self.probe("probe_step0.json")
             if self.recipe.eval_at_start and step == 0:
                 initial = self.evaluate()

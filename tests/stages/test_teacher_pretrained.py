@@ -4,7 +4,8 @@ initialised on the partitioned model, it trains, and the export reloads with pla
 
 Two runs, in parallel on one head: a `*ForCausalLM` checkpoint with a new linear head, full fine-tune; a
 `*ForSequenceClassification` checkpoint with a new MLP head, LoRA. Each writes the loaded model's logits on fixed
-rows before its first step (`probe_step0.json`): a plain single-process build of the same config must give them.
+rows before its first step (`training.probe_initial`, `probe_step0.json`): a plain single-process build of the same
+config must give them.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ RUNS = {  # name: (checkpoint kind, model settings, training settings)
 
 def run_config(root: Path, name: str) -> dict:
     kind, model, training = RUNS[name]
-    config = tiny_config(root / "dataset", root / "runs", name, training={"log_every": 1, **training})
+    config = tiny_config(root / "dataset", root / "runs", name,
+                         training={"log_every": 1, "probe_initial": True, **training})
     config["model"] = {"name_or_path": str(root / f"llama-{kind}"), "attn_implementation": "sdpa", **model}
     return config
 
