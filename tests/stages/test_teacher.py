@@ -160,6 +160,8 @@ def test_export_reloads_with_identical_logits(reference):
     assert meta["label_mode"] == "2class" and meta["template"] == "llama3" and meta["max_length"] == 128
     assert meta["head"] == "linear" and meta["lora"] is False and meta["num_labels"] == 2
     assert list((directory / "export").glob("*.safetensors")) and not list((directory / "export").glob("*.bin"))
+    # No forward before the first step unless asked (`training.probe_initial`): under ZeRO-3 it slows every later step
+    assert not (directory / "probe_step0.json").exists()
     plain = AutoModelForSequenceClassification.from_pretrained(str(directory / "export"),
                                                                attn_implementation=meta["attn_implementation"]).eval()
     probe = json.loads((directory / "probe.json").read_text())
