@@ -141,20 +141,12 @@ class RayCpu:
 def run_ray(config, cpu: RayCpu | None = None, env: dict | None = None) -> float:
     import contextlib
 
+    from arena_dist.predict.replicas import patched_environment
     from arena_dist.stages.teacher import run
 
-    saved = {key: os.environ.get(key) for key in env or {}}
-    os.environ.update(env or {})
     started = time.monotonic()
-    try:
-        with cpu or contextlib.nullcontext():
-            run(config)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with patched_environment(env or {}), cpu or contextlib.nullcontext():
+        run(config)
     return time.monotonic() - started
 
 
