@@ -31,27 +31,28 @@ class Shard:
         return f"shard-{self.index}"
 
 
-def test_each_kill_costs_one_failure_while_the_actor_restarts_slowly(ray_cluster):
+class SlowStart:
+    """Takes 0.6 s to start, as a model load does: the driver's pings may reach it while Ray is restarting it."""
+
+    def __init__(self):
+        time.sleep(0.6)
+
+    def info(self):
+        return {"pid": os.getpid()}
+
+    def work(self, index):
+        time.sleep(0.05)
+        return index
+
+
+def run_with_three_kills():
+    """600 shards on 3 actors; actor 0 is SIGKILLed three times, at its third shard after each (re)load (work only
+    goes to a ready actor): as many kills as its restarts, so a single extra failure per kill would mark it dead."""
     import ray
-
-    class SlowStart:
-        """Takes 0.6 s to start, as a model load does: the driver's pings reach it while Ray is restarting it."""
-
-        def __init__(self):
-            time.sleep(0.6)
-
-        def info(self):
-            return {"pid": os.getpid()}
-
-        def work(self, index):
-            time.sleep(0.05)
-            return index
 
     kills, committed, dispatched = [], [], {}
 
     def kill_actor_0(slot, shard):
-        # Actor 0 is killed three times, at its third shard after each (re)load (work only goes to a ready actor):
-        # as many kills as its restarts, so a single extra failure per kill would mark it dead.
         if slot.index != 0 or slot.pid in kills or len(kills) == 3:
             return
         dispatched[slot.pid] = dispatched.get(slot.pid, 0) + 1
@@ -66,7 +67,23 @@ def test_each_kill_costs_one_failure_while_the_actor_restarts_slowly(ray_cluster
         submit=lambda actor, shard: actor.work.remote(shard.index),
         commit=lambda shard, result: committed.append(result), on_dispatch=kill_actor_0,
     )
-    assert len(kills) == 3 and len(set(kills)) == 3  # three different processes of actor 0
-    assert run.actor_failures == 3, run.counts()  # one per kill (before the fix: one per ping while restarting)
-    assert run.pings_while_restarting >= 1, run.counts()  # the restarting window was really hit
-    assert sorted(committed) == list(range(600))  # every shard exactly once
+    return run, kills, committed
+
+
+def test_each_kill_costs_one_failure_while_the_actor_restarts_slowly(ray_cluster):
+    # Whether a ping fails with ActorUnavailableError (Ray still restarting the actor) or waits for the restart
+    # depends on how soon Ray notices the death: under load (the 32-actor fan-out of bench/scale.py) it happens every
+    # run, on an idle machine rarely. So the run is repeated (at most 3 times) until one hits that window; every run
+    # must count one failure per kill and commit every shard exactly once. If none hits it, the counting of those
+    # pings went unexercised and the test says so by skipping after its other checks passed.
+    hit = []
+    for _ in range(3):
+        run, kills, committed = run_with_three_kills()
+        assert len(kills) == 3 and len(set(kills)) == 3  # three different processes of actor 0
+        assert run.actor_failures == 3, run.counts()  # one per kill (before the fix: one per ping while restarting)
+        assert sorted(committed) == list(range(600))  # every shard exactly once
+        hit.append(run.pings_while_restarting)
+        if run.pings_while_restarting >= 1:
+            return
+    pytest.skip(f"no ping reached an actor while Ray restarted it in {len(hit)} runs (one failure per kill and "
+                "every shard once held in each): the ActorUnavailableError path went unexercised")
