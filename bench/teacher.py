@@ -141,7 +141,7 @@ class RayCpu:
 def run_ray(config, cpu: RayCpu | None = None, env: dict | None = None) -> float:
     import contextlib
 
-    from arena_dist.predict.replicas import patched_environment
+    from arena_dist.worker_env import patched_environment
     from arena_dist.stages.teacher import run
 
     started = time.monotonic()

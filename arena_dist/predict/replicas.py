@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from arena_dist.errors import ArenaDistError, ConfigError
+from arena_dist.worker_env import patched_environment
 
 CLOSE_GRACE_S = 10.0  # how long close() waits for idle workers to exit before terminating them
 
@@ -98,21 +99,6 @@ def replica_environment(index: int, devices: Sequence[str], threads: int) -> dic
     if devices:
         env["CUDA_VISIBLE_DEVICES"] = devices[index]
     return env
-
-
-@contextlib.contextmanager
-def patched_environment(changes: dict[str, str]):
-    """`os.environ` with `changes` while inside (a spawned child copies the environment when it is started)."""
-    saved = {key: os.environ.get(key) for key in changes}
-    os.environ.update(changes)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _failure(exc: BaseException) -> tuple[BaseException, str]:
