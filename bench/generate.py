@@ -194,6 +194,9 @@ def bench_machine_ceiling(dataset: Path, generator: Path, new_tokens: int, max_t
                 dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
                 if dead:
                     raise RuntimeError(f"machine ceiling: a generating process exited with {dead[0]}") from None
+                if all(p.exitcode is not None for p in processes) and results.empty():
+                    raise RuntimeError(f"machine ceiling: {count - len(done)} generating processes ended without "
+                                       "a result") from None
         for process in processes:
             process.join()
         rates[count] = sum(tokens for tokens, _ in done) / max(seconds for _, seconds in done)
