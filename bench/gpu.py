@@ -246,7 +246,7 @@ def init_single_rank(backend: str) -> None:
 def teacher_case(plan: Plan, packed: bool, peak: float | None) -> dict:
     from arena_dist.models.build import build_model
     from arena_dist.train.ds_config import build_ds_config, load_zero_knobs
-    from arena_dist.train.packing import check_packable
+    from arena_dist.train.packing import prepare_packing
     from arena_dist.train.parallel import ZeroParallel
 
     device, sync = device_and_sync()
@@ -259,7 +259,7 @@ def teacher_case(plan: Plan, packed: bool, peak: float | None) -> dict:
                                 use_gpu=device.type == "cuda")
     model = build_model(model_config(plan), 2, PAD_ID)
     if packed:
-        check_packable(model)
+        prepare_packing(model)
     n = matmul_params(model)
     parallel = ZeroParallel(model, ds_config, training, steps)
     trainer = make_trainer(parallel, training, rows, device)
@@ -307,6 +307,7 @@ def label_case(plan: Plan, peak: float | None) -> dict:
 def student_case(plan: Plan, quantization: str) -> dict:
     from arena_dist.models.build import build_model, count_parameters
     from arena_dist.models.config import LoraSettings
+    from arena_dist.train.packing import prepare_packing
     from arena_dist.train.parallel import ReplicatedParallel
 
     device, sync = device_and_sync()
@@ -317,6 +318,7 @@ def student_case(plan: Plan, quantization: str) -> dict:
     # The real students' adapter: r=64, alpha=128 on every projection (launch/configs/student_*.yaml).
     cfg = model_config(plan, quantization=quantization, lora=LoraSettings(r=64, alpha=128, dropout=0.0))
     model = build_model(cfg, 2, PAD_ID)
+    prepare_packing(model)  # as the loop does for packed micro-batches
     if quantization == "none":
         model.to(device)  # bitsandbytes places a quantised model on the GPU while loading
     model.train()
@@ -428,8 +430,6 @@ def stop_case(signum, frame):
 
 
 def run_cases(args, plan: Plan, started: float, out: Path | None) -> dict:
-    import torch
-
     peak = None if args.dry_run else H200_BF16_DENSE_PEAK
     result = {
         "dry_run": args.dry_run, "machine": machine_info(), "model": plan.model, "plan": dataclasses.asdict(plan),

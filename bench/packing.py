@@ -11,11 +11,10 @@ micro-batching), so the real tokens per step are the same in all of them.
   (as bench/teacher.py; Ray adds nothing to a step);
 - student: 4-bit NF4 base (bitsandbytes on CPU) with LoRA, 1 rank (one plain process, 1 thread).
 
-Why two budgets: on the CPU, sdpa with a mask (a padded batch's, or a pack's block-diagonal one) runs the plain
-math kernel over the whole (micro-batch length)^2 score matrix, which no variable-length kernel avoids here (on a
-GPU, flash_attention_2's varlen kernel does). With these small models (hidden 128) that attention is a large share
-of a step, so a pack of 2048 tokens pays 2048^2 scores for rows that would need the sum of their own squares;
-smaller packs pay less.
+Attention (sdpa, the models' default): a pack runs sdpa once per example on its own tokens
+(`arena_dist.models.packed_attention`), so it pays the sum of its rows' squares, as flash_attention_2's varlen kernel
+does on a GPU; a padded micro-batch pays rows x (longest row)^2. Two budgets show what the pack size still changes
+(the number of forwards per step, and how evenly the ranks' tokens split).
 
 Measured per run: real (non-pad) training tokens/s = real tokens of the timed steps / their `step_time_s` from
 metrics.jsonl (rank 0; the steps after `--warmup`; with `--repeats`, the best run of each mode); padded / real
@@ -164,7 +163,10 @@ def student_config(dataset: Path, storage: Path, name: str, budget: int | None, 
     from arena_dist.distill.config import StudentConfig
 
     config = common(dataset, name, budget, args)
-    config["model"] = {**MODEL, "head": "mlp", "quantization": "4bit", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+    # No head dropout: packed and padded micro-batches have different shapes, so they would draw different masks
+    # and their losses could not be compared.
+    config["model"] = {**MODEL, "head": "mlp", "head_dropout": 0.0, "quantization": "4bit",
+                       "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
     config["data"].update({"soft_labels": None, "use_pool": False})
     config["loss"] = {"w_ce": 1.0, "w_kl": 0.0, "w_cos": 0.0}
     config["ray"] = {"enabled": False}

@@ -3,13 +3,15 @@ the peak memory of each step at N rows and at N/10 (flat: the ratio should stay 
 fan-out simulated on the same rows.
 
     python -m bench.scale                  # 1,000,000 and 100,000 rows: tens of minutes on 2 cores (`make bench-scale`)
-    python -m bench.scale --rows 100000    # 100,000 and 10,000 rows: a few minutes
+    python -m bench.scale --rows 100000 --shard-rows 150   # 100,000 and 10,000 rows: a few minutes
     python -m bench.scale --prepare-only   # prepare alone again (after a change to it), into the results file
 
 For each size (N and N/10):
 1. a synthetic pool of N rows (a `pool` source) is prepared (`build_dataset`, as `arena-dist prepare` does) into
    shards of about `--shard-rows` rows (the shard count grows with N, as it would for a real pool: a fixed shard size
-   keeps what one result costs the driver fixed);
+   keeps what one result costs the driver fixed). N/10 must still have at least as many shards as the fan-out keeps
+   in flight (actors x 2): with fewer, the small run never fills the pipeline, holds fewer results at once, and the
+   memory ratio measures that instead of the growth with N (4000-row shards gave 25 shards for 64 slots: 1.16x);
 2. label: a tiny random teacher on 2 actors through the real driver, one actor SIGKILLed midway (at half the shards
    dispatched); the store is finalized, which proves every id labelled exactly once;
 3. fan-out: the same shards through the same driver with a scorer that does no model work (`NoModelScorer`: fixed
@@ -58,6 +60,7 @@ TEACHER_MAX_LENGTH = 128
 PLANNED_RUN = {"rows": 1_000_000, "orders": 2, "flops_per_teacher": 7.4e20, "gpus": 32,
                "gpu_peak_flops": 312e12, "mfu": 0.40, "source": "docs/label_estimate.md (4 nodes of 8xA100, 40 % MFU)"}
 TARGET_RSS_RATIO = 1.1
+RESULT_PREFIX = "[bench.scale result] "  # a child step's result line on its stdout
 
 
 def planned_rate() -> dict:
@@ -216,13 +219,22 @@ def run_child(step: str, arguments: dict, env: dict | None = None) -> dict:
                           capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"bench.scale step {step} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # The step's progress printer may still write a line after the result: find the result by its prefix.
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not lines:
+        raise RuntimeError(f"bench.scale step {step}: no result line; its output ends:\n{done.stdout[-2000:]}\n"
+                           f"{done.stderr[-2000:]}")
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
     result["load_average_before"] = [round(x, 2) for x in load]
     print(f"[bench.scale]   {step}: {json.dumps(result)}", flush=True)
     return result
 
 
 # ----------------------------------------------------------------------------------------------------------- driver
+def shard_count(rows: int, shard_rows: int) -> int:
+    return max(8, math.ceil(rows / shard_rows))
+
+
 def one_size(rows: int, work: Path, export: Path, head, args) -> dict:
     from arena_dist.data.synth import generate_pool
 
@@ -231,7 +243,7 @@ def one_size(rows: int, work: Path, export: Path, head, args) -> dict:
     print(f"[bench.scale] {rows:,} rows", flush=True)
     started = time.perf_counter()
     generate_pool(rows, args.seed, pool, progress=False)
-    shards = max(8, math.ceil(rows / args.shard_rows))
+    shards = shard_count(rows, args.shard_rows)
     out = {"rows": rows, "synth_seconds": round(time.perf_counter() - started, 1)}
     dataset = str(directory / "dataset")
     out["prepare"] = run_child("prepare", {"pool": str(pool), "dataset": dataset, "shards": shards})
@@ -266,7 +278,7 @@ def prepare_size(rows: int, work: Path, args) -> dict:
 
     pool = work / f"pool-{rows}" / "pool.parquet"
     generate_pool(rows, args.seed, pool, progress=False)
-    shards = max(8, math.ceil(rows / args.shard_rows))
+    shards = shard_count(rows, args.shard_rows)
     result = run_child("prepare", {"pool": str(pool), "dataset": str(work / f"dataset-{rows}"), "shards": shards})
     shutil.rmtree(pool.parent, ignore_errors=True)
     shutil.rmtree(work / f"dataset-{rows}", ignore_errors=True)
@@ -306,7 +318,7 @@ def ratios(small: dict, large: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="N; the same is run at N/10 for the ratios")
-    parser.add_argument("--shard-rows", type=int, default=4000, help="rows per prepared shard (at least 8 shards)")
+    parser.add_argument("--shard-rows", type=int, default=1000, help="rows per prepared shard (at least 8 shards)")
     parser.add_argument("--sim-actors", type=int, default=32)
     parser.add_argument("--sim-kills", type=int, default=4)
     parser.add_argument("--sim-delay-ms", type=float, default=50.0, help="the no-model scorer's delay, at most")
@@ -319,10 +331,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.child:
         result = CHILDREN[args.child[0]](json.loads(args.child[1]))
-        print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
+        print(RESULT_PREFIX + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
         return result
     if args.rows < 100:
         parser.error("--rows must be at least 100 (N/10 must still fill a few shards)")
+    from arena_dist.label.driver import ActorSettings
+
+    slots = args.sim_actors * ActorSettings.inflight_per_actor
+    if not args.prepare_only and shard_count(args.rows // 10, args.shard_rows) < slots:
+        parser.error(f"--shard-rows {args.shard_rows}: N/10 = {args.rows // 10:,} rows make "
+                     f"{shard_count(args.rows // 10, args.shard_rows)} shards, fewer than the fan-out's {slots} "
+                     "in-flight slots (--sim-actors x 2), so its memory ratio would not compare like with like")
 
     from arena_dist.io import atomic_write_json
 

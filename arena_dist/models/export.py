@@ -78,6 +78,7 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
 
     `state_dict`: the gathered full state dict (ZeRO-3); default `model.state_dict()`. `model_config`: the
     ModelConfig the model was built from (default: the one `build_model` attached)."""
+    from arena_dist.models.packed_attention import base_kernel
     from arena_dist.models.segments import recorded_markers
     from arena_dist.models.verbalizer import verbalizer_meta
 
@@ -95,7 +96,8 @@ def save_export(model, tokenizer, out_dir: str | os.PathLike, meta: dict, state_
         "head": _head_kind(model),
         **verbalizer_meta(base_model),
         "lora": is_lora,
-        "attn_implementation": base_model.config._attn_implementation,  # the kernel it ran with (Gemma-2: eager)
+        # the kernel it ran with (Gemma-2: eager); packing's per-example variant computes the same function
+        "attn_implementation": base_kernel(base_model.config._attn_implementation),
         "base": base_spec,
         "model_config": model_config.model_dump() if model_config is not None else None,
         "quantization": model_config.quantization if model_config is not None else "none",

@@ -52,7 +52,7 @@ from arena_dist.train.data import (
     total_steps,
 )
 from arena_dist.train.packing import (
-    check_packable,
+    prepare_packing,
     collate_packed,
     imbalance,
     packed_logits,
@@ -470,7 +470,7 @@ class Trainer:
         tag, marker = self.find_resume_point()
         self.parallel = self.recipe.build(self)
         if self.config.training.micro_batch_tokens:
-            check_packable(self.parallel.module)
+            prepare_packing(self.parallel.module)
         step = self.resume(tag, marker) if tag else 0
         if self.rank == 0:
             self.writer = SummaryWriter(str(self.state_dir / "tensorboard"), purge_step=step or None)

@@ -5,7 +5,8 @@ every example.
 Attention never crosses examples: transformers reads a packed row from `position_ids` when no attention mask is
 given (`masking_utils.find_packed_sequence_indices`) and builds a block-diagonal causal mask for eager and sdpa (and
 passes the boundaries to flash-attention), for every model built on `create_causal_mask` /
-`create_sliding_window_causal_mask` (`PACKABLE_MODEL_TYPES`, checked in the tests).
+`create_sliding_window_causal_mask` (`PACKABLE_MODEL_TYPES`, checked in the tests). eager and sdpa then run per
+example on the mask's diagonal blocks (`arena_dist.models.packed_attention`), not over the whole square.
 
 The classifier reads each example's last token, not the pack's: the head (`score`: linear, MLP or verbaliser) runs on
 every position inside the model's own forward, and a forward hook takes its output at the examples' end positions.
@@ -103,8 +104,12 @@ def _named(model, name: str):
     return next((m for path, m in model.named_modules() if path.rsplit(".", 1)[-1] == name), None)
 
 
-def check_packable(model) -> None:
-    """ConfigError unless `model` is a classifier whose attention honours packed position_ids."""
+def prepare_packing(model) -> str:
+    """ConfigError unless `model` is a classifier whose attention honours packed position_ids; then eager and sdpa
+    are switched to their per-example variants (`arena_dist.models.packed_attention`: the same results, at a cost
+    linear in a pack's examples instead of quadratic in its tokens). Returns the attention kernel in use."""
+    from arena_dist.models.packed_attention import use_per_example_attention
+
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in PACKABLE_MODEL_TYPES:
@@ -112,6 +117,7 @@ def check_packable(model) -> None:
                           f"position_ids (supported: {', '.join(PACKABLE_MODEL_TYPES)}); set it to null")
     if _named(model, SCORE) is None:
         raise ConfigError("training.micro_batch_tokens: the model has no `score` head to read per-row logits from")
+    return use_per_example_attention(model)
 
 
 @contextlib.contextmanager

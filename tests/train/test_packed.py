@@ -17,7 +17,7 @@ from arena_dist.models.build import build_model  # noqa: E402
 from arena_dist.models.config import ModelConfig  # noqa: E402
 from arena_dist.train.data import Example, collate, split_targets  # noqa: E402
 from arena_dist.train.packing import (  # noqa: E402
-    check_packable,
+    prepare_packing,
     collate_packed,
     imbalance,
     pack_rows,
@@ -79,7 +79,7 @@ CASES = [("llama", "eager"), ("llama", "sdpa"), ("qwen2", "eager"), ("qwen2", "s
 def test_packed_logits_and_gradients_equal_padded_ones(arch, attn):
     torch.manual_seed(0)
     model = build_model(tiny(arch, attn, head="mlp", head_dropout=0.0), 3, 0)
-    check_packable(model)
+    prepare_packing(model)
     examples = rows([5, 11, 3, 8])
     labels = torch.tensor([e.label for e in examples])
 
@@ -99,8 +99,10 @@ def test_packed_logits_and_gradients_equal_padded_ones(arch, attn):
         assert (param.grad - padded_grads[name]).abs().max() < TOL, name
 
 
-def test_gemma2_sliding_window_attention_stays_within_each_row():
-    """A window shorter than the rows: the packed mask combines the window with the row boundaries."""
+@pytest.mark.parametrize("per_example", [False, True])
+def test_gemma2_sliding_window_attention_stays_within_each_row(per_example):
+    """A window shorter than the rows: the packed mask combines the window with the row boundaries, over the whole
+    square or per example (`prepare_packing`)."""
     from transformers import Gemma2Config, Gemma2ForSequenceClassification
 
     torch.manual_seed(0)
@@ -108,6 +110,8 @@ def test_gemma2_sliding_window_attention_stays_within_each_row():
                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
                           sliding_window=4, num_labels=2, pad_token_id=0, attn_implementation="eager")
     model = Gemma2ForSequenceClassification(config).eval()
+    if per_example:
+        assert prepare_packing(model) == "packed_eager"
     examples = rows([9, 6, 12], labels=2)
     padded = model(**split_targets(collate(examples, 0))[0]).logits
     packed = packed_logits(model, model, split_targets(collate_packed(examples))[0])
@@ -121,7 +125,7 @@ def test_segment_embeddings_are_computed_per_row_under_lora():
     cfg = tiny("llama", segment_embeddings=True, segment_gate_std=1.0,
                lora={"r": 4, "alpha": 8, "dropout": 0.0})
     model = build_model(cfg, 2, 0, segment_markers=markers)
-    check_packable(model)  # through PEFT's wrapper
+    prepare_packing(model)  # through PEFT's wrapper
     examples = [Example([5, 6, 201, 202, 7, 8], 0), Example([9, 10, 203, 11, 204, 12], 1),
                 Example([13, 201, 202, 14, 203], 0)]
     padded = model(**split_targets(collate(examples, 0))[0]).logits
@@ -133,7 +137,7 @@ def test_a_model_without_packed_masks_is_refused():
     from arena_dist.errors import ConfigError
 
     with pytest.raises(ConfigError, match="micro_batch_tokens"):
-        check_packable(SimpleNamespace(config=SimpleNamespace(model_type="gpt2"), named_modules=lambda: []))
+        prepare_packing(SimpleNamespace(config=SimpleNamespace(model_type="gpt2"), named_modules=lambda: []))
 
 
 # ------------------------------------------------------------------------------------------------ the loss
