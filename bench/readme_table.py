@@ -225,7 +225,7 @@ def rows_scale(d: dict) -> list[tuple]:
                   "for 1M rows × 2 orders, docs/label_estimate.md)",
          f"{fan['rows_per_s']:,.0f} rows/s ({need['headroom']:,.0f}×), {fan['rows_per_driver_cpu_s']:,.0f} rows per "
          f"driver CPU-s ({need['headroom_driver_cpu']:,.0f}×); {fan['actor_failures']} failures for {kills} kills; "
-         f"driver {fan['peak_rss_mib']:.0f} MiB ({r['fan_out_driver']:.2f}× its peak at N/10, which has only "
+         f"driver {fan['peak_rss_mib']:.0f} MiB ({r['fan_out_driver']:.2f}× its peak at N/10: "
          f"{small_fan['shards']} shards for {small_fan['actors']} actors × 2 in flight)", "≥ 1×"),
     ]
 

@@ -33,7 +33,7 @@ def base_kernel(name: str) -> str:
 def example_starts(position_ids, tokens: int) -> list[int] | None:
     """Start offsets of the examples in one packed row of `tokens` tokens, or None when it is not one: a batch of
     several rows, no position ids, or a single example."""
-    if position_ids is None or position_ids.dim() != 2 or position_ids.shape != (1, tokens):
+    if position_ids is None or tuple(position_ids.shape) != (1, tokens):
         return None
     starts = (position_ids[0] == 0).nonzero().flatten().tolist()
     return starts if len(starts) > 1 and starts[0] == 0 else None

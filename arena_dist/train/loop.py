@@ -52,11 +52,11 @@ from arena_dist.train.data import (
     total_steps,
 )
 from arena_dist.train.packing import (
-    prepare_packing,
     collate_packed,
     imbalance,
     packed_logits,
     plan_step,
+    prepare_packing,
     step_denominators,
 )
 from arena_dist.train.parallel import all_reduce, barrier

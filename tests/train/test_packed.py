@@ -17,12 +17,12 @@ from arena_dist.models.build import build_model  # noqa: E402
 from arena_dist.models.config import ModelConfig  # noqa: E402
 from arena_dist.train.data import Example, collate, split_targets  # noqa: E402
 from arena_dist.train.packing import (  # noqa: E402
-    prepare_packing,
     collate_packed,
     imbalance,
     pack_rows,
     packed_logits,
     plan_step,
+    prepare_packing,
 )
 
 TOL = 1e-5
