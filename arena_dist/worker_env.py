@@ -11,7 +11,6 @@ call argument instead, wrapped in `SecretEnv`, and the worker sets them itself b
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Mapping
 
@@ -73,17 +72,3 @@ def apply_secrets(secrets: SecretEnv | None) -> None:
     if secrets is not None:
         secrets.apply()
 
-
-@contextlib.contextmanager
-def patched_environment(changes: dict[str, str]):
-    """`os.environ` with `changes` while inside (a spawned child copies the environment when it is started)."""
-    saved = {key: os.environ.get(key) for key in changes}
-    os.environ.update(changes)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
