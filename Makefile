@@ -10,7 +10,11 @@ CONSTRAINTS := requirements/constraints.txt
 # Constrain build environments too: an unconstrained build dependency must never pull a CUDA torch.
 export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# Compiled DeepSpeed CPU ops are cached inside the venv and reused by every later run.
+# DeepSpeed's CPU shared-memory collectives op (every ZeRO-3 rank on the CPU loads it) is compiled once, when
+# DeepSpeed is installed (DS_BUILD_SHM_COMM=1; --no-cache-dir so that pip builds it rather than reusing a wheel
+# built without it). Left to DeepSpeed's first-use build it is rebuilt whenever a process finds another ninja on
+# its PATH than the one that built it last (ninja 1.11 and 1.13 hash commands differently): ~1 min of both
+# cores each time. Any other op DeepSpeed compiles on first use is cached inside the venv.
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 export DS_ACCELERATOR := cpu
 export HF_HUB_OFFLINE := 1
@@ -28,7 +32,8 @@ $(STAMP): $(CONSTRAINTS) setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements/base.txt -c $(CONSTRAINTS)
-	$(PY) -m pip install -q --no-build-isolation -c $(CONSTRAINTS) deepspeed
+	DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --no-build-isolation --no-cache-dir -c $(CONSTRAINTS) deepspeed
+	$(PY) -c 'import sys, deepspeed.git_version_info as v; sys.exit(not v.installed_ops.get("deepspeed_shm_comm"))'
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -m pip check
 	@touch $@

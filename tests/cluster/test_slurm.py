@@ -91,30 +91,6 @@ def test_launcher_rejects_an_unknown_stage_before_allocating_ray(slurm_cluster, 
     assert "unknown stage 'no_such_stage'" in log
 
 
-def test_launcher_runs_the_tiny_zero3_teacher_across_both_nodes(slurm_cluster, tmp_path):
-    """`sbatch --nodes=2 arena_dist.sbatch teacher launch/configs/teacher_tiny.yaml --set ...`: one ZeRO-3 rank per
-    Slurm node, export at the end; the `--set` overrides travel through the launcher unchanged."""
-    sys.path.insert(0, str(REPO / "tests" / "train"))
-    from teacher_fixtures import make_dataset
-
-    make_dataset(tmp_path, rows=96)
-    runs = tmp_path / "runs"
-    overrides = [f"data.dataset_dir={tmp_path / 'dataset'}", "data.num_folds=4", f"ray.storage_path={runs}",
-                 "output.run_name=slurm-teacher", "training.max_steps=4", "training.log_every=1",
-                 # 2 CPUs per worker on nodes of 2 CPUs: one rank per node, the two talking gloo over eth0.
-                 "ray.cpus_per_worker=2", "ray.max_failures=0"]
-    args = ["teacher", "launch/configs/teacher_tiny.yaml", *[part for o in overrides for part in ("--set", o)]]
-    result, log = sbatch(slurm_cluster, tmp_path, args, timeout=420)
-    assert result.returncode == 0, (result.stderr, log[-5000:])
-    summary = json.loads((runs / "slurm-teacher" / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["world_size"] == 2
-    assert list(Path(summary["export_dir"]).glob("*.safetensors"))
-    ranks = re.findall(r"ip=(10\.200\.0\.\d+).*?world_rank=(\d)", log)
-    assert {ip for ip, _ in ranks} == {"10.200.0.1", "10.200.0.2"}, log[-5000:]
-    assert "stage finished with exit code 0" in log
-    assert ray_processes_left(slurm_cluster) == []
-
-
 def test_launcher_runs_the_label_stage_across_both_nodes(slurm_cluster, tmp_path):
     """`sbatch --gpus-per-node=2 launch/slurm/label.sbatch label.yaml` (the per-stage wrapper, its 8-GPU default
     overridden on the command line): one teacher actor per node, every id labelled exactly once."""
@@ -143,21 +119,26 @@ def test_launcher_runs_the_label_stage_across_both_nodes(slurm_cluster, tmp_path
     assert ray_processes_left(slurm_cluster) == []
 
 
-def test_preempted_teacher_is_requeued_and_resumes_from_its_last_complete_checkpoint(slurm_cluster, tmp_path):
-    """`scontrol requeue` mid-run (what preemption does to a --requeue job): the launcher tears the cluster down on
-    SIGTERM, Slurm starts the job again (SLURM_RESTART_COUNT=1), and the teacher resumes instead of starting over."""
+def test_preempted_zero3_teacher_across_both_nodes_is_requeued_and_resumes(slurm_cluster, tmp_path):
+    """`sbatch --nodes=2 arena_dist.sbatch teacher launch/configs/teacher_tiny.yaml --set ...`: one ZeRO-3 rank per
+    Slurm node, the `--set` overrides travelling through the launcher unchanged. `scontrol requeue` mid-run (what
+    preemption does to a --requeue job): the launcher tears the cluster down on SIGTERM, Slurm starts the job again
+    (SLURM_RESTART_COUNT=1), and the teacher resumes from its last complete checkpoint instead of starting over, then
+    exports."""
     sys.path.insert(0, str(REPO / "tests" / "train"))
-    from teacher_fixtures import make_dataset, tiny_config
+    from teacher_fixtures import make_dataset
 
     make_dataset(tmp_path, rows=96)
-    teacher = tiny_config(tmp_path / "dataset", tmp_path / "runs", "preempted",
-                          training={"max_steps": 12, "epochs": 2, "log_every": 1, "checkpoint_every": 4},
-                          ray={"num_workers": 2, "cpus_per_worker": 2, "storage_path": str(tmp_path / "runs"),
-                               "max_failures": 0})
-    teacher_yaml = tmp_path / "teacher.yaml"
-    teacher_yaml.write_text(yaml.safe_dump(teacher))
+    runs = tmp_path / "runs"
+    overrides = [f"data.dataset_dir={tmp_path / 'dataset'}", "data.num_folds=4", f"ray.storage_path={runs}",
+                 "output.run_name=preempted", "format.max_length=128", "training.global_batch=8",
+                 "training.micro_batch=2", "training.max_steps=12", "training.epochs=3", "training.log_every=1",
+                 "training.eval_every=null", "training.checkpoint_every=4",
+                 # 2 CPUs per worker on nodes of 2 CPUs: one rank per node, the two talking gloo over eth0.
+                 "ray.cpus_per_worker=2", "ray.max_failures=0"]
+    args = ["teacher", "launch/configs/teacher_tiny.yaml", *[part for o in overrides for part in ("--set", o)]]
     run_dir = tmp_path / "runs" / "preempted"
-    command, env = sbatch_command(tmp_path, ["teacher", str(teacher_yaml)])
+    command, env = sbatch_command(tmp_path, args)
     waiting = slurm_cluster.popen(command, timeout=480, env=env, cwd=REPO)
     try:
         deadline = time.monotonic() + 300
@@ -185,9 +166,13 @@ def test_preempted_teacher_is_requeued_and_resumes_from_its_last_complete_checkp
     assert waiting.returncode == 0, (output, log[-5000:])
     assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log
     assert "SIGTERM (scancel, preemption or time limit): tearing down" in log
+    assert "stage finished with exit code 0" in log
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 12
+    assert summary["steps"] == 12 and summary["world_size"] == 2
     assert summary["resumed_from"] and summary["resumed_from"].startswith("step_")  # not a fresh start
+    assert list(Path(summary["export_dir"]).glob("*.safetensors"))
+    ranks = re.findall(r"ip=(10\.200\.0\.\d+).*?world_rank=(\d)", log)
+    assert {ip for ip, _ in ranks} == {"10.200.0.1", "10.200.0.2"}, log[-5000:]
     attempts = {json.loads(line)["attempt"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                 if "attempt" in line}
     assert len(attempts) == 2
