@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -106,10 +107,13 @@ def two_node_ray(tmp_path, monkeypatch):
         try:
             for attempt in range(1, 4):
                 worker = start_second_node(head, env, tmp_path / f"node2-{attempt}.log")
-                # Awaited, not polled: a placement group with one bundle on each of two distinct nodes becomes
-                # ready the moment the second node has joined.
+                # A placement group with one bundle on each of two distinct nodes becomes ready the moment the
+                # second node has joined; awaited in 1 s slices so that a node whose `ray start --block` has
+                # already exited is started again at once rather than after the whole timeout.
                 both = placement_group([{"CPU": 0.01}] * 2, strategy="STRICT_SPREAD")
-                ready, _ = ray.wait([both.ready()], timeout=90)
+                joined, ready, deadline = both.ready(), [], time.monotonic() + 90
+                while not ready and worker.poll() is None and time.monotonic() < deadline:
+                    ready, _ = ray.wait([joined], timeout=1)
                 remove_placement_group(both)
                 if ready:
                     break
