@@ -48,13 +48,14 @@ demo: setup
 	$(PY) -m arena_dist.demo
 
 # Two pytest-xdist workers: most of a test's time is process start-up, imports and Ray / DeepSpeed set-up, which two
-# workers overlap on two cores (a file's tests stay on one worker). TEST_WORKERS=0 runs serially.
+# workers overlap on two cores (a file's tests stay on one worker; files with slow tests go first, see
+# tests/conftest.py). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-fast: setup
-	$(PY) -m pytest -q -rfEs -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(PY) -m pytest -q -rfEs -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 bench: setup
 	$(PY) -m bench.run_all
