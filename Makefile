@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.arena_dist-installed
 SYSTEM_STAMP := $(VENV)/.arena_dist-system-deps
+DS_OP_STAMP := $(VENV)/.arena_dist-deepspeed-shm-op
+DS_INSTALL = DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --no-build-isolation --no-cache-dir -c $(CONSTRAINTS)
+DS_OP_BUILT = $(PY) -c 'import sys, deepspeed.git_version_info as v; sys.exit(not v.installed_ops.get("deepspeed_shm_comm"))'
 CONSTRAINTS := requirements/constraints.txt
 # Constrain build environments too: an unconstrained build dependency must never pull a CUDA torch.
 export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
@@ -25,17 +28,22 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup system-deps demo test test-fast bench bench-scale clean
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) $(DS_OP_STAMP) system-deps
 
 $(STAMP): $(CONSTRAINTS) setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements/base.txt -c $(CONSTRAINTS)
-	DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --no-build-isolation --no-cache-dir -c $(CONSTRAINTS) deepspeed
-	$(PY) -c 'import sys, deepspeed.git_version_info as v; sys.exit(not v.installed_ops.get("deepspeed_shm_comm"))'
+	$(DS_INSTALL) deepspeed
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -m pip check
+	@touch $@
+
+# A venv set up before DeepSpeed's op was built at install gets it here, once (and a fresh one is only checked).
+$(DS_OP_STAMP): | $(STAMP)
+	@$(DS_OP_BUILT) 2>/dev/null || $(DS_INSTALL) --force-reinstall --no-deps deepspeed
+	@$(DS_OP_BUILT) 2>/dev/null || { echo "DeepSpeed was installed without its shm-comm op" >&2; exit 1; }
 	@touch $@
 
 # Debian packages for the Slurm and multi-host tests (root only; skipped elsewhere, and those tests then skip).
