@@ -11,6 +11,7 @@ call argument instead, wrapped in `SecretEnv`, and the worker sets them itself b
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Mapping
 
@@ -72,3 +73,21 @@ def apply_secrets(secrets: SecretEnv | None) -> None:
     if secrets is not None:
         secrets.apply()
 
+
+@contextlib.contextmanager
+def patched_environment(changes: dict[str, str]):
+    """`os.environ` with `changes` while inside (a spawned child copies the environment when it is started).
+
+    Only the changed keys are set and restored. `unittest.mock.patch.dict(os.environ, ...)` restores by clearing the
+    whole environment and setting it again, so another thread of the process (Ray's, a progress bar's) could read an
+    empty environment for that instant; here no other key is ever unset."""
+    saved = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -140,12 +140,12 @@ class RayCpu:
 
 def run_ray(config, cpu: RayCpu | None = None, env: dict | None = None) -> float:
     import contextlib
-    from unittest import mock
 
+    from arena_dist.worker_env import patched_environment
     from arena_dist.stages.teacher import run
 
     started = time.monotonic()
-    with mock.patch.dict(os.environ, env or {}), cpu or contextlib.nullcontext():
+    with patched_environment(env or {}), cpu or contextlib.nullcontext():
         run(config)
     return time.monotonic() - started
 

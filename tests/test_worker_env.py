@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from arena_dist.worker_env import FORWARDED_ENV, SECRET_ENV, SECRETS_KEY, SecretEnv, plain_env, with_secrets
+from arena_dist.worker_env import (FORWARDED_ENV, SECRET_ENV, SECRETS_KEY, SecretEnv, patched_environment,
+                                   plain_env, with_secrets)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,20 @@ def test_secret_env_never_shows_its_values(monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     pickle.loads(pickle.dumps(held)).apply()  # how Ray hands it over
     assert os.environ["HF_TOKEN"] == token
+
+
+def test_patched_environment_sets_and_restores_only_its_keys(monkeypatch):
+    """No other key is ever unset (a whole-environment clear and refill would leave other threads an empty one)."""
+    monkeypatch.setenv("ARENA_KEPT", "1")
+    monkeypatch.setenv("ARENA_CHANGED", "old")
+    monkeypatch.delenv("ARENA_NEW", raising=False)
+    unset, real_unsetenv = [], os.unsetenv
+    monkeypatch.setattr(os, "unsetenv", lambda key: (unset.append(os.fsdecode(key)), real_unsetenv(key)))
+    with patched_environment({"ARENA_CHANGED": "new", "ARENA_NEW": "x"}):
+        assert os.environ["ARENA_CHANGED"] == "new" and os.environ["ARENA_NEW"] == "x"
+        assert unset == []
+    assert os.environ["ARENA_CHANGED"] == "old" and os.environ["ARENA_KEPT"] == "1" and "ARENA_NEW" not in os.environ
+    assert unset == ["ARENA_NEW"]
 
 
 def test_label_actor_gets_the_drivers_hub_token_and_home(ray_cluster, tmp_path, monkeypatch, files_containing):

@@ -36,11 +36,11 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
-from unittest import mock
 
 import numpy as np
 
 from arena_dist.errors import ArenaDistError, ConfigError
+from arena_dist.worker_env import patched_environment
 
 CLOSE_GRACE_S = 10.0  # how long close() waits for idle workers to exit before terminating them
 
@@ -224,8 +224,7 @@ class ReplicaPool:
                 # (a daemon may not start processes of its own; scoring starts none).
                 process = context.Process(target=serve, args=(child_end, factory, tuple(factory_args), threads),
                                           name=f"replica-{index}", daemon=True)
-                # a spawned child copies os.environ when it starts; patch.dict restores it after
-                with mock.patch.dict(os.environ, replica_environment(index, devices, threads)):
+                with patched_environment(replica_environment(index, devices, threads)):
                     process.start()
                 child_end.close()  # the child's death must read as EOF here
                 self._replicas.append(Replica(index, process, parent_end, devices[index] if devices else None))
