@@ -8,7 +8,8 @@ STAMP := $(VENV)/.arena_dist-installed
 SYSTEM_STAMP := $(VENV)/.arena_dist-system-deps
 DS_OP_STAMP := $(VENV)/.arena_dist-deepspeed-shm-op
 DS_INSTALL = DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --no-build-isolation --no-cache-dir -c $(CONSTRAINTS)
-DS_OP_BUILT = $(PY) -c 'import sys, deepspeed.git_version_info as v; sys.exit(not v.installed_ops.get("deepspeed_shm_comm"))'
+DS_OP_BUILT = $(PY) -c 'import sys, deepspeed.git_version_info as v; \
+	sys.exit(not v.installed_ops.get("deepspeed_shm_comm"))'
 CONSTRAINTS := requirements/constraints.txt
 # Constrain build environments too: an unconstrained build dependency must never pull a CUDA torch.
 export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))

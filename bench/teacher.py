@@ -141,8 +141,8 @@ class RayCpu:
 def run_ray(config, cpu: RayCpu | None = None, env: dict | None = None) -> float:
     import contextlib
 
-    from arena_dist.worker_env import patched_environment
     from arena_dist.stages.teacher import run
+    from arena_dist.worker_env import patched_environment
 
     started = time.monotonic()
     with patched_environment(env or {}), cpu or contextlib.nullcontext():

@@ -91,8 +91,9 @@ def pytest_collection_modifyitems(config, items):
     """`make test` runs two pytest-xdist workers with `--dist loadfile`: a file's tests stay on one worker, so
     module-scoped fixtures (a Ray head, a trained reference run) are built once. Files with the most slow tests are
     handed out first, so the long ones do not all end up in the tail (`--no-loadscope-reorder` keeps this order:
-    by default xdist hands out the files with the most tests first, which put the long end-to-end files last). (The cluster tests' network-namespace hosts and
-    private Slurm carry a per-run token in every name, so two of them may run at once.)"""
+    by default xdist hands out the files with the most tests first, which put the long end-to-end files last). (The
+    cluster tests' network-namespace hosts and private Slurm carry a per-run token in every name, so two of them may
+    run at once.)"""
     slow: dict[str, int] = {}
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
